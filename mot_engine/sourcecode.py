@@ -15,7 +15,8 @@ Positions follow LSP conventions: lines and columns are 0-based. Columns count *
 (as tree-sitter does), so a "\\r" before it is the last character of its line. Byte offsets
 (`start_byte`/`end_byte`) index the UTF-8 encoding of the source, like tree-sitter's.
 
-Written against py-tree-sitter >= 0.25 (`Language(tree_sitter_cpp.language())`, `Parser(language)`).
+Written against py-tree-sitter >= 0.25 (`Language(tree_sitter_cpp.language())`, `Parser(language)`,
+`QueryCursor`); 0.26 is installed here.
 """
 
 from __future__ import annotations
@@ -80,11 +81,6 @@ class _LineIndex:
     def position(self, point: tree_sitter.Point) -> tuple[int, int]:
         return point.row, self.char_col(point.row, point.column)
 
-    def line_length(self, row: int) -> int:
-        if row >= len(self.lines):
-            return 0
-        return len(self.lines[row].decode("utf-8"))
-
 
 # ---------------------------------------------------------------------------------------------------
 # Functions
@@ -117,6 +113,14 @@ class FunctionSpan:
 _FUNCTIONS_QUERY: dict[str, tree_sitter.Query] = {
     name: tree_sitter.Query(language, "(function_definition) @function") for name, language in _LANGUAGES.items()
 }
+
+
+def _captures(query: tree_sitter.Query, node: tree_sitter.Node) -> dict[str, list[tree_sitter.Node]]:
+    """Query captures as {name: nodes}: QueryCursor since py-tree-sitter 0.25, Query.captures before."""
+    if hasattr(tree_sitter, "QueryCursor"):
+        return tree_sitter.QueryCursor(query).captures(node)
+    return query.captures(node)
+
 
 # Declarator nodes that wrap the function's name: `float *f()` is pointer_declarator(function_declarator).
 _NAME_NODE_TYPES = {
@@ -161,7 +165,7 @@ def find_functions(source: str, *, grammar: GrammarName = "cpp") -> list[Functio
     """
     tree, data = _parse(source, grammar)
     index = _LineIndex(data)
-    captures = tree_sitter.QueryCursor(_FUNCTIONS_QUERY[grammar]).captures(tree.root_node)
+    captures = _captures(_FUNCTIONS_QUERY[grammar], tree.root_node)
     spans = []
     for definition in captures.get("function", []):
         if definition.child_by_field_name("body") is None:
