@@ -11,7 +11,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a 2-core machine: intra-op threads only add contention (measured 10-100x slower with pytest,
+# helper processes and daemon subprocesses competing). Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MOT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mot-test-cache"))
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
