@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh machine (no GPU, package registries only) and run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# A CPU build of torch when none is installed (a plain range would pull a multi-GB CUDA build).
+$PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==2.13.0"
+$PY -m pip install -q -e ".[test,pocket]"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+$PY -m pytest -q "$@"
