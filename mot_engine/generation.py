@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -81,6 +82,8 @@ class _Sequence:
     primary: int = -1
     generated: list[int] = field(default_factory=list)
     emitted: str = ""
+    prefix_offset: int = 0  # incremental detokenization (see _detokenize_incrementally)
+    read_offset: int = 0
     rng: torch.Generator | None = None
     finish_reason: str | None = None
     error: str | None = None
@@ -98,16 +101,34 @@ class _Cohort:
     positions: torch.Tensor  # (B, 1) position id of the next input token
     next_input: torch.Tensor  # (B, 1) token to feed next
     ctx: MemoryContext | None
+    static: "_StaticDecoder | None" = None  # CUDA-graph decoding: rows stay in place until the cohort ends
+
+    @property
+    def live(self) -> list["_Sequence"]:
+        return [s for s in self.seqs if s.finish_reason is None]
 
 
 class Generator:
     """The decoding engine over one MixtureOfThoughts. Not thread-safe: one thread drives it."""
 
-    def __init__(self, mot: MixtureOfThoughts, max_batch_size: int = 16):
+    def __init__(
+        self, mot: MixtureOfThoughts, max_batch_size: int = 16, *, static_cache: bool | None = None,
+        cuda_graphs: bool | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.mot = mot
         self.max_batch_size = max_batch_size
+        # Static KV cache + one CUDA graph per cohort's decode step: kernel launches, not FLOPs, bound batch-1
+        # decoding of 1-3B models (ARCHITECTURE.md, "Decoding engine"). Default on CUDA, off on CPU (where the
+        # static path still runs eagerly when asked, so CI tests it); MOT_CUDA_GRAPHS=0 disables both.
+        on_cuda = mot.device.type == "cuda" and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        self.static_cache = (on_cuda or self.cuda_graphs) if static_cache is None else static_cache
+        if self.cuda_graphs and not self.static_cache:
+            raise ValueError("cuda_graphs needs static_cache")
+        if self.cuda_graphs and mot.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, the model is on {mot.device}")
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []
         self._aborted: set[str] = set()
@@ -148,7 +169,7 @@ class Generator:
 
     @property
     def num_running(self) -> int:
-        return sum(len(c.seqs) for c in self.cohorts)
+        return sum(len(c.live) for c in self.cohorts)
 
     @property
     def num_waiting(self) -> int:
@@ -164,9 +185,9 @@ class Generator:
             advanced.add(id(cohort))
             outputs += self._prefill(cohort)
         for cohort in list(self.cohorts):
-            if id(cohort) not in advanced and cohort.seqs:
+            if id(cohort) not in advanced and cohort.live:
                 outputs += self._decode(cohort)
-        self.cohorts = [c for c in self.cohorts if c.seqs]
+        self.cohorts = [c for c in self.cohorts if c.live]
         return outputs
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -287,9 +308,14 @@ class Generator:
             mask[b, L - len(x) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-        cohort.cache = DynamicCache(config=model.config)
         cohort.attention_mask = mask
-        logits = self._forward(cohort, ids, position_ids)
+        max_len = L + max(s.request.max_new_tokens for s in cohort.seqs)
+        if self.static_cache and _StaticDecoder.fits(model, max_len):
+            cohort.static = _StaticDecoder(self, cohort, mask, max_len)
+            logits = cohort.static.prefill(ids, position_ids)
+        else:
+            cohort.cache = DynamicCache(config=model.config)
+            logits = self._forward(cohort, ids, position_ids)
         cohort.positions = position_ids[:, -1:] + 1
         now = time.perf_counter()
         for s in cohort.seqs:
@@ -297,8 +323,11 @@ class Generator:
         return self._sample_and_advance(cohort, logits)
 
     def _decode(self, cohort: _Cohort) -> list[StepOutput]:
-        cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
-        logits = self._forward(cohort, cohort.next_input, cohort.positions)
+        if cohort.static is not None:
+            logits = cohort.static.decode(cohort.next_input, cohort.positions)
+        else:
+            cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
+            logits = self._forward(cohort, cohort.next_input, cohort.positions)
         cohort.positions = cohort.positions + 1
         return self._sample_and_advance(cohort, logits)
 
@@ -307,13 +336,20 @@ class Generator:
         tok = mot.tokenizers[cohort.primary]
         eos = mot.eos_token_ids[cohort.primary]
         finite = torch.isfinite(logits).all(-1)  # (B,)
-        next_ids = torch.stack([_sample(logits[b], s.request, s.rng) for b, s in enumerate(cohort.seqs)])
-        if cohort.ctx is not None and cohort.ctx.nonfinite is not None:
-            finite = finite & ~cohort.ctx.nonfinite
-            cohort.ctx.nonfinite = None
+        if all(s.request.temperature == 0 for s in cohort.seqs):
+            next_ids = logits.argmax(-1)
+        else:
+            next_ids = torch.stack([_sample(logits[b], s.request, s.rng) for b, s in enumerate(cohort.seqs)])
+        flag = cohort.static.nonfinite if cohort.static is not None else (cohort.ctx.nonfinite if cohort.ctx else None)
+        if flag is not None:
+            finite = finite & ~flag
+            if cohort.static is None:
+                cohort.ctx.nonfinite = None
         next_list, finite_list = next_ids.tolist(), finite.tolist()  # the one host sync of the step
         outputs = []
         for b, s in enumerate(cohort.seqs):
+            if s.finish_reason is not None:  # a finished row of a static cohort: computed, ignored
+                continue
             if not finite_list[b]:
                 msg = f"NaN/Inf in the logits of expert {mot.expert_names[cohort.primary]!r} at generated token {len(s.generated)}"
                 self._finish(s, "error", msg)
@@ -321,10 +357,6 @@ class Generator:
                 continue
             t = next_list[b]
             s.generated.append(t)
-            text = tok.decode(_strip_eos(s.generated, eos), skip_special_tokens=True)
-            delta = ""
-            if not text.endswith("\ufffd") and text.startswith(s.emitted):  # hold back half a UTF-8 character
-                delta, s.emitted = text[len(s.emitted) :], text
             reason = None
             if s.request.stop_at_eos and t in eos:
                 reason = "eos"
@@ -333,7 +365,10 @@ class Generator:
             if reason:
                 self._finish(s, reason)
                 final = self.results[s.request_id].text
-                delta = final[len(s.emitted) :] if final.startswith(s.emitted) else delta
+                delta = final[len(s.emitted) :] if final.startswith(s.emitted) else ""
+                s.emitted = final
+            else:
+                delta = _detokenize_incrementally(tok, s)
             outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
         cohort.next_input = next_ids.view(-1, 1).to(cohort.attention_mask.device)
         if any(s.finish_reason for s in cohort.seqs):
@@ -341,6 +376,8 @@ class Generator:
         return outputs
 
     def _compact(self, cohort: _Cohort) -> None:
+        if cohort.static is not None:  # the captured graph has a fixed batch: rows stay until the cohort ends
+            return
         keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
         cohort.seqs = [cohort.seqs[b] for b in keep]
         if not keep or cohort.cache is None:
@@ -353,6 +390,23 @@ class Generator:
             cohort.next_input = cohort.next_input.index_select(0, idx)
         if cohort.ctx is not None:
             cohort.ctx = cohort.ctx.select(idx.to(self.mot.device))
+
+
+def _detokenize_incrementally(tok, s: _Sequence) -> str:
+    """New text since the last call, decoding only a few trailing tokens (O(1) per step, not O(length)).
+
+    Decoding a window [prefix_offset, end) and subtracting the text of [prefix_offset, read_offset) keeps
+    context-dependent decoders (leading spaces, byte-level merges) right; half a UTF-8 character waits.
+    """
+    ids = s.generated
+    prefix_text = tok.decode(ids[s.prefix_offset : s.read_offset], skip_special_tokens=True)
+    new_text = tok.decode(ids[s.prefix_offset :], skip_special_tokens=True)
+    if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+        delta = new_text[len(prefix_text) :]
+        s.prefix_offset, s.read_offset = s.read_offset, len(ids)
+        s.emitted += delta
+        return delta
+    return ""
 
 
 def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:
@@ -394,3 +448,81 @@ def _stack_routings(rows):
 
     fields = ("logits", "probs", "noisy_probs", "active", "weights")
     return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))
+
+
+class _StaticDecoder:
+    """A cohort's decoding on CUDA: a static KV cache and one captured CUDA graph for the decode step.
+
+    The graph is captured on the second decode step (the first runs eagerly and warms up kernels and the cache)
+    and replayed afterwards with the input token and positions copied into its static buffers. The attention mask
+    is our own 4D additive mask over the static cache's columns (transformers passes 4D masks through unchanged),
+    updated in place before each step, so nothing in the captured forward depends on host values. The interaction
+    hooks run inside the graph against the cohort's fixed memory tensors.
+    """
+
+    def __init__(self, gen: Generator, cohort: _Cohort, mask2d: torch.Tensor, max_len: int):
+        from transformers import StaticCache
+
+        self.gen, self.cohort = gen, cohort
+        self.model = gen.mot.experts[cohort.primary]
+        self.dtype = next(self.model.parameters()).dtype
+        B, L = mask2d.shape
+        self.B, self.L, self.M = B, L, max_len
+        dev = mask2d.device
+        self.cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+        self.neg = torch.finfo(self.dtype).min
+        self.key_valid = torch.zeros(B, max_len, dtype=torch.bool, device=dev)  # (B, M)
+        self.key_valid[:, :L] = mask2d.bool()
+        self.step_mask = torch.full((B, 1, 1, max_len), self.neg, dtype=self.dtype, device=dev)
+        self.step_mask[:, 0, 0, :L] = torch.where(mask2d.bool(), 0.0, self.neg).to(self.dtype)
+        self.input_ids = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.position_ids = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.column = L  # the cache column the next token is written to
+        self.graph = None
+        self.logits_out = None
+        self.nonfinite = None
+
+    @staticmethod
+    def fits(model, max_len: int) -> bool:
+        """Static masks ignore sliding windows: use the graph path only where no window is reached."""
+        cfg = getattr(model.config, "text_config", None) or model.config
+        window = getattr(cfg, "sliding_window", None)
+        return window is None or not getattr(cfg, "use_sliding_window", True) or max_len <= window
+
+    def _run(self, input_ids, position_ids, mask):
+        mot, p = self.gen.mot, self.cohort.primary
+        ctx = self.cohort.ctx
+        if ctx is not None:
+            ctx.nonfinite = None
+        with mot.interacting(ctx):
+            out = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1, **{mot.cache_kwarg[p]: self.cache},
+            )
+        return out.logits[:, -1, :].float(), (ctx.nonfinite if ctx is not None else None)
+
+    def prefill(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        L, M = self.L, self.M
+        causal = torch.ones(L, M, dtype=torch.bool, device=ids.device).tril()  # query i sees columns <= i
+        allowed = causal[None] & self.key_valid[:, None, :]  # (B, L, M)
+        mask = torch.where(allowed, 0.0, self.neg).to(self.dtype)[:, None]  # (B, 1, L, M)
+        logits, self.nonfinite = self._run(ids, position_ids, mask)
+        return logits
+
+    def decode(self, next_input: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.column >= self.M:
+            raise RuntimeError(f"static cache of {self.M} columns is full")  # add_request bounds max_new_tokens
+        self.step_mask[:, 0, 0, self.column] = 0.0
+        self.column += 1
+        self.input_ids.copy_(next_input)
+        self.position_ids.copy_(positions)
+        if not self.gen.cuda_graphs or (self.graph is None and self.column == self.L + 1):  # eager (first: warm-up)
+            logits, self.nonfinite = self._run(self.input_ids, self.position_ids, self.step_mask)
+            return logits
+        if self.graph is None:
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits_out, self.nonfinite = self._run(self.input_ids, self.position_ids, self.step_mask)
+        self.graph.replay()
+        return self.logits_out

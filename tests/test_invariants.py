@@ -251,3 +251,41 @@ def test_nonfinite_is_detected_not_hidden(perturbed_mot):
     assert out.nonfinite and not torch.isfinite(out.loss)
     with pytest.raises(NonFiniteError):
         Generator(mot).generate([GenerationRequest(SOURCES[0], mode="full", max_new_tokens=4, force_active=[0, 1])])
+
+
+@torch.no_grad()
+def test_static_cache_decoding_equals_dynamic_cache(perturbed_mot):
+    """The static-cache path (what CUDA graphs replay on a GPU) runs eagerly on CPU: same tokens, same routing."""
+    mot = perturbed_mot.eval()
+    forced = [[0, 1], [0, 2], [1, 2]]
+    reqs = [GenerationRequest(s, mode=m, max_new_tokens=n, stop_at_eos=False, force_active=f)
+            for (s, f, n) in zip(SOURCES, forced, (12, 7, 9)) for m in ("fast", "full")]
+    dynamic = Generator(mot, static_cache=False).generate(reqs)
+    static = Generator(mot, static_cache=True, cuda_graphs=False).generate(reqs)
+    for a, b in zip(dynamic, static):
+        assert a.token_ids == b.token_ids and a.routing == b.routing and a.text == b.text
+
+
+def test_streamed_deltas_add_up_to_the_final_text(perturbed_mot):
+    mot = perturbed_mot.eval()
+    gen = Generator(mot)
+    gen.add_request("r", GenerationRequest(SOURCES[0], mode="full", max_new_tokens=24, stop_at_eos=False))
+    pieces = []
+    while gen.has_unfinished():
+        pieces += [o.text_delta for o in gen.step() if o.request_id == "r"]
+    assert "".join(pieces) == gen.results["r"].text
+
+
+def test_abort_frees_the_slot_at_the_next_step(perturbed_mot):
+    mot = perturbed_mot.eval()
+    gen = Generator(mot, max_batch_size=2)
+    for rid in ("a", "b", "c"):
+        gen.add_request(rid, GenerationRequest(SOURCES[0], mode="full", max_new_tokens=50, stop_at_eos=False))
+    gen.step()
+    assert gen.num_running == 2 and gen.num_waiting == 1
+    assert gen.abort("a")
+    outs = gen.step()
+    assert any(o.request_id == "a" and o.finish_reason == "aborted" for o in outs)
+    assert gen.num_running == 2 and gen.num_waiting == 0  # "c" took a's slot in the same step
+    assert gen.results["a"].finish_reason == "aborted"
+    assert not gen.abort("a")
