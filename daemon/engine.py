@@ -243,6 +243,8 @@ class EngineCore:
     def status_reply(self, request_id: str) -> P.StatusResult:
         with self._lock:
             snap, info, state, error = dict(self._snapshot), dict(self._info), self._state, self._error
+            # Accepted but not decoding yet, including what the engine thread has not picked up yet.
+            queue_depth = max(0, self._outstanding - snap["running"])
         limits: dict[str, int | float] = {
             "max_source_chars": self.config.max_source_chars,
             "max_new_tokens": self.config.max_new_tokens,
@@ -256,7 +258,7 @@ class EngineCore:
             uptime_s=round(time.monotonic() - self._t_start, 3), preset=info["preset"], checkpoint=info["checkpoint"],
             device=info["device"], dtype=info["dtype"], expert_names=info["expert_names"], expert_ids=info["expert_ids"],
             encoder=info["encoder"], max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue,
-            queue_depth=snap["queue_depth"], running=snap["running"], steps=snap["steps"],
+            queue_depth=queue_depth, running=snap["running"], steps=snap["steps"],
             requests_served=snap["requests_served"], device_memory=device_memory(info["device"]), limits=limits,
             error=error,
         )
