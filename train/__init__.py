@@ -1,0 +1,1 @@
+"""Training and evaluation tools for the MoT C/C++ -> CUDA translator."""
