@@ -190,6 +190,7 @@ class _ClientBase:
         self._pending: dict[str, queue.SimpleQueue] = {}
         self._pending_lock = threading.Lock()
         self._closed = False
+        self._max_message_bytes: int | None = None  # learned from the daemon's status
 
     # --- subclass hooks
     def _submit(self, request: P.Request) -> None:
@@ -213,6 +214,9 @@ class _ClientBase:
             self._pending.pop(request_id, None)
 
     def _deliver(self, reply: P.Reply) -> None:
+        if isinstance(reply, P.StatusResult):
+            limit = reply.limits.get("max_message_bytes")
+            self._max_message_bytes = int(limit) if isinstance(limit, (int, float)) else None
         with self._pending_lock:
             q = self._pending.get(reply.id)
         if q is not None:
@@ -343,6 +347,7 @@ class _ClientBase:
 
 
 _client_numbers = itertools.count()
+_SMALL_FRAME_BYTES = 64 * 1024  # frames up to this size are sent without checking the daemon's limit first
 
 
 class DaemonClient(_ClientBase):
@@ -400,6 +405,15 @@ class DaemonClient(_ClientBase):
     # --- frames out
     def _submit(self, request: P.Request) -> None:
         payload = P.encode(request)
+        if self._max_message_bytes is None and len(payload) > _SMALL_FRAME_BYTES:
+            self.status()  # learn the daemon's frame limit before sending something that might exceed it
+        limit = self._max_message_bytes
+        if limit is not None and len(payload) > limit:
+            # ZeroMQ would drop the whole connection on such a frame (ZMQ_MAXMSGSIZE); say why instead
+            raise TooLarge(
+                f"too_large: the request is {len(payload)} bytes; the daemon accepts at most {limit} bytes per message",
+                request_id=request.id, details={"limit": limit, "actual": len(payload), "what": "message_bytes"},
+            )
         with self._push_lock:
             if self._closed:
                 raise DaemonUnavailable("this client is closed")

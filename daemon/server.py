@@ -277,6 +277,12 @@ def serve(
     curve = load_server_keys(curve_dir) if curve_dir is not None else None
     check_server_security(ep, curve is not None)
     prepare_ipc_directory(ep)
+    if config.max_source_chars * 4 + 1024 > max_message_bytes:
+        log.warning(
+            "sources of up to %d characters may need up to %d bytes in UTF-8, more than --max-message-bytes %d: "
+            "such requests will be refused by size", config.max_source_chars, config.max_source_chars * 4,
+            max_message_bytes,
+        )
     lock = EndpointLock(ep).acquire()
     try:
         config.extra_limits = {**config.extra_limits, "max_message_bytes": max_message_bytes}
