@@ -1,0 +1,1 @@
+"""One module per feature: code actions, hover, commands, diagnostics, edits, and the translation runner."""
