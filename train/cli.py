@@ -36,6 +36,7 @@ def _add(group, name: str, *, default=None, help: str, show_default=True, **kw):
     if "_" in name:
         flags.append(f"--{name.replace('_', '-')}")
     if kw.get("action") == "store_true":
+        default = False
         help = f"{help} (default: off)"
     elif show_default:
         help = f"{help} (default: {default})"
@@ -70,22 +71,22 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     _add(data, "max_length", type=_int, default=512,
          help="longest prompt + target + EOS in tokens (longest tokenization among the experts); longer pairs are "
               "skipped in every split and counted in data_report.json, never truncated")
-    _add(data, "source_field", default=None, help="JSONL field of the C/C++ source; default 'cpp', or 'cpp_code' "
-         "for an executable BabelTower file", show_default=False)
-    _add(data, "target_field", default=None, help="JSONL field of the CUDA target; default 'generated_cuda', or "
-         "'cuda_code' for an executable BabelTower file", show_default=False)
+    _add(data, "source_field", default=None, help="JSONL field of the C/C++ source (default: 'cpp', or 'cpp_code' "
+         "for an executable BabelTower file)", show_default=False)
+    _add(data, "target_field", default=None, help="JSONL field of the CUDA target (default: 'generated_cuda', or "
+         "'cuda_code' for an executable BabelTower file)", show_default=False)
     _add(data, "detokenize", action="store_true", help="JSONL text is space-tokenized (BabelTower): rebuild normal "
          "source; on by default for an executable BabelTower file")
 
     model = p.add_argument_group("model")
     _add(model, "preset", choices=PRESETS, default=None,
-         help="expert set; default: the checkpoint's preset, else 'seed' when cached locally, else 'pocket'",
+         help="expert set (default: the checkpoint's preset, else 'seed' when cached locally, else 'pocket')",
          show_default=False)
     _add(model, "experts", default=None,
          help="experts instead of a preset: comma-separated hub ids or folders, each optionally NAME=PATH, or a "
               "JSON file with a list of ExpertConfig objects (then also give --encoder) (default: none)", show_default=False)
-    _add(model, "encoder", default=None, help="sentence-transformers encoder of the router (id or folder); "
-         "default: the preset's", show_default=False)
+    _add(model, "encoder", default=None, help="sentence-transformers encoder of the router, id or folder "
+         "(default: the preset's)", show_default=False)
     _add(model, "num_stacks", type=_int, default=None,
          help=f"stacks per expert (default: {DEFAULT_NUM_STACKS}, or the checkpoint's)", show_default=False)
     _add(model, "top_k", type=_int, default=None,

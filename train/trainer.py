@@ -702,7 +702,7 @@ class Trainer:
         best_dir = self.out / BEST_DIR
         if st.best_step == st.global_step or not best_dir.is_dir():
             best = {**last, "model": "best_model", "checkpoint": str(best_dir),
-                    "note": "best_model/ is the last epoch's model: same results"}
+                    "same_model_as": "final_results_last_epoch.json"}  # best_model/ is the last epoch's model
             if args.save_predictions and self.main:
                 shutil.copyfile(self.out / "predictions_last_epoch.jsonl", self.out / "predictions_best_model.jsonl")
         else:
