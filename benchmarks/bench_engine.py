@@ -103,7 +103,7 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
 
 
-def bench_generation(results: dict, active: list[int], new_tokens: int, batch: int) -> None:
+def bench_generation(results: dict, active: list[int], new_tokens: int, batch: int, seed_router=None) -> None:
     mot = build_mot(PRESET, device=DEVICE, dtype="bfloat16" if DEVICE == "cuda" else "float32")
     print("loaded seed-random bf16", flush=True)
     reset_peak()
@@ -126,7 +126,10 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     experts = [mot.experts[e] for e in active]
     def orig_step(length):
         with torch.no_grad():
-            mot.route([src], noise=False)
+            if seed_router is not None:  # the seed preset's encoder shape (deberta-v3-large) + router, per token
+                seed_router(src)
+            else:
+                mot.route([src], noise=False)
             for e, m in zip(active, experts):
                 x = torch.randint(0, min(300, m.config.vocab_size), (1, length), device=DEVICE)
                 mot._capture = {e: [None] * mot.config.num_stacks} if e != p else None
@@ -150,14 +153,20 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
         return {"tok_s_decode": r.timings["decode_tokens_per_s"], "tok_s_end_to_end": new_tokens / t, "first_token_s": r.timings["first_token_s"]}
 
     eager = run("fast", static_cache=False, cuda_graphs=False)
+    os.environ["MOT_COMPILE"] = "0"
+    fast_nc = run("fast")
+    full_nc = run("full")
+    os.environ["MOT_COMPILE"] = "1"
     fast = run("fast")
     full = run("full")
     full_eager = run("full", static_cache=False, cuda_graphs=False)
+    rows["ours_fast_graphs_no_compile"] = fast_nc["tok_s_end_to_end"]
+    rows["ours_full_graphs_no_compile"] = full_nc["tok_s_end_to_end"]
     rows["ours_eager_dynamic_cache_fast"] = eager["tok_s_end_to_end"]
     rows["ours_fast"] = fast["tok_s_end_to_end"]
     rows["ours_full_mot"] = full["tok_s_end_to_end"]
     rows["ours_full_mot_eager"] = full_eager["tok_s_end_to_end"]
-    results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager}
+    results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_no_compile": fast_nc, "full_no_compile": full_nc}
 
     # 32-token full-MoT generation (the engine issue's check) and peak inference memory.
     _, t32 = timed(Generator(mot).generate, [GenerationRequest(src, mode="full", max_new_tokens=32, stop_at_eos=False, force_active=active)])
@@ -197,7 +206,7 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     free(mot)
 
 
-def bench_deberta_routing(results: dict) -> None:
+def bench_deberta_routing(results: dict):
     """Routing with a deberta-v3-large-shaped encoder (random weights, the seed preset's encoder shape)."""
     import tempfile
 
@@ -226,6 +235,7 @@ def bench_deberta_routing(results: dict) -> None:
                 lat.append(time.perf_counter() - t)
     lat.sort()
     results["routing_deberta_large_ms"] = {"p50": 1e3 * statistics.median(lat), "p95": 1e3 * lat[int(0.95 * len(lat)) - 1]}
+    return lambda text: router(enc([text]), noise=False).info(0)
 
 
 def main(argv=None) -> int:
@@ -250,11 +260,13 @@ def main(argv=None) -> int:
     }
     if not args.skip_parity:
         parity(results, active, 32)
-    bench_generation(results, active, args.new_tokens, args.batch)
+    seed_router = None
     if args.skip_deberta:
         results["routing_deberta_large_ms"] = None
     else:
-        bench_deberta_routing(results)
+        with torch.no_grad():
+            seed_router = bench_deberta_routing(results)
+    bench_generation(results, active, args.new_tokens, args.batch, seed_router)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
     rows = results["rows"]

@@ -130,6 +130,8 @@ class MixtureOfThoughts(nn.Module):
         self.eos_token_ids = [self._eos_ids(e) for e in range(len(self.experts))]
         self._ctx: MemoryContext | None = None  # set while a primary runs with interaction
         self._capture: dict[int, list] | None = None  # set while secondaries run over prompts
+        self._use_compiled_layers = False  # set by the Generator's compiled decode steps (generation.py)
+        self._compiled_update = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -181,7 +183,8 @@ class MixtureOfThoughts(nn.Module):
         ctx = self._ctx
         if ctx is None or ctx.primary != e or not ctx.slots[s]:
             return None
-        delta = self.interaction[s].update(e, h.to(self.device), ctx.slots[s], ctx.primary_weight)
+        update = self._compiled_update if self._use_compiled_layers else InteractionLayer.update
+        delta = update(self.interaction[s], e, h.to(self.device), ctx.slots[s], ctx.primary_weight)
         bad = ~torch.isfinite(delta).all()
         ctx.nonfinite = bad if ctx.nonfinite is None else (ctx.nonfinite | bad)
         h = h + delta.to(device=h.device, dtype=h.dtype)

