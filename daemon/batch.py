@@ -280,8 +280,9 @@ class BatchRun:
         from rich.console import Console
 
         self.opts = opts
-        self.err = console or Console(stderr=True)
-        self.out = out_console or Console()
+        # soft_wrap: messages are never broken into lines (scripts grep them); only the table is laid out
+        self.err = console or Console(stderr=True, soft_wrap=True)
+        self.out = out_console or Console(soft_wrap=True)
         self.files: list[SourceFile] = []
         self.jobs: list[FunctionJob] = []
         self.endpoints: list[_Endpoint] = []
