@@ -102,8 +102,9 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
               "expert i on GPU i mod N (under accelerate launch each process always uses its own GPU)")
     _add(model, "dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
          help="expert weights' dtype; auto = bfloat16 on GPU, float32 on CPU")
-    _add(model, "mixed_precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
-         help="autocast of the trainable layers; auto = bf16 on GPU, no on CPU")
+    _add(model, "mixed_precision", choices=("auto", "no", "bf16"), default="auto",
+         help="bf16 autocast of the forward passes; auto = bf16 on GPU, no on CPU (fp16 is not offered: it would "
+              "need loss scaling)")
 
     gen = p.add_argument_group("generation and evaluation")
     _add(gen, "max_new_tokens", type=_int, default=256, help="generated tokens per translation, at most")
@@ -256,7 +257,7 @@ def validate_args(args, *, mode: str) -> list[str]:
             errors.append(f"{flag} needs a CUDA GPU (bitsandbytes quantization); none is visible")
         elif importlib.util.find_spec("bitsandbytes") is None:
             errors.append(f"{flag} needs bitsandbytes: pip install '.[quant]'")
-    if args.mixed_precision in ("bf16", "fp16"):
+    if args.mixed_precision == "bf16":
         import torch
 
         if not torch.cuda.is_available():

@@ -464,18 +464,20 @@ class Trainer:
                 bar.set_postfix(self._postfix(), refresh=False)
                 if epoch_done:
                     break  # the epoch's end evaluates and saves
-                if args.eval_steps and st.global_step % args.eval_steps == 0:
-                    self._eval_loss()
-                stopped = bool(args.stop_after_steps and st.global_step >= args.stop_after_steps)
-                if stopped or (args.save_steps and st.global_step % args.save_steps == 0):
-                    self.save_checkpoint(time.perf_counter() - t_start)
+                with self._not_training_time():
+                    if args.eval_steps and st.global_step % args.eval_steps == 0:
+                        self._eval_loss()
+                    stopped = bool(args.stop_after_steps and st.global_step >= args.stop_after_steps)
+                    if stopped or (args.save_steps and st.global_step % args.save_steps == 0):
+                        self.save_checkpoint(time.perf_counter() - t_start)
             if stopped:
                 break
-            self._eval_loss()
-            self._epoch_end_generation()
-            st.epoch += 1
-            st.micro_step = 0
-            self.save_checkpoint(time.perf_counter() - t_start)
+            with self._not_training_time():
+                self._eval_loss()
+                self._epoch_end_generation()
+                st.epoch += 1
+                st.micro_step = 0
+                self.save_checkpoint(time.perf_counter() - t_start)
             stopped = bool(args.stop_after_steps and st.global_step >= args.stop_after_steps
                            and st.epoch < args.num_epochs)
         bar.close()
@@ -487,6 +489,15 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return result
+
+    @contextlib.contextmanager
+    def _not_training_time(self):
+        """Evaluation and checkpoints do not count in the tokens/s of the next metrics line."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window.t0 += time.perf_counter() - t
 
     def _base_lr(self) -> float:
         """The base learning rate now (the interaction layers'; router x2, auxiliary x0.5)."""
