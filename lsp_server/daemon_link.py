@@ -165,6 +165,8 @@ class DaemonLink:
             return f"the MoT daemon at {self.endpoint_text()} is ready"
         if self._state == LinkState.LOADING:
             return f"the MoT daemon at {self.endpoint_text()} is loading its model"
+        if self._state == LinkState.UNKNOWN:
+            return f"connecting to the MoT daemon at {self.endpoint_text()}"
         if self._state == LinkState.STARTING:
             return f"a MoT daemon is starting at {self.endpoint_text()} (log: {self._spawn_log})"
         return f"no MoT daemon available: {self._reason}"
@@ -318,9 +320,9 @@ class DaemonLink:
                 return
         hint = ""
         if self._spawn_failure is not None:
-            hint = " Autostart failed earlier; fix the cause and run “MoT: Restart daemon”."
+            hint = "; autostart failed earlier: fix the cause and run “MoT: Restart daemon”"
         elif not settings.autostart:
-            hint = " Start one with `mot-daemon serve` (or enable mot.autostart)."
+            hint = "; start one with `mot-daemon serve` (or enable mot.autostart)"
         self._mark_down(reason + hint)
 
     def _set_ready(self, status: P.StatusResult) -> None:
@@ -332,6 +334,8 @@ class DaemonLink:
             self._tell(types.MessageType.Info, f"MoT: the daemon at {self.endpoint_text()} is available again.")
 
     def _mark_down(self, reason: str) -> None:
+        if self._closing:  # our own close() failed what was in flight: not an outage
+            return
         with self._lock:
             first = not self._told_down
             self._told_down = True

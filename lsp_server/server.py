@@ -182,7 +182,10 @@ class MotLanguageServer(LanguageServer):
         if edit is None:
             return EditCapabilities(False, False)
         operations = edit.resource_operations or []
-        return EditCapabilities(bool(edit.document_changes), types.ResourceOperationKind.Create in operations)
+        # Resource operations exist only inside documentChanges: a client offering them (Neovim 0.11 does, without
+        # setting documentChanges) takes documentChanges.
+        document_changes = bool(edit.document_changes) or bool(operations)
+        return EditCapabilities(document_changes, document_changes and types.ResourceOperationKind.Create in operations)
 
     async def in_quick_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.quick_pool, fn, *args)
