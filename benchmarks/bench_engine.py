@@ -89,9 +89,9 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
         graphs = Generator(mot).generate([req])[0].token_ids
         eager = Generator(mot, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
         with torch.no_grad():
-            tf = mot.target_logits(src, graphs, active_experts=active if mode == "full" else None)
-        if mode == "fast":  # fast mode = primary alone; compare with the expert's own cache-free forward
-            with torch.no_grad():
+            if mode == "full":
+                tf = mot.target_logits(src, graphs, active_experts=active)
+            else:  # fast mode = primary alone; compare with the expert's own cache-free forward
                 p = active[0]
                 ids = torch.tensor([mot.prompt_ids(p, src) + graphs], device=DEVICE)
                 tf = mot.experts[p](input_ids=ids).logits[0, -len(graphs) - 1 : -1]
@@ -147,7 +147,7 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     def run(mode, **gen_kw):
         gen = Generator(mot, **gen_kw)
         req = GenerationRequest(src, mode=mode, max_new_tokens=new_tokens, stop_at_eos=False, force_active=active)
-        gen.generate([GenerationRequest(src, mode=mode, max_new_tokens=8, stop_at_eos=False, force_active=active)])
+        gen.generate([req])  # warm-up at the timed shapes (compilation, kernel selection)
         res, t = timed(gen.generate, [req])
         r = res[0]
         return {"tok_s_decode": r.timings["decode_tokens_per_s"], "tok_s_end_to_end": new_tokens / t, "first_token_s": r.timings["first_token_s"]}

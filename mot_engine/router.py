@@ -19,10 +19,14 @@ from torch import nn
 class SentenceEncoder(nn.Module):
     """A sentence-transformers model used as a (by default frozen) mean-pooled source embedder."""
 
-    def __init__(self, model, *, trainable: bool = False, max_length: int = 512):
+    def __init__(self, model, *, trainable: bool = False, max_length: int = 512, dtype: torch.dtype | None = None):
         super().__init__()
         self.model = model  # sentence_transformers.SentenceTransformer (an nn.Sequential)
         self.trainable = trainable
+        if dtype is None and not trainable and next(model.parameters()).device.type == "cuda":
+            dtype = torch.bfloat16  # a frozen encoder on a GPU: half the latency of fp32 (the hover path)
+        if dtype is not None:
+            self.model.to(dtype)
         self.model.max_seq_length = min(max_length, getattr(self.model, "max_seq_length", max_length) or max_length)
         if not trainable:
             self.model.requires_grad_(False)
