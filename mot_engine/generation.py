@@ -122,7 +122,9 @@ class Generator:
         # Static KV cache + one CUDA graph per cohort's decode step: kernel launches, not FLOPs, bound batch-1
         # decoding of 1-3B models (ARCHITECTURE.md, "Decoding engine"). Default on CUDA, off on CPU (where the
         # static path still runs eagerly when asked, so CI tests it); MOT_CUDA_GRAPHS=0 disables both.
-        on_cuda = mot.device.type == "cuda" and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
+        # Experts spread over several GPUs run eagerly: a captured graph lives on one device.
+        one_device = all(next(m.parameters()).device == mot.device for m in mot.experts)
+        on_cuda = mot.device.type == "cuda" and one_device and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         self.static_cache = (on_cuda or self.cuda_graphs) if static_cache is None else static_cache
         if self.cuda_graphs and not self.static_cache:
