@@ -54,13 +54,14 @@ def test_help_documents_every_flag_with_its_default():
 def test_defaults_and_dash_or_underscore(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"cpp": "int f();", "generated_cuda": "__global__ void f();"}) + "\n")
-    base = ["--data_path", str(data), "--output_dir", str(tmp_path / "out")]
+    base = ["--data_path", str(data), "--output_dir", str(tmp_path / "out"), "--preset", "tiny"]
     args = parse_train_args(base)
     for dest, default in TRAIN_DEFAULTS.items():
-        if dest in ("data_path", "output_dir", "num_stacks", "top_k", "lambda_consistency"):
+        if dest in ("data_path", "output_dir", "preset", "num_stacks", "top_k", "lambda_consistency"):
             continue  # given above / resolved later (the checkpoint's, else the documented default)
         assert getattr(args, dest) == default, dest
-    dashed = parse_train_args(["--data-path", str(data), "--output-dir", str(tmp_path / "out"), "--batch-size", "3",
+    dashed = parse_train_args(["--data-path", str(data), "--output-dir", str(tmp_path / "out"), "--preset", "tiny",
+                               "--batch-size", "3",
                                "--gradient-accumulation-steps", "2", "--best-model-metric", "chrf"])
     under = parse_train_args(base + ["--batch_size", "3", "--gradient_accumulation_steps", "2",
                                      "--best_model_metric", "chrf"])
@@ -100,6 +101,20 @@ def test_bad_values_are_refused_before_any_model_loads(tmp_path, monkeypatch, ca
         cli.train_main(["--data_path", str(data), "--output_dir", str(tmp_path / "out"), *extra])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_unavailable_preset_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    from mot_engine import PresetUnavailable
+
+    def unavailable(name):
+        raise PresetUnavailable(f"the {name} preset needs the packages x, y: run pip install '.[{name}]'")
+
+    monkeypatch.setattr("mot_engine.presets.resolve_preset", unavailable)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"cpp": "int f();", "generated_cuda": "__global__ void f();"}) + "\n")
+    with pytest.raises(SystemExit):
+        cli.train_main(["--data_path", str(data), "--output_dir", str(tmp_path / "o"), "--preset", "pocket"])
+    assert "the pocket preset needs the packages x, y: run pip install '.[pocket]'" in capsys.readouterr().err
 
 
 def test_missing_data_and_quantization_without_gpu(tmp_path, capsys):

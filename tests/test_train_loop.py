@@ -40,7 +40,8 @@ def write_data(path: Path, n: int, distinct: int | None = None) -> Path:
 
 def train_args(data: Path, out: Path, *extra: str):
     return parse_train_args([
-        "--data_path", str(data), "--output_dir", str(out), "--batch_size", "1", "--learning_rate", "3e-3",
+        "--data_path", str(data), "--output_dir", str(out), "--preset", "tiny", "--batch_size", "1",
+        "--learning_rate", "3e-3",
         "--warmup_steps", "2", "--max_new_tokens", "6", "--eval_max_samples", "1", "--test_max_samples", "1",
         "--eval_batch_size", "4", "--logging_steps", "1", "--no_progress", "--no_compile_check", *extra,
     ])

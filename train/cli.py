@@ -206,17 +206,21 @@ def build_eval_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def expert_count(args) -> int | None:
-    """Number of experts the arguments choose (None when it is only known after loading a checkpoint)."""
-    if args.experts:
-        from .evaluate import parse_experts
+def _checkpoint_metadata(args) -> dict | None:
+    """Metadata of the checkpoint a run resumes or starts from (None: no checkpoint, or a legacy .pt file)."""
+    from mot_engine.checkpoint import read_checkpoint_metadata
 
-        return len(parse_experts(args.experts))
-    if args.preset:
-        from mot_engine.presets import resolve_preset
+    path = getattr(args, "checkpoint_path", None)
+    if getattr(args, "resume", None):
+        from .trainer import latest_checkpoint
 
-        return len(resolve_preset(args.preset)[0])
-    return None
+        path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
+    if not path:
+        return None
+    from .evaluate import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    return read_checkpoint_metadata(ckpt) if ckpt is not None and ckpt.suffix != ".pt" else None
 
 
 def validate_args(args, *, mode: str) -> list[str]:
@@ -319,13 +323,17 @@ def validate_args(args, *, mode: str) -> list[str]:
             if resolve_checkpoint(cp) is None:
                 errors.append(f"--checkpoint_path {cp}: neither a checkpoint (mot_checkpoint.json) nor a training "
                               "output folder with best_model/")
-    if not errors and args.top_k is not None:  # the number of experts is known without loading a model
+    if not errors:  # which experts, and whether they can be had, is known without loading a model
+        from mot_engine import MoTError
+
         try:
-            n = expert_count(args)
-        except Exception as e:  # PresetUnavailable and friends: say how to get the preset
+            from .evaluate import choose_experts
+
+            n = len(choose_experts(args, _checkpoint_metadata(args))[0])
+        except (MoTError, ValueError, OSError) as e:  # PresetUnavailable says how to get the preset
             errors.append(str(e))
             n = None
-        if n is not None and args.top_k > n:
+        if n is not None and args.top_k is not None and args.top_k > n:
             errors.append(f"--top_k {args.top_k} exceeds the {n} experts of "
                           f"{'--experts' if args.experts else 'preset ' + repr(args.preset)}")
     return errors

@@ -245,6 +245,25 @@ def resolve_checkpoint(path) -> Path | None:
     return None
 
 
+def choose_experts(args, meta: dict | None = None) -> tuple[list, str | None]:
+    """(experts, encoder) without loading anything: --experts, else --preset, else what the checkpoint (metadata
+    `meta`) was trained with, else the default preset. Sets args.preset to the preset used (args.json records it).
+    Raises PresetUnavailable, saying how to get a preset's weights or packages."""
+    from mot_engine.config import ExpertConfig
+    from mot_engine.presets import default_preset, resolve_preset
+
+    if args.experts:
+        return parse_experts(args.experts), args.encoder
+    if args.preset is None and meta is not None and meta.get("preset") is None and meta["mot_config"].get("experts"):
+        # trained with --experts: the checkpoint names them (its devices were the training machine's)
+        experts = [ExpertConfig(**{**e, "device": None}) for e in meta["mot_config"]["experts"]]
+        return experts, args.encoder or meta["encoder"]["id"]
+    if args.preset is None:
+        args.preset = (meta or {}).get("preset") or default_preset()
+    experts, encoder = resolve_preset(args.preset)
+    return experts, args.encoder or encoder
+
+
 def model_overrides(args) -> dict:
     over = {}
     for name in ("num_stacks", "top_k", "lambda_consistency"):
@@ -263,8 +282,7 @@ def build_model(args, device, *, checkpoint=None, world_size: int = 1):
     """
     from mot_engine import build_mot
     from mot_engine.checkpoint import read_checkpoint_metadata
-    from mot_engine.config import ExpertConfig, MoTConfig
-    from mot_engine.presets import default_preset, resolve_preset
+    from mot_engine.config import MoTConfig
 
     from .cli import DEFAULT_LAMBDA_CONSISTENCY, DEFAULT_NUM_STACKS, DEFAULT_TOP_K
 
@@ -279,25 +297,14 @@ def build_model(args, device, *, checkpoint=None, world_size: int = 1):
         overrides.setdefault("lambda_consistency", DEFAULT_LAMBDA_CONSISTENCY)
     if args.max_length > MoTConfig.max_source_tokens:  # a kept pair's prompt must never be refused
         overrides["max_source_tokens"] = args.max_length
-    preset, encoder = args.preset, args.encoder
-    if args.experts:
-        experts = parse_experts(args.experts)
-    elif preset is None and meta is not None and meta.get("preset") is None and meta["mot_config"].get("experts"):
-        # trained with --experts: the checkpoint names them (its devices were the training machine's)
-        experts = [ExpertConfig(**{**e, "device": None}) for e in meta["mot_config"]["experts"]]
-        encoder = encoder or meta["encoder"]["id"]
-    else:
-        if preset is None:
-            preset = (meta or {}).get("preset") or default_preset()
-        experts, preset_encoder = resolve_preset(preset)
-        encoder = encoder or preset_encoder
+    experts, encoder = choose_experts(args, meta)
     quant = "4bit" if args.use_4bit else "8bit" if args.use_8bit else None
     dtype = None if args.dtype == "auto" else args.dtype
     if device.type == "cuda" and not args.single_gpu and world_size == 1 and torch.cuda.device_count() > 1:
         n = torch.cuda.device_count()
         for i, e in enumerate(experts):
             e.device = f"cuda:{i % n}"
-    mot = build_mot(preset, checkpoint, device=device, dtype=dtype, quantization=quant, experts=experts,
+    mot = build_mot(args.preset, checkpoint, device=device, dtype=dtype, quantization=quant, experts=experts,
                     encoder=encoder, **overrides)
     return mot
 
