@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=4096, help="largest max_new_tokens a request may ask for")
     s.add_argument("--request-timeout", type=float, default=600.0, help="default per-request timeout in seconds")
     s.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024, help="largest frame accepted (ZMQ_MAXMSGSIZE)")
-    s.add_argument("--batch-wait-ms", type=float, default=5.0, help="when idle, wait this long after a request for "
-                   "others to batch with it (default 5)")
+    s.add_argument("--batch-wait-ms", type=float, default=5.0, help="when idle, gather requests that arrive less "
+                   "than this apart into one batch (default 5)")
+    s.add_argument("--batch-wait-max-ms", type=float, default=50.0, help="...for at most this long (default 50)")
+    s.add_argument("--init-seed", type=int, default=0, help="seed for randomly initialised weights (a fresh router "
+                   "without --checkpoint, random-weight presets): same routing on every start (default 0)")
     s.add_argument("--curve-dir", metavar="DIR", help="CURVE keys (server.key_secret, authorized_clients/); "
                    "required for a non-loopback tcp endpoint")
     s.add_argument("--log-file", metavar="FILE", help="log file (default: daemon.log in your log directory)")
@@ -163,7 +166,8 @@ def cmd_serve(args) -> int:
             preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
             max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_source_chars=args.max_source_chars,
             max_new_tokens=args.max_new_tokens, default_timeout_s=args.request_timeout,
-            batch_wait_s=args.batch_wait_ms / 1000.0,
+            batch_wait_s=args.batch_wait_ms / 1000.0, batch_wait_max_s=args.batch_wait_max_ms / 1000.0,
+            init_seed=args.init_seed,
         )
         config.validate()
         return serve(config, args.endpoint, curve_dir=args.curve_dir, max_message_bytes=args.max_message_bytes)

@@ -55,10 +55,14 @@ class EngineConfig:
     max_source_chars: int = 200_000
     max_new_tokens: int = 4096
     default_timeout_s: float = 600.0
-    batch_wait_s: float = 0.005  # when idle, wait this long after a request for others to batch with it
+    batch_wait_s: float = 0.005  # when idle, gather requests arriving less than this apart into one batch...
+    batch_wait_max_s: float = 0.05  # ...for at most this long
     max_pending_routes: int = 256
     route_batch_size: int = 64
     extra_limits: dict[str, Any] = field(default_factory=dict)  # shown in status (e.g. the server's frame limit)
+    # Seed of torch's RNG before the model is built: without a checkpoint the router and interaction layers are
+    # random, and this makes their routing the same on every start (and benchmarks repeatable). None: unseeded.
+    init_seed: int | None = 0
 
     def validate(self) -> None:
         for name in ("max_batch_size", "max_new_tokens", "max_source_chars", "max_pending_routes", "route_batch_size"):
@@ -71,6 +75,8 @@ class EngineConfig:
             raise ValueError(f"default_timeout_s must be > 0, got {self.default_timeout_s!r}")
         if not self.batch_wait_s >= 0:
             raise ValueError(f"batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
+        if not self.batch_wait_max_s >= 0:
+            raise ValueError(f"batch_wait_max_s must be >= 0, got {self.batch_wait_max_s!r}")
 
     @property
     def capacity(self) -> int:
@@ -318,6 +324,8 @@ class EngineCore:
                 from mot_engine import build_mot
 
                 cfg = self.config
+                if cfg.init_seed is not None:
+                    torch.manual_seed(cfg.init_seed)
                 self._model = build_mot(cfg.preset, cfg.checkpoint, device=cfg.device, dtype=cfg.dtype)
         mot = self._model
         self._reset_generator()
@@ -369,8 +377,15 @@ class EngineCore:
                 return
             self._handle(item)
             if item[0] == _TRANSLATE and self.config.batch_wait_s > 0:
-                until = time.monotonic() + self.config.batch_wait_s
-                while (left := until - time.monotonic()) > 0:
+                # Requests that arrive together (clients resubmitting after a batch ended) should start together:
+                # a request admitted one step later starts a separate cohort, decoded by a separate forward pass
+                # for the rest of its life. Keep collecting while arrivals are less than batch_wait_s apart, up to
+                # batch_wait_max_s in all or until the batch is full.
+                cap = time.monotonic() + max(self.config.batch_wait_max_s, self.config.batch_wait_s)
+                while len(self._backlog) < self.config.max_batch_size - self._gen.num_running:
+                    left = min(self.config.batch_wait_s, cap - time.monotonic())
+                    if left <= 0:
+                        break
                     try:
                         self._handle(self._inbox.get(timeout=left))
                     except queue.Empty:
