@@ -37,7 +37,7 @@ from pathlib import Path
 
 from daemon import protocol as P
 from daemon.client import DaemonClient, DaemonError, DaemonUnavailable
-from daemon.endpoints import Endpoint, EndpointError, lock_is_held, log_dir, parse_endpoint
+from daemon.endpoints import Endpoint, EndpointError, lock_is_held, log_dir, parse_endpoint, read_lock_holder
 from lsprotocol import types
 
 from .settings import Settings
@@ -90,13 +90,23 @@ def _tail(path: Path | None, lines: int = 6, max_bytes: int = 4000) -> str:
     return "\n".join(line for line in text.splitlines()[-lines:] if line.strip())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # somebody else's process: alive
+    return True
+
+
 class DaemonLink:
     """See the module docstring. Thread-safe; `supervise()` runs on the server's event loop."""
 
     QUICK_TIMEOUT_S = 3.0  # status / route / cancel: how long silence is tolerated
     WORK_TIMEOUT_S = 30.0  # translations (the daemon sends heartbeats while it holds our work)
-    PROBE_INTERVAL_S = 1.0  # while not ready
-    HEALTH_INTERVAL_S = 5.0  # while ready and idle
+    PROBE_INTERVAL_S = 1.0  # a pass every second: cheap local checks; a status request while not ready
+    HEALTH_INTERVAL_S = 5.0  # while ready: a status request when nothing was heard for this long
     SPAWN_BACKOFF_S = 10.0
     READY_TIMEOUT_S = 600.0  # a translation waits this long for a starting daemon to load its model
 
@@ -119,6 +129,7 @@ class DaemonLink:
         self._want_spawn = False
         self._spawn_failure: str | None = None  # set when a daemon we started exited with an error
         self._passes = 0
+        self._force_probe = False  # a call failed: the next pass probes even if the last contact is recent
         self._closing = False  # close() began: the supervisor stops
         self._closed = False  # close() ended: no more clients
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mot-link")
@@ -230,7 +241,7 @@ class DaemonLink:
         try:
             result = self._client("quick").route(source)
         except DaemonUnavailable as e:
-            self.wake()  # let the probe decide whether this is an outage or a busy engine
+            self.wake(probe=True)  # let the probe decide whether this is an outage or a busy engine
             raise DaemonDown(f"the daemon did not answer the routing request: {e}") from None
         self._contact()
         return result
@@ -239,7 +250,7 @@ class DaemonLink:
         try:
             status = self._client("quick").status()
         except DaemonUnavailable as e:
-            self.wake()
+            self.wake(probe=True)
             raise DaemonDown(str(e)) from None
         self._contact(status)
         return status
@@ -255,14 +266,37 @@ class DaemonLink:
     def translation_failed(self, error: BaseException) -> None:
         """A translation lost its daemon: have the supervisor look at once."""
         log.warning("a translation lost the daemon: %s", error)
-        self.wake()
+        self.wake(probe=True)
 
     # ------------------------------------------------------------------------------------------ probing
 
+    def _local_death(self, endpoint: Endpoint) -> str | None:
+        """Why a local (ipc) daemon is certainly gone, without waiting for a socket timeout; None if it may live.
+
+        No socket file: nobody listens. A socket file whose daemon's recorded pid is not running: a daemon that was
+        killed (it could not remove its socket). The pid is read, never locked: probing must not race a daemon
+        that is taking its lock at that moment.
+        """
+        if endpoint.ipc_path is None:
+            return None
+        if not endpoint.ipc_path.exists():
+            return f"no daemon listens at {endpoint.address} (there is no socket file)"
+        pid = read_lock_holder(endpoint)
+        proc = self._spawned
+        if pid is not None and proc is not None and proc.pid == pid:
+            alive = proc.poll() is None  # our child: poll() reaps it (a zombie answers kill(pid, 0))
+        else:
+            alive = pid is None or _pid_alive(pid)
+        if not alive:
+            return f"the daemon that served {endpoint.address} (pid {pid}) is gone"
+        return None
+
     def _probe(self) -> tuple[P.StatusResult | None, str]:
         endpoint = self.endpoint()
-        if endpoint.ipc_path is not None and not endpoint.ipc_path.exists():
-            return None, f"no daemon listens at {endpoint.address} (there is no socket file)"
+        dead = self._local_death(endpoint)
+        if dead is not None:
+            self._close_clients()
+            return None, dead
         try:
             return self._client("quick").status(), ""
         except DaemonUnavailable as e:
@@ -284,7 +318,12 @@ class DaemonLink:
             return self._state
 
     def _pass(self) -> None:
-        if self._state == LinkState.READY and time.monotonic() - self._last_contact < self.HEALTH_INTERVAL_S:
+        forced, self._force_probe = self._force_probe, False
+        if (
+            self._state == LinkState.READY and not forced
+            and time.monotonic() - self._last_contact < self.HEALTH_INTERVAL_S
+            and self._local_death(self.endpoint()) is None
+        ):
             return
         status, reason = self._probe()
         if status is not None:
@@ -322,7 +361,9 @@ class DaemonLink:
         if self._spawn_failure is not None:
             hint = "; autostart failed earlier: fix the cause and run “MoT: Restart daemon”"
         elif not settings.autostart:
-            hint = "; start one with `mot-daemon serve` (or enable mot.autostart)"
+            hint = " (mot.autostart is off)" if "mot-daemon serve" in reason else (
+                "; start one with `mot-daemon serve` (or enable mot.autostart)"
+            )
         self._mark_down(reason + hint)
 
     def _set_ready(self, status: P.StatusResult) -> None:
@@ -445,8 +486,10 @@ class DaemonLink:
 
     # ------------------------------------------------------------------------------------------ async side
 
-    def wake(self) -> None:
-        """Ask the supervisor for a pass now (thread-safe)."""
+    def wake(self, probe: bool = False) -> None:
+        """Ask the supervisor for a pass now (thread-safe); probe=True: probe even if the daemon looked fine."""
+        if probe:
+            self._force_probe = True
         loop, event = self._loop, self._wake
         if loop is None or event is None or loop.is_closed():
             return
@@ -476,9 +519,8 @@ class DaemonLink:
                 return  # the executor was shut down
             except Exception:
                 log.exception("daemon supervisor pass failed")
-            interval = self.HEALTH_INTERVAL_S if self._state == LinkState.READY else self.PROBE_INTERVAL_S
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self._wake.wait(), self.PROBE_INTERVAL_S)
             self._wake.clear()
 
     async def wait_ready(self, timeout_s: float | None = None, on_wait: Callable[[str], None] | None = None) -> None:

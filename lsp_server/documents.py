@@ -59,10 +59,16 @@ def text_hash(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------- positions
 
 
+def encoding_name(encoding) -> str:
+    """"utf-8" | "utf-16" | "utf-32" from an lsprotocol enum or a string (str() of the enum is its *name* in 3.11)."""
+    value = getattr(encoding, "value", encoding) or types.PositionEncodingKind.Utf16.value
+    return value if value in ("utf-8", "utf-16", "utf-32") else "utf-16"
+
+
 def _units(encoding: str):
-    if encoding == types.PositionEncodingKind.Utf8:
+    if encoding == "utf-8":
         return lambda ch: len(ch.encode("utf-8", "surrogatepass"))
-    if encoding == types.PositionEncodingKind.Utf32:
+    if encoding == "utf-32":
         return lambda ch: 1
     return lambda ch: 2 if ord(ch) > 0xFFFF else 1
 
@@ -70,9 +76,9 @@ def _units(encoding: str):
 class TextView:
     """A document's text with conversions between LSP positions (client units) and (line, code point col)."""
 
-    def __init__(self, text: str, encoding: str = types.PositionEncodingKind.Utf16):
+    def __init__(self, text: str, encoding: str = "utf-16"):
         self.text = text
-        self.encoding = str(encoding or types.PositionEncodingKind.Utf16)
+        self.encoding = encoding_name(encoding)
         self.lines = text.split("\n")
         self._unit = _units(self.encoding)
         self._line_starts: list[int] | None = None
@@ -100,7 +106,7 @@ class TextView:
         return types.Range(start=self.to_position(*start), end=self.to_position(*end))
 
     def _width(self, text: str) -> int:
-        if self.encoding == types.PositionEncodingKind.Utf32:
+        if self.encoding == "utf-32":
             return len(text)
         return sum(self._unit(ch) for ch in text)
 

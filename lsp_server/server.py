@@ -28,7 +28,7 @@ from pygls.protocol import LanguageServerProtocol
 
 from . import __version__
 from .daemon_link import DaemonLink, LinkState
-from .documents import FunctionIndex, OpenDocument, TextView, grammar_for, text_hash, uri_key
+from .documents import FunctionIndex, OpenDocument, TextView, encoding_name, grammar_for, text_hash, uri_key
 from .features import code_actions, commands, hover
 from .features.diagnostics import KernelDiagnostics
 from .features.translate import Source, TranslationRunner
@@ -142,7 +142,7 @@ class MotLanguageServer(LanguageServer):
 
     @property
     def position_encoding(self) -> str:
-        return str(self.workspace.position_encoding or types.PositionEncodingKind.Utf16)
+        return encoding_name(self.workspace.position_encoding)
 
     def open_document(self, uri: str) -> OpenDocument | None:
         """A snapshot of an open C/C++/CUDA document, or None."""

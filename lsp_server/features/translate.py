@@ -182,10 +182,6 @@ class TranslationRunner:
     def link(self) -> DaemonLink:
         return self.server.link
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._by_token) + len([j for j in self._by_request.values() if j not in self._by_token.values()])
-
     def _cancel_in_background(self, job: TranslationJob) -> None:
         future = asyncio.get_running_loop().run_in_executor(self.server.quick_pool, job.cancel)
         self._background.add(future)

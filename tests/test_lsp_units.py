@@ -1,0 +1,239 @@
+"""Unit tests of the language server's pure parts: settings, positions, function lookup, kernel cleaning, edit
+building for every placement, routing rendering, kernel checks. No processes, no daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from daemon import protocol as P
+from lsp_server.documents import OpenDocument, TextView, grammar_for, innermost, outermost_only, path_to_uri
+from lsp_server.features.diagnostics import check_kernel
+from lsp_server.features.edits import Kernel, TargetFile, build_edit, clean_kernel, target_for
+from lsp_server.features.hover import bar, render_routing
+from lsp_server.settings import Settings, changed_keys, parse_settings, section_of
+from lsp_server.sourcecode import find_functions
+from lsprotocol import types
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_and_both_shapes():
+    defaults, problems = parse_settings(None)
+    assert defaults == Settings() and problems == []
+    assert (defaults.placement, defaults.mode, defaults.autostart, defaults.endpoint) == ("newFile", "fast", True, None)
+    raw = {"endpoint": "ipc:///tmp/x.sock", "maxNewTokens": 64, "temperature": 0.5, "placement": "belowFunction",
+           "mode": "full", "autostart": False, "preset": "tiny", "checkpoint": "/ckpt"}
+    for shape in ({"mot": raw}, raw):
+        settings, problems = parse_settings(shape)
+        assert problems == []
+        assert settings.to_editor_dict() | raw == settings.to_editor_dict()
+    assert section_of({"other": 1}) is None
+
+
+def test_bad_settings_are_reported_and_keep_the_previous_value():
+    base = Settings(placement="replaceSelection", max_new_tokens=99)
+    settings, problems = parse_settings(
+        {"mot": {"placement": "sideways", "maxNewTokens": 0, "temperature": "hot", "mode": "full", "typo": 1}}, base
+    )
+    assert settings.placement == "replaceSelection" and settings.max_new_tokens == 99 and settings.mode == "full"
+    assert len(problems) == 4
+    assert any("mot.placement" in p and "newFile" in p for p in problems)
+    assert any("unknown setting mot.typo" in p for p in problems)
+    # null means "the default" for non-nullable keys, "unset" for nullable ones
+    settings, problems = parse_settings({"mot": {"placement": None, "endpoint": None}}, base)
+    assert settings.placement == "newFile" and settings.endpoint is None and problems == []
+    assert changed_keys(base, settings) == {"placement"}
+
+
+def test_translate_options_follow_the_settings():
+    settings, _ = parse_settings({"mot": {"maxNewTokens": 7, "mode": "full", "temperature": 0.2, "requestTimeout": 9}})
+    assert settings.translate_options() == {
+        "mode": "full", "max_new_tokens": 7, "temperature": 0.2, "ignore_eos": False, "timeout_s": 9.0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- positions
+
+
+@pytest.mark.parametrize(
+    "encoding, character",
+    [(types.PositionEncodingKind.Utf16, 7), (types.PositionEncodingKind.Utf8, 10), (types.PositionEncodingKind.Utf32, 6)],
+)
+def test_text_view_converts_client_units(encoding, character):
+    text = "int x;\n/* é😀 */ int y;\n"
+    view = TextView(text, encoding)
+    # "/* é😀 */": the position right after the emoji is code point 5... in client units: see `character`
+    point = view.to_point(types.Position(line=1, character=character - 1))
+    assert point == (1, 5)
+    assert view.to_position(1, 5) == types.Position(line=1, character=character - 1)
+    assert view.slice((1, 3), (1, 5)) == "é😀"
+    assert view.to_point(types.Position(line=9, character=0)) == view.end_point() == (2, 0)
+    assert view.to_point(types.Position(line=0, character=99)) == (0, 6)  # clamped to the line
+
+
+def test_grammar_for_language_ids_and_extensions():
+    assert grammar_for("cpp", "file:///a.cpp") == "cpp"
+    assert grammar_for("c", "file:///a.c") == "cpp"
+    assert grammar_for("cuda", "file:///a.cu") == "cuda"
+    assert grammar_for("cuda-cpp", "file:///a.cu") == "cuda"  # VS Code's id
+    assert grammar_for("python", "file:///a.cpp") is None
+    assert grammar_for(None, "file:///a.cuh") == "cuda"
+    assert grammar_for("", "file:///notes.txt") is None
+
+
+def test_function_lookup_innermost_and_outermost():
+    text = "struct S {\n  int f() { return 1; }\n};\nint g() {\n  struct L { int h() { return 2; } };\n  return 3;\n}\n"
+    spans = find_functions(text)
+    assert [s.name for s in spans] == ["f", "g", "h"]
+    assert innermost(spans, 4, 20).name == "h"
+    assert innermost(spans, 5, 2).name == "g"
+    assert innermost(spans, 2, 0) is None
+    assert [s.name for s in outermost_only(spans)] == ["f", "g"]
+
+
+# ---------------------------------------------------------------------------------------------- kernels and edits
+
+
+def test_clean_kernel():
+    assert clean_kernel("```cuda\n__global__ void k() {}\n```") == "__global__ void k() {}"
+    assert clean_kernel("\n\n  a\x00b\x7f\r\nc  \n\n") == "  ab\nc"
+    assert clean_kernel("\x01\x02 \n\t\n") == ""
+
+
+SOURCE = "#include <cstdio>\n\nvoid f(int* a) {\n  a[0] = 1;\n}\n\nint g() { return 2; }\n"
+
+
+def _document(tmp_path: Path, text: str = SOURCE, version: int = 3, encoding=types.PositionEncodingKind.Utf16):
+    path = tmp_path / "main.cpp"
+    path.write_text(text)
+    return OpenDocument(path_to_uri(path), version, text, "cpp", TextView(text, encoding))
+
+
+def _kernel(text="__global__ void f(int* a) { a[0] = 1; }", name="f", start=(2, 0), end=(4, 1)):
+    return Kernel(text, name, start, end, "tiny-qwen2")
+
+
+def _parts(edit: types.WorkspaceEdit):
+    creates = [c for c in edit.document_changes if isinstance(c, types.CreateFile)]
+    texts = [c for c in edit.document_changes if isinstance(c, types.TextDocumentEdit)]
+    return creates, texts
+
+
+def test_new_file_is_created_then_appended(tmp_path):
+    document = _document(tmp_path)
+    target = target_for(document, None)
+    assert target.path == tmp_path / "main.cu" and not target.exists
+    edit, placed = build_edit(placement="newFile", source=document, kernels=[_kernel()], target=target)
+    creates, texts = _parts(edit)
+    assert creates[0].uri == target.uri and creates[0].options.ignore_if_exists
+    (text_edit,) = texts
+    assert text_edit.text_document.version is None
+    new_text = text_edit.edits[0].new_text
+    assert new_text == "// MoT: CUDA translation of `f` (main.cpp:3), primary expert tiny-qwen2\n" + _kernel().text + "\n"
+    assert placed[0].line == 1 and placed[0].uri == target.uri
+
+    (tmp_path / "main.cu").write_text("// mine\nint x;")  # no trailing newline
+    target = target_for(document, None)
+    edit, placed = build_edit(placement="newFile", source=document, kernels=[_kernel(), _kernel("k2();", "g")],
+                              target=target)
+    creates, (text_edit,) = _parts(edit)
+    assert creates == []
+    (insert,) = text_edit.edits
+    assert insert.range.start == types.Position(line=1, character=6)
+    result = "// mine\nint x;" + insert.new_text
+    assert result.split("\n")[placed[0].line] == _kernel().text
+    assert result.split("\n")[placed[1].line] == "k2();"
+    assert "int x;\n\n// MoT" in result  # a blank line before each translation
+
+    # The .cu file is open in the editor: its text and version are used.
+    open_cu = OpenDocument(target.uri, 8, "// open\n", "cuda", TextView("// open\n"))
+    target = target_for(document, open_cu)
+    edit, _ = build_edit(placement="newFile", source=document, kernels=[_kernel()], target=target)
+    (_, (text_edit,)) = _parts(edit)
+    assert text_edit.text_document.version == 8
+    assert text_edit.edits[0].range.start == types.Position(line=1, character=0)
+    assert text_edit.edits[0].new_text.startswith("\n// MoT")
+
+
+def test_below_function_and_replace_selection(tmp_path):
+    document = _document(tmp_path)
+    kernels = [_kernel(), _kernel("k_g();", "g", (6, 0), (6, 21))]
+    edit, placed = build_edit(placement="belowFunction", source=document, kernels=kernels, target=None)
+    creates, (text_edit,) = _parts(edit)
+    assert creates == [] and text_edit.text_document.uri == document.uri and text_edit.text_document.version == 3
+    assert [e.range.start for e in text_edit.edits] == [types.Position(line=4, character=1), types.Position(line=6, character=21)]
+    after = _apply(SOURCE, text_edit.edits)
+    lines = after.split("\n")
+    assert lines[placed[0].line] == kernels[0].text and lines[placed[1].line] == "k_g();"
+    assert after.startswith(SOURCE[: SOURCE.index("}\n") + 1] + "\n\n// MoT: CUDA translation of `f`")
+
+    edit, placed = build_edit(placement="replaceSelection", source=document, kernels=kernels[:1], target=None)
+    (_, (text_edit,)) = _parts(edit)
+    (replace,) = text_edit.edits
+    assert replace.range == types.Range(start=types.Position(line=2, character=0), end=types.Position(line=4, character=1))
+    after = _apply(SOURCE, [replace])
+    assert "  a[0] = 1;" not in after and after.split("\n")[placed[0].line] == kernels[0].text
+
+    # Clients without documentChanges get `changes` (and no create).
+    edit, _ = build_edit(placement="replaceSelection", source=document, kernels=kernels[:1], target=None,
+                         document_changes=False)
+    assert edit.document_changes is None and list(edit.changes) == [document.uri]
+
+
+def test_edits_count_columns_in_the_client_encoding(tmp_path):
+    text = "// é😀\nvoid f() { int é = 1; }\n"
+    for encoding, column in ((types.PositionEncodingKind.Utf16, 23), (types.PositionEncodingKind.Utf8, 24), ("utf-32", 23)):
+        document = _document(tmp_path, text, encoding=encoding)
+        span = find_functions(text)[0]
+        kernel = _kernel(start=(span.start_line, span.start_col), end=(span.end_line, span.end_col))
+        edit, _ = build_edit(placement="belowFunction", source=document, kernels=[kernel], target=None)
+        assert _parts(edit)[1][0].edits[0].range.start == types.Position(line=1, character=column)
+
+
+def _apply(text: str, edits: list[types.TextEdit]) -> str:
+    lines = text.split("\n")
+
+    def offset(p):
+        return sum(len(line) + 1 for line in lines[: p.line]) + p.character
+
+    for e in sorted(edits, key=lambda e: offset(e.range.start), reverse=True):
+        text = text[: offset(e.range.start)] + e.new_text + text[offset(e.range.end) :]
+    return text
+
+
+def test_target_file_beside_a_cu_source_is_the_source_itself(tmp_path):
+    path = tmp_path / "k.cu"
+    text = "__global__ void k() {}\n"
+    path.write_text(text)
+    document = OpenDocument(path_to_uri(path), 2, text, "cuda", TextView(text))
+    target = target_for(document, None)
+    edit, _ = build_edit(placement="newFile", source=document, kernels=[_kernel()], target=target)
+    (_, (text_edit,)) = _parts(edit)
+    assert text_edit.text_document.uri == document.uri and text_edit.text_document.version == 2
+
+
+# ---------------------------------------------------------------------------------------------- hover, checks
+
+
+def test_render_routing_table():
+    routing = P.RouteResult(
+        id="r", primary_expert=1, primary_expert_name="b", active_experts=[1, 2], expert_names=["a", "b", "c"],
+        routing_probs=[0.1, 0.6, 0.3],
+    )
+    text = render_routing("saxpy", routing)
+    lines = text.splitlines()
+    assert lines[0] == "**MoT routing** for `saxpy`: primary **b**"
+    rows = lines[4:]
+    assert rows[0].startswith("| **b** | primary | 0.600 |")
+    assert rows[1].startswith("| c | active | 0.300 |")
+    assert rows[2].startswith("| a |  | 0.100 |")
+    assert bar(0.6) == "█" * 12 + "░" * 8 and bar(0.0) == "░" * 20 and bar(1.0) == "█" * 20
+
+
+def test_check_kernel_syntax_and_off():
+    good = check_kernel("__global__ void k(float* a) { a[threadIdx.x] = 1.0f; }", "syntax")
+    assert good.checker == "tree-sitter-cuda" and good.problems == []
+    bad = check_kernel("__global__ void k(float* a) { a[threadIdx.x] = ; \n", "syntax")
+    assert bad.problems and all(p.line in (0, 1) for p in bad.problems)
+    assert check_kernel("anything", "off").problems == []
