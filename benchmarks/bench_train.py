@@ -5,10 +5,15 @@
 
 Preset `seed-random` (default): the seed experts' shapes (Qwen2.5-Coder-1.5B, hpc-coder-v2-1.3b, starcoder2-3b) with
 random weights in bf16, the tiny tokenizers and encoder. One step is what train/trainer.py does per micro-batch +
-optimizer step on one GPU: per-sample routing (Gumbel noise, training mode), the forward of each primary group with
-its secondaries' prompt memory under bf16 autocast, backward, gradient clipping, AdamW over the trainable parameters
-in the trainer's learning-rate groups. Each sample is a distinct C function, so a batch of B samples is split over
-several primary experts (the "groups" column): batching shares an expert's forward only within a group.
+optimizer step on one GPU: per-sample routing, the forward of each primary group with its secondaries' prompt memory
+under bf16 autocast, backward, gradient clipping, AdamW over the trainable parameters in the trainer's
+learning-rate groups. A batch of B samples is split over several primary experts (the "groups" column): batching
+shares an expert's forward only within a group.
+
+Routing (--routing): `round_robin` (default) forces sample i of the run onto primary i mod E (secondaries next in
+turn), through the router's force_active path (the gradient still reaches the router), so every configuration does
+the same work and batch 1 cycles through the experts (--steps a multiple of E); `router` lets the random router
+and its Gumbel noise choose, as in training (then batch-1 timings depend on which experts happened to be drawn).
 
 `--quantization 4bit` (bitsandbytes, NF4) needs real checkpoints to quantize: random experts are written once to
 --work_dir (about 12 GB for seed-random) and loaded back through the engine's from_pretrained path.
@@ -23,7 +28,6 @@ import argparse
 import datetime
 import gc
 import json
-import os
 import platform
 import statistics
 import sys
@@ -53,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--quantization", default="none", help="comma-separated: none, 4bit, 8bit (default: none)")
     p.add_argument("--prompt_tokens", type=int, default=256, help="about this many source tokens (default: 256)")
     p.add_argument("--target_tokens", type=int, default=256, help="about this many target tokens (default: 256)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (default: 10)")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per configuration (default: 12)")
+    p.add_argument("--routing", choices=("round_robin", "router"), default="round_robin", help="(default: round_robin)")
     p.add_argument("--warmup_steps", type=int, default=3, help="untimed steps first (default: 3)")
     p.add_argument("--top_k", type=int, default=2, help="(default: 2)")
     p.add_argument("--num_stacks", type=int, default=4, help="(default: 4)")
@@ -142,10 +147,14 @@ def bench_config(mot, args, batch: int, pairs: list[tuple[str, str]]) -> dict:
     for step in range(args.warmup_steps + args.steps):
         chunk = [pairs[(step * batch + b) % len(pairs)] for b in range(batch)]
         srcs, tgts = [s for s, _ in chunk], [t for _, t in chunk]
+        force = None
+        if args.routing == "round_robin":
+            E = mot.num_experts
+            force = [[(step * batch + b + j) % E for j in range(mot.config.top_k)] for b in range(batch)]
         sync(device)
         t0 = time.perf_counter()
         with autocast:
-            out = mot(srcs, tgts)
+            out = mot(srcs, tgts, force_active=force)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], args.gradient_clip)
         opt.step()
@@ -245,7 +254,8 @@ def add_ratios(rows: list[dict], base_batch: int) -> None:
 def table(results: dict) -> str:
     a = results["args"]
     head = (f"MoT training step, preset {a['preset']} on {results['device']}: ~{a['prompt_tokens']} prompt + "
-            f"~{a['target_tokens']} target tokens per sample, top_k {a['top_k']}, {a['steps']} timed steps")
+            f"~{a['target_tokens']} target tokens per sample, top_k {a['top_k']}, {a['steps']} timed steps, "
+            f"routing {a['routing']}")
     cols = ["quant", "batch", "step s", "tok/s", "tgt tok/s", "samples/s", "groups", "peak GiB",
             "tok/s vs b1", "mem vs b1", "tok/s vs bf16", "mem vs bf16"]
     lines = [head, " | ".join(f"{c:>11}" for c in cols)]
