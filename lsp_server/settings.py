@@ -73,6 +73,9 @@ KEYS: dict[str, str] = {
     "requestTimeout": "request_timeout",
 }
 
+# Keys of the `mot` section that belong to editor clients (how to start the server, LSP tracing): not ours to check.
+CLIENT_KEYS = frozenset({"server", "trace"})
+
 # Keys that change how an autostarted daemon is started (a running one keeps its own until restarted).
 DAEMON_KEYS = frozenset({"endpoint", "preset", "checkpoint"})
 
@@ -170,6 +173,8 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
     defaults = Settings()
     for key, value in table.items():
         field = KEYS.get(key)
+        if field is None and key in CLIENT_KEYS:
+            continue
         if field is None:
             problems.append(f"unknown setting mot.{key} (known: {', '.join(KEYS)})")
             continue

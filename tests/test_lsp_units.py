@@ -29,6 +29,9 @@ def test_settings_defaults_and_both_shapes():
         assert problems == []
         assert settings.to_editor_dict() | raw == settings.to_editor_dict()
     assert section_of({"other": 1}) is None
+    # What VS Code sends: the whole section, with the client's own keys (ignored without a warning).
+    settings, problems = parse_settings({"mot": {**raw, "server": {"command": ["mot-lsp"]}, "trace": {"server": "off"}}})
+    assert problems == [] and settings.placement == "belowFunction"
 
 
 def test_bad_settings_are_reported_and_keep_the_previous_value():
