@@ -637,6 +637,7 @@ def test_neovim_applies_the_code_action(tmp_path, daemon):
     config = {
         "cmd": SERVER_COMMAND,
         "cmd_env": {"PYTHONPATH": str(REPO_ROOT)},
+        "plugin_dir": str(REPO_ROOT / "editors" / "nvim"),
         "file": str(source),
         "line": 5, "col": 8,  # 1-based line, 0-based col: inside vector_add
         "report": str(report_path),
@@ -655,7 +656,7 @@ def test_neovim_applies_the_code_action(tmp_path, daemon):
     )
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     assert run.returncode == 0, f"nvim failed ({run.returncode}): {report}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
-    assert report["steps"] == ["attached", "hover", "code_action", "edit_applied", "saved", "diagnostics"], report
+    assert report["steps"] == ["attached", "hover", "code_action", "edit_applied", "saved", "diagnostics", "status"], report
     assert report["filetype"] == "cpp" and report["offset_encoding"] == "utf-8"
     assert "**MoT routing** for `vector_add`" in report["hover"]
     assert report["titles"] == ["Translate to CUDA (MoT): `vector_add`"]
@@ -677,3 +678,4 @@ def test_neovim_applies_the_code_action(tmp_path, daemon):
         assert d["source"] == f"mot-cuda ({checker})"
         assert 1 <= d["lnum"] <= last_line
     assert [m for m in report["messages"] if m["type"] <= 2] == []  # no errors or warnings shown
+    assert any("MoT daemon at" in m["message"] and ": ready" in m["message"] for m in report["messages"])  # :MotStatus

@@ -2,9 +2,9 @@
 -- wait for the diagnostics of the created .cu file. Writes a JSON report for tests/test_lsp.py to check.
 --
 -- Run: nvim --headless --clean -i NONE -l tests/nvim/translate.lua CONFIG.json
--- CONFIG: {cmd = [...], file = "/abs/main.cpp", line = 1-based, col = 0-based, report = "/abs/report.json",
---          settings = {...the mot section...}, timeout_ms = 60000}
--- The editor setup is the one editors/nvim/mot.lua documents (vim.lsp.config + vim.lsp.enable).
+-- CONFIG: {cmd = [...], cmd_env = {...}, plugin_dir = "editors/nvim", file = "/abs/main.cpp", line = 1-based,
+--          col = 0-based, report = "/abs/report.json", settings = {...the mot section...}, timeout_ms = 60000}
+-- The editor setup is the plugin of editors/nvim (require('mot').setup: vim.lsp.config + vim.lsp.enable).
 
 local config = vim.json.decode(table.concat(vim.fn.readfile(_G.arg[1]), '\n'))
 local timeout = config.timeout_ms or 60000
@@ -47,16 +47,9 @@ vim.lsp.handlers['textDocument/publishDiagnostics'] = function(err, result, ctx,
   return publish(err, result, ctx, cfg)
 end
 
--- The setup a user writes (see editors/nvim/mot.lua).
-vim.lsp.config('mot', {
-  cmd = config.cmd,
-  cmd_env = config.cmd_env,
-  filetypes = { 'c', 'cpp', 'cuda' },
-  root_markers = { '.git' },
-  init_options = { mot = config.settings },
-  settings = { mot = config.settings },
-})
-vim.lsp.enable('mot')
+-- The setup a user writes (editors/README.md): the plugin in editors/nvim on the runtimepath, then setup().
+vim.opt.runtimepath:prepend(config.plugin_dir)
+require('mot').setup({ cmd = config.cmd, cmd_env = config.cmd_env, settings = config.settings })
 
 vim.cmd.edit(vim.fn.fnameescape(config.file))
 local source_buf = vim.api.nvim_get_current_buf()
@@ -92,14 +85,16 @@ report.hover = hover_text
 step('hover')
 
 -- The code action, applied as a user picking it from the menu would (apply = true skips the menu).
+-- The listed titles, then the plugin's translate() (what :MotTranslate runs): the code action, resolved and applied.
 local titles = {}
-vim.lsp.buf.code_action({
-  apply = true,
-  filter = function(action)
+local listed = vim.lsp.buf_request_sync(source_buf, 'textDocument/codeAction', vim.tbl_extend('force',
+  vim.lsp.util.make_range_params(0, client.offset_encoding), { context = { diagnostics = {} } }), 5000) or {}
+for _, response in pairs(listed) do
+  for _, action in ipairs(response.result or {}) do
     table.insert(titles, action.title)
-    return action.title:find('Translate to CUDA (MoT)', 1, true) ~= nil
-  end,
-})
+  end
+end
+require('mot').translate()
 step('code_action')
 
 local cu_path = vim.fn.fnamemodify(config.file, ':r') .. '.cu'
@@ -136,4 +131,16 @@ for _, d in ipairs(vim.diagnostic.get(cu_buf)) do
   table.insert(report.diagnostics, { lnum = d.lnum, col = d.col, end_lnum = d.end_lnum, message = d.message, source = d.source })
 end
 report.published_count = diagnostics_for[cu_path]
+
+-- :MotStatus asks the server, which shows the daemon's status.
+vim.cmd('MotStatus')
+vim.wait(10000, function()
+  for _, m in ipairs(report.messages) do
+    if m.message:find('MoT daemon at', 1, true) then
+      return true
+    end
+  end
+  return false
+end, 50)
+step('status')
 finish(0)
