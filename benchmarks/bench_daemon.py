@@ -5,7 +5,8 @@
 
 It starts a real daemon subprocess (`python -m daemon serve`, its own runtime dir), waits until it is ready,
 warms it up, then for each concurrency level runs that many clients in a closed loop (each its own DaemonClient
-and connection; a client sends its next request when the previous one ends) for --duration-s seconds. Every
+and connection; a client sends its next request when the previous one ends) for --duration-s seconds, after one
+unmeasured round at that concurrency (--warmup-rounds). Every
 request generates exactly --max-new-tokens tokens (ignore_eos) so that levels are comparable, and streams its
 partials like the language server does. Reported per level: generated tokens/s over the level's wall time,
 request latency p50/p95, time to first streamed token p50, mean tokens per decoding step (how well requests were
@@ -73,6 +74,9 @@ def run_level(endpoint: str, concurrency: int, args) -> dict:
     def client_loop(worker: int) -> None:
         with DaemonClient(endpoint, timeout_s=args.client_timeout_s) as client:
             client.status()  # connected before the clock starts
+            for w in range(args.warmup_rounds):  # this level's batch shapes run once before the clock starts
+                client.translate(SOURCES[(worker * 7 + w) % len(SOURCES)], max_new_tokens=args.max_new_tokens,
+                                 ignore_eos=True, mode=args.mode)
             start.wait()
             i = 0
             while time.monotonic() < stop_at[0]:
@@ -170,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("fast", "full"), default="fast")
     p.add_argument("--duration-s", type=float, default=20.0, help="closed-loop time per level (requests started "
                    "before it ends are finished and counted)")
-    p.add_argument("--warmup-requests", type=int, default=4)
+    p.add_argument("--warmup-requests", type=int, default=2, help="sequential requests after the daemon is ready")
+    p.add_argument("--warmup-rounds", type=int, default=1, help="unmeasured requests per client at the start of each "
+                   "level (first use of a batch shape can cost seconds on a GPU: allocator growth, kernel selection, "
+                   "compilation)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--client-timeout-s", type=float, default=300.0)
     p.add_argument("--ready-timeout-s", type=float, default=1200.0)
     p.add_argument("--out", default=None, help="write all numbers (per-request latencies included) to this JSON file")
+    p.add_argument("--daemon-log", default=None, help="copy the started daemon's log here at the end")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if not levels or min(levels) < 1:
@@ -210,9 +218,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_level(endpoint, n, args))
         with DaemonClient(endpoint) as c:
             final_status = c.status()
+    except BaseException:
+        if proc is not None:
+            print(f"the benchmark failed; the daemon's log ends with:\n{proc.log_tail(60)}", file=sys.stderr)
+        raise
     finally:
         if proc is not None:
             proc.terminate()
+            if args.daemon_log:
+                import shutil
+
+                shutil.copyfile(proc.log_path, args.daemon_log)
         if tmp is not None:
             tmp.cleanup()
     base = next((lv["tokens_per_s"] for lv in results if lv["concurrency"] == 1), None)

@@ -326,7 +326,7 @@ class EngineCore:
                 cfg = self.config
                 if cfg.init_seed is not None:
                     torch.manual_seed(cfg.init_seed)
-                self._model = build_mot(cfg.preset, cfg.checkpoint, device=cfg.device, dtype=cfg.dtype)
+                self._model = build_mot(cfg.preset, cfg.checkpoint, device=resolve_device(cfg.device), dtype=cfg.dtype)
         mot = self._model
         self._reset_generator()
         dtype = str(next(mot.experts[0].parameters()).dtype).replace("torch.", "")
@@ -765,6 +765,23 @@ def _restore_trainable(mot, state: dict) -> None:
 
 def _show(client: ClientKey) -> str:
     return client.hex() if isinstance(client, bytes) else repr(client)
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to build on, with an explicit index for CUDA ("cuda" -> "cuda:0").
+
+    Why the index: the engine compares its device with its parameters' devices to decide whether one CUDA graph
+    can hold a decoding step, and torch.device("cuda") != torch.device("cuda:0"); an index-less device silently
+    turned the graph path off.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return str(dev)
 
 
 def device_memory(device: str | None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from daemon.batch import HEADER_PREFIX, TMP_MARKER, read_output_header
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
