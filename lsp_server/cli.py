@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
 from . import __version__
@@ -44,6 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     from .server import create_server
 
     server = create_server()
+
+    def on_sigterm(signum, frame):
+        # An editor that quits may terminate us instead of sending shutdown/exit: still stop the daemon we started.
+        # Then leave at once: pygls' stdin reader thread may be blocked in a read and would keep us alive.
+        logging.getLogger("lsp_server").info("SIGTERM: stopping")
+        try:
+            server.close()
+        except Exception:
+            logging.getLogger("lsp_server").exception("cleanup after SIGTERM failed")
+        finally:
+            logging.shutdown()
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if args.tcp:
         server.start_tcp(args.host, args.port)
     else:

@@ -258,7 +258,10 @@ def create_server() -> MotLanguageServer:
     @server.feature(types.INITIALIZED)
     async def initialized(ls: MotLanguageServer, params: types.InitializedParams) -> None:
         ls.loop = asyncio.get_running_loop()
-        await ls.pull_settings()
+        try:
+            await asyncio.wait_for(ls.pull_settings(), 10)
+        except asyncio.TimeoutError:
+            log.warning("the client did not answer workspace/configuration within 10 s; using the settings so far")
         ls.link.start()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)

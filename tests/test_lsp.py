@@ -259,6 +259,13 @@ async def test_listing_code_actions_is_instant_and_needs_no_model(tmp_path, daem
         assert await s.actions(uri, VECTOR_ADD, only=["quickfix"]) is None  # a kind we do not offer
         assert await s.actions(uri, VECTOR_ADD, only=["refactor"]) is not None  # hierarchical kinds
 
+        # CUDA documents (Neovim's "cuda", VS Code's "cuda-cpp") are parsed with tree-sitter-cuda.
+        kernel = "__global__ void scale(float* x, float a, int n) {\n  int i = blockIdx.x * blockDim.x + threadIdx.x;\n" \
+                 "  if (i < n) x[i] *= a;\n}\n"
+        for name, language_id in (("k1.cu", "cuda"), ("k2.cu", "cuda-cpp")):
+            cu = s.open(name, kernel, language_id=language_id)
+            assert [a.title for a in await s.actions(cu, (1, 4))] == ["Translate to CUDA (MoT): `scale`"]
+
         # Not a C/C++/CUDA document: nothing.
         py = s.open("script.py", "def f():\n    return 1\n", language_id="python")
         assert await s.actions(py, (1, 4)) is None
@@ -596,6 +603,15 @@ async def test_autostart_restart_and_stop_on_exit(tmp_path):
     # shutdown + exit: the daemon this server started is stopped with it.
     await until(lambda: not _alive(pid), 20, 0.2, "the autostarted daemon to exit")
     assert not (tmp_path / "auto.sock").exists()
+
+    # An editor may also just terminate the server: the daemon it started goes too.
+    async with lsp_session(tmp_path, settings) as s:
+        uri = s.open("main.cpp")
+        await s.wait_routing(uri, timeout=180)
+        pid = (await s.command("mot.daemonStatus"))["status"]["pid"]
+        s.client._server.terminate()  # SIGTERM to mot-lsp
+        await asyncio.wait_for(s.client._server.wait(), 30)
+        await until(lambda: not _alive(pid), 20, 0.2, "the autostarted daemon to exit after SIGTERM")
 
 
 # ---------------------------------------------------------------------------------------------- entry point
