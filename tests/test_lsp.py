@@ -433,7 +433,7 @@ async def test_progress_cancel_reaches_the_daemon_and_hovers_stay_fast_meanwhile
         s.client.window_work_done_progress_cancel(types.WorkDoneProgressCancelParams(token=token))
         resolved = await asyncio.wait_for(resolving, 15)
         assert resolved.edit is None  # never a partial edit
-        assert daemon_running(daemon.endpoint) == 0
+        await until(lambda: daemon_running(daemon.endpoint) == 0, 10, 0.1, "the daemon to drop the translation")
         assert s.client.progress_reports[token][-1].message == "cancelled"
         assert any("cancelled" in m for m in s.messages(types.MessageType.Info))
 

@@ -62,7 +62,12 @@ def _target_from_args(ls: "MotLanguageServer", args: tuple) -> ActionData:
 async def _apply(ls: "MotLanguageServer", edit: types.WorkspaceEdit | None, label: str) -> dict[str, Any]:
     if edit is None:
         return {"applied": False}
-    result = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=label))
+    try:
+        result = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=label))
+    except Exception as e:  # a client without workspace/applyEdit, or one that failed: say so, keep serving
+        log.exception("workspace/applyEdit failed")
+        ls.tell(types.MessageType.Error, f"MoT: the editor could not apply the translation: {e}")
+        return {"applied": False, "reason": str(e)}
     if not result.applied:
         reason = result.failure_reason or "the editor did not say why"
         ls.tell(types.MessageType.Warning, f"MoT: the editor did not apply the translation: {reason}")
