@@ -533,6 +533,7 @@ async def test_commands_translate_apply_edits_and_report_status(tmp_path, daemon
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_daemon_down_and_back(tmp_path):
     own = spawn_daemon(tmp_path / "own-daemon")
     try:

@@ -9,7 +9,7 @@ import pytest
 from daemon import protocol as P
 from lsp_server.documents import OpenDocument, TextView, grammar_for, innermost, outermost_only, path_to_uri
 from lsp_server.features.diagnostics import check_kernel
-from lsp_server.features.edits import Kernel, TargetFile, build_edit, clean_kernel, target_for
+from lsp_server.features.edits import Kernel, build_edit, clean_kernel, target_for
 from lsp_server.features.hover import bar, render_routing
 from lsp_server.settings import Settings, changed_keys, parse_settings, section_of
 from lsp_server.sourcecode import find_functions
