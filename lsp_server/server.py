@@ -144,21 +144,24 @@ class MotLanguageServer(LanguageServer):
     def position_encoding(self) -> str:
         return encoding_name(self.workspace.position_encoding)
 
-    def open_document(self, uri: str) -> OpenDocument | None:
-        """A snapshot of an open C/C++/CUDA document, or None."""
+    def open_document(self, uri: str, *, any_language: bool = False) -> OpenDocument | None:
+        """A snapshot of an open C/C++/CUDA document (any open document with any_language), or None."""
         document = self.workspace.text_documents.get(unquote(uri))
         if document is None:
             return None
         grammar = grammar_for(document.language_id, document.uri)
         if grammar is None:
-            return None
+            if not any_language:
+                return None
+            grammar = "cuda"
         text = document.source
         return OpenDocument(document.uri, document.version, text, grammar, TextView(text, self.position_encoding))
 
     def open_document_by_key(self, key: str) -> OpenDocument | None:
+        """The open document of a file (whatever its language: a .cu file may be open as plain text)."""
         for uri in list(self.workspace.text_documents):
             if uri_key(uri) == key:
-                return self.open_document(uri)
+                return self.open_document(uri, any_language=True)
         return None
 
     def functions(self, document: OpenDocument):

@@ -256,6 +256,7 @@ class TranslationRunner:
             if job.cancelled:
                 outcome = "cancelled"
                 raise TranslationCancelled("the translation was cancelled") from None
+            self.link.wake(probe=True)  # e.g. the daemon is shutting down
             raise TranslationFailed(f"the daemon cancelled the translation: {e.message}") from None
         except DaemonDown as e:
             raise TranslationFailed(str(e)) from None
