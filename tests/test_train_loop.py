@@ -52,6 +52,7 @@ def mot():
     """A tiny MoT with the trainer's default MoT options (num_stacks 4, top_k 2, lambda 0.05)."""
     from mot_engine import build_mot
 
+    torch.manual_seed(0)  # the router's and interaction layers' initial weights, whatever ran before
     m = build_mot("tiny", device="cpu")
     m._initial = {k: v.clone() for k, v in m.trainable_state_dict().items()}
     return m
