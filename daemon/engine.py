@@ -329,6 +329,9 @@ class EngineCore:
                 self._model = build_mot(cfg.preset, cfg.checkpoint, device=resolve_device(cfg.device), dtype=cfg.dtype)
         mot = self._model
         self._reset_generator()
+        warm = self._gen.warm_up()  # GPU: torch.compile + graph capture now, not on the first user's request
+        if warm:
+            log.info("compiled and captured the decode paths in %.1f s (once per process)", warm)
         dtype = str(next(mot.experts[0].parameters()).dtype).replace("torch.", "")
         with self._lock:
             self._info.update(

@@ -197,9 +197,29 @@ class Generator:
         self.cohorts = [c for c in self.cohorts if c.live]
         return outputs
 
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), max_new_tokens: int = 3) -> float:
+        """Compile and capture ahead of the first user (GPU): every expert as primary, both modes, batch sizes 1
+        and 2 (torch.compile specialises size 1, so 2 stands for every larger batch). Returns seconds spent.
+        A no-op without compiled layers."""
+        if not self.compile_layers:
+            return 0.0
+        t0 = time.perf_counter()
+        mot = self.mot
+        source = "void warm_up(float* x, int n) { for (int i = 0; i < n; ++i) x[i] += 1.0f; }"
+        for p in range(mot.num_experts):
+            active = [p] + [e for e in range(mot.num_experts) if e != p][: mot.config.top_k - 1]
+            for mode in MODES:
+                for b in batch_sizes:
+                    if b > self.max_batch_size:
+                        continue
+                    reqs = [GenerationRequest(source, mode=mode, max_new_tokens=max_new_tokens, stop_at_eos=False,
+                                              force_active=active) for _ in range(b)]
+                    self.generate(reqs)
+        return time.perf_counter() - t0
+
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Run requests to completion (a convenience over add/step). Raises NonFiniteError on NaN/Inf."""
-        ids = [f"req-{i}" for i in range(len(requests))]
+        ids = [f"generate-{id(requests)}-{i}" for i in range(len(requests))]
         for rid, req in zip(ids, requests):
             self.add_request(rid, req)
         while self.has_unfinished():

@@ -145,6 +145,8 @@ def build_mot(
     config.experts = experts
     config.validate(len(experts))
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:N": device comparisons stay exact
+        device = torch.device("cuda", torch.cuda.current_device())
     models, tokenizers = ExpertLoader.load_multiple_experts(experts, device)
     from sentence_transformers import SentenceTransformer
 
