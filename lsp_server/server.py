@@ -32,6 +32,7 @@ from .documents import FunctionIndex, OpenDocument, TextView, encoding_name, gra
 from .features import code_actions, commands, hover
 from .features.diagnostics import KernelDiagnostics
 from .features.translate import Source, TranslationRunner
+from .parsing import IncrementalTrees
 from .settings import DAEMON_KEYS, SECTION, Settings, changed_keys, parse_settings, section_of
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class MotLanguageServer(LanguageServer):
         self.link = DaemonLink(self.settings, tell=self.tell, on_change=self._on_link_change)
         self.runner = TranslationRunner(self)
         self.diagnostics = KernelDiagnostics(self)
-        self.index = FunctionIndex()
+        self.index = FunctionIndex()  # every function of a document version (whole-file translation)
+        self.trees = IncrementalTrees()  # the function under a cursor, re-parsed incrementally after edits
         self.routes = RouteCache()
         self._translations: OrderedDict[tuple[str, str], LastTranslation] = OrderedDict()
         self.quick_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mot-quick")
@@ -166,6 +168,10 @@ class MotLanguageServer(LanguageServer):
 
     def functions(self, document: OpenDocument):
         return self.index.functions(document.uri, document.version, document.text, document.grammar)
+
+    def function_at(self, document: OpenDocument, line: int, col: int):
+        """The innermost function around (line, code point col) (event loop only: incremental parser state)."""
+        return self.trees.function_at(document.uri, document.version, document.text, document.grammar, line, col)
 
     def remember_translation(self, document: OpenDocument, source: Source, kernel: str, result: P.TranslateResult):
         key = (uri_key(document.uri), source.name)
@@ -289,6 +295,7 @@ def create_server() -> MotLanguageServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: MotLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.index.forget(params.text_document.uri)
+        ls.trees.forget(params.text_document.uri)
 
     @server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION,

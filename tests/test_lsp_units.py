@@ -240,3 +240,65 @@ def test_check_kernel_syntax_and_off():
     bad = check_kernel("__global__ void k(float* a) { a[threadIdx.x] = ; \n", "syntax")
     assert bad.problems and all(p.line in (0, 1) for p in bad.problems)
     assert check_kernel("anything", "off").problems == []
+
+
+# ---------------------------------------------------------------------------------------------- incremental parsing
+
+
+EDIT_SOURCE = """\
+#include <vector>
+
+template <typename T>
+T clamp(T x, T lo, T hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+struct Grid {
+    int w = 0;
+    int at(int x, int y) const { return y * w + x; }
+    Grid() = default;
+};
+
+int Grid_sum(const std::vector<int>& v) {
+    int s = 0;
+    for (int x : v) { s += x; }  // é, 😀
+    struct Local { int twice(int a) { return 2 * a; } };
+    return s;
+}
+
+void last(float* a) { a[0] = 1.0f; }
+"""
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.name, a.start_line, a.start_col, a.end_line, a.end_col, a.text) == (
+        b.name, b.start_line, b.start_col, b.end_line, b.end_col, b.text)
+
+
+@pytest.mark.parametrize("grammar, seed", [("cpp", 7), ("cuda", 4)])
+def test_incremental_trees_answer_like_a_full_parse_through_random_edits(grammar, seed):
+    import random
+
+    from lsp_server.parsing import IncrementalTrees
+    from lsp_server.sourcecode import function_at
+
+    rng = random.Random(seed)
+    trees = IncrementalTrees()
+    text = EDIT_SOURCE
+    pieces = ["x", "\n", "}", "{", " int q() { return 1; }\n", "é", "😀", "//", "/*", "*/", "template <int N>\n", "",
+              "__global__ void k() {}\n", "<<<1, 1>>>"]
+    for version in range(1, 100):
+        if version > 1:  # an edit: replace a random range by a random piece (sometimes a deletion)
+            start = rng.randrange(len(text) + 1)
+            end = min(len(text), start + rng.choice([0, 0, 1, 3, 12]))
+            text = text[:start] + rng.choice(pieces) + text[end:]
+        lines = text.split("\n")
+        for _ in range(12):
+            line = rng.randrange(len(lines))
+            col = rng.randrange(len(lines[line]) + 1)
+            expected = function_at(text, line, col, grammar=grammar)
+            got = trees.function_at("file:///a.cpp", version, text, grammar, line, col)
+            assert _same(got, expected), (version, line, col, got, expected, text)
+    assert trees.incremental_parses > 90 and trees.full_parses == 1

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
-from ..documents import OpenDocument, innermost, outermost_only, uri_key
+from ..documents import OpenDocument, outermost_only, uri_key
 from .edits import Kernel, build_edit, clean_kernel, ensure_file, target_for
 from .translate import Source, TranslationCancelled, TranslationFailed
 
@@ -76,11 +76,10 @@ def targets_at(ls: "MotLanguageServer", document: OpenDocument, range_: types.Ra
     end = document.view.to_point(range_.end)
     if end < start:
         start, end = end, start
-    functions = ls.functions(document)
     targets: list[ActionData] = []
     if start != end and document.view.slice(start, end).strip():
         targets.append(ActionData(document.uri, document.version, "selection", "selection", start, end))
-    span = innermost(functions, *start)
+    span = ls.function_at(document, *start)
     if span is not None:
         name = span.name or "function"
         targets.append(

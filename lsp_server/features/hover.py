@@ -18,7 +18,7 @@ from daemon.client import DaemonError
 from lsprotocol import types
 
 from ..daemon_link import DaemonDown, LinkState
-from ..documents import innermost, text_hash
+from ..documents import text_hash
 
 if TYPE_CHECKING:
     from ..server import LastTranslation, MotLanguageServer
@@ -81,7 +81,7 @@ async def hover(ls: "MotLanguageServer", params: types.HoverParams) -> types.Hov
     if document is None:
         return None
     line, col = document.view.to_point(params.position)
-    span = innermost(ls.functions(document), line, col)
+    span = ls.function_at(document, line, col)
     if span is None:
         return None
     name = span.name or "function"
