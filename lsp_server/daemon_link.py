@@ -6,16 +6,20 @@ What this module promises the features:
   routing, so a daemon that is down or still loading costs a hover nothing.
 - Blocking calls (`route`, `status`, `cancel`, the translation streams of `work_client()`) run on the caller's
   thread; the server calls them from worker threads, never from its event loop.
-- A supervisor (`supervise()`, an asyncio task) probes the daemon with `status` — which the daemon answers at once
-  even while it loads or translates — every second while it is not ready and every few seconds while it is.
-  That probe is the only judge of "down": a slow route (a busy engine) is not an outage.
+- A supervisor (`supervise()`, an asyncio task) makes a pass every second (and at once when a call failed): for
+  an ipc endpoint it first looks whether the socket file exists and whether the pid its daemon recorded still
+  runs (a killed daemon is noticed within a second, without waiting for a socket timeout); then it asks `status`
+  — which the daemon answers at once even while it loads or translates — every pass while the daemon is not
+  ready, and after 5 s of silence while it is. That probe is the only judge of "down": a slow route (a busy
+  engine) is not an outage.
 - The user is told once per outage (a warning), and once when the daemon is back (info). Autostart failures are
   told with the log file of the daemon we started.
 - A daemon this server started (autostart or the restart command) is stopped when the server exits. A daemon
   somebody else started is never stopped, except by the explicit restart command.
 
 The link talks to the daemon only through `daemon.client` (`DaemonClient`) and `daemon.protocol`; it also uses
-`daemon.endpoints` to resolve the default endpoint and see whether an ipc socket file exists (no sockets there).
+`daemon.endpoints` (no sockets there) to resolve the default endpoint, find an ipc socket's file and the pid its
+daemon recorded, and see when a stopped daemon released its endpoint lock (restart).
 """
 
 from __future__ import annotations
