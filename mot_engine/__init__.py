@@ -1,6 +1,13 @@
-"""mot_engine: a Mixture-of-Thoughts over frozen Hugging Face code LLMs. Pure compute: no sockets, no LSP."""
+"""mot_engine: a Mixture-of-Thoughts over frozen Hugging Face code LLMs. Pure compute: no sockets, no LSP.
 
-from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+Heavy names (anything that needs torch / transformers) are imported on first use, so that light users — the
+daemon's batch CLI and the language server use `mot_engine.sourcecode` — don't pay seconds of start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from .config import DEFAULT_PROMPT_TEMPLATE, ExpertConfig, MoTConfig
 from .errors import (
     CheckpointMismatch,
@@ -10,10 +17,25 @@ from .errors import (
     QuantizationUnavailable,
     SourceTooLong,
 )
-from .experts import ExpertLoader
-from .generation import GenerationRequest, GenerationResult, Generator, StepOutput
-from .model import MixtureOfThoughts, MoTOutput, print_gpu_memory
-from .presets import PRESETS, build_mot, default_preset
+
+_LAZY = {
+    "load_checkpoint": ".checkpoint", "read_checkpoint_metadata": ".checkpoint", "save_checkpoint": ".checkpoint",
+    "ExpertLoader": ".experts",
+    "GenerationRequest": ".generation", "GenerationResult": ".generation", "Generator": ".generation",
+    "StepOutput": ".generation",
+    "MixtureOfThoughts": ".model", "MoTOutput": ".model", "print_gpu_memory": ".model",
+    "PRESETS": ".presets", "build_mot": ".presets", "default_preset": ".presets",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mot_engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE", "PRESETS", "CheckpointMismatch", "ExpertConfig", "ExpertLoader", "GenerationRequest",

@@ -107,6 +107,12 @@ class ExpertLoader:
             kwargs["quantization_config"] = _bnb_config(config, dtype, device)
             kwargs["device_map"] = {"": device.index or 0}
         if config.config_dict is not None:
+            if config.quantization is not None:
+                raise QuantizationUnavailable(
+                    f"expert {config.name!r}: random-weight experts (config_dict) cannot be quantized by "
+                    f"from_config; save them with save_pretrained and load the folder with quantization="
+                    f"{config.quantization!r} (benchmarks/bench_memory_4bit.py does)"
+                )
             cfg_dict = {k: v for k, v in config.config_dict.items() if not k.startswith("_")}
             model_type = cfg_dict.pop("model_type")
             cfg_dict.pop("architectures", None)

@@ -126,6 +126,9 @@ def build_mot(
     from .model import MixtureOfThoughts
 
     meta = read_checkpoint_metadata(checkpoint) if checkpoint is not None and not str(checkpoint).endswith(".pt") else None
+    if preset is None and experts is None and meta is not None and not meta.get("preset") and meta["mot_config"].get("experts"):
+        # trained with explicit experts (mot-train --experts): take them from the checkpoint
+        experts = [ExpertConfig(**e) for e in meta["mot_config"]["experts"]]
     if preset is None and experts is None:
         preset = (meta or {}).get("preset") or default_preset()
     if experts is None:

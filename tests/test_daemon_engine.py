@@ -127,8 +127,9 @@ def test_limits_and_bad_requests_are_typed_errors(client, hub):
         client.translate(SOURCES[0], max_new_tokens=5000)
     with pytest.raises(BadRequest, match="the source is empty"):
         client.translate("   \n")
-    with pytest.raises(BadRequest, match="exceed expert"):  # prompt + max_new_tokens beyond a 4096-position context
+    with pytest.raises(TooLarge, match="exceed expert") as info:  # prompt + max_new_tokens beyond a 4096-position context
         client.translate(SOURCES[0], max_new_tokens=4096)
+    assert info.value.details["limit"] == 4096 and info.value.details["actual"] > 4096
     # a duplicate id from one client is refused by the engine (the client object itself never sends one);
     # the first request is unharmed. Raw path: submit to the engine, collect replies with a sink client.
     replies = []
