@@ -125,7 +125,8 @@ def _build_encoder(folder: Path, corpus: list[str], seed: int) -> None:
     bert.save_pretrained(raw)
     hf_tok.save_pretrained(raw)
     transformer = st_models.Transformer(str(raw), max_seq_length=512)
-    pooling = st_models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    dim_of = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    pooling = st_models.Pooling(dim_of(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder / "st"))
     shutil.rmtree(raw)
 
