@@ -32,6 +32,7 @@ from typing import Any
 
 from . import protocol as P
 from .client import DaemonAuthError, DaemonClient, DaemonError, DaemonUnavailable, Overloaded
+from .endpoints import pid_alive as _pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -225,15 +226,6 @@ def remove_stale_temp_files(out_dir: Path) -> list[Path]:
             removed.append(f)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def render_output(sf: SourceFile, opts: BatchOptions, model_info: dict) -> str:

@@ -360,3 +360,14 @@ def create_keys(curve_dir: str | Path, client_names: list[str]) -> dict[str, Pat
     for p in curve_dir.rglob("*_secret"):
         os.chmod(p, 0o600)
     return made
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (somebody else's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

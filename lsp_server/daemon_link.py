@@ -45,6 +45,7 @@ from daemon.endpoints import Endpoint, EndpointError, lock_is_held, log_dir, par
 from lsprotocol import types
 
 from .settings import Settings
+from daemon.endpoints import pid_alive as _pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,6 @@ def _tail(path: Path | None, lines: int = 6, max_bytes: int = 4000) -> str:
         return f"(could not read {path}: {e})"
     return "\n".join(line for line in text.splitlines()[-lines:] if line.strip())
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # somebody else's process: alive
-    return True
 
 
 class DaemonLink:

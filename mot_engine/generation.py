@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NonFiniteError, SourceTooLong
-from .model import MemoryContext, MixtureOfThoughts
+from .model import MemoryContext, MixtureOfThoughts, pad_batch
 
 MODES = ("fast", "full")
 
@@ -328,14 +328,9 @@ class Generator:
         model = mot.experts[p]
         dev = next(model.parameters()).device
         prompts = [s.prompt_ids[p] for s in cohort.seqs]
-        L = max(len(x) for x in prompts)
-        pad = mot.tokenizers[p].pad_token_id
-        ids = torch.full((len(prompts), L), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), L), dtype=torch.long)
-        for b, x in enumerate(prompts):  # left padding: every row's next token lands at the same column
-            ids[b, L - len(x) :] = torch.tensor(x)
-            mask[b, L - len(x) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        # left padding: every row's next token lands at the same column
+        ids, mask = pad_batch(prompts, mot.tokenizers[p].pad_token_id, dev, left=True)
+        L = ids.shape[1]
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
         cohort.attention_mask = mask
         max_len = L + max(s.request.max_new_tokens for s in cohort.seqs)

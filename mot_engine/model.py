@@ -238,14 +238,7 @@ class MixtureOfThoughts(nn.Module):
         """Expert e's (frozen) states at each stack boundary over right-padded prompts."""
         model = self.experts[e]
         dev = next(model.parameters()).device
-        S = max(len(p) for p in prompts)
-        pad = self.tokenizers[e].pad_token_id
-        ids = torch.full((len(prompts), S), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), S), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, : len(p)] = torch.tensor(p)
-            mask[b, : len(p)] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = pad_batch(prompts, self.tokenizers[e].pad_token_id, dev)
         self._capture = {e: [None] * self.config.num_stacks}
         try:
             with torch.no_grad():
@@ -309,16 +302,11 @@ class MixtureOfThoughts(nn.Module):
         model = self.experts[p]
         dev = next(model.parameters()).device
         seqs = [pr + tg for pr, tg in zip(prompts, targets)]
-        T = max(len(s) for s in seqs)
-        pad = self.tokenizers[p].pad_token_id
-        ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s)
-            mask[b, : len(s)] = 1
+        ids, mask = pad_batch(seqs, self.tokenizers[p].pad_token_id, dev)
+        T = ids.shape[1]
         keep_from = min(len(pr) for pr in prompts) - 1  # first position whose logits predict a target token
         with self.interacting(ctx):
-            out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, logits_to_keep=T - keep_from)
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=T - keep_from)
         return out.logits, [keep_from] * len(seqs)
 
     def forward(
@@ -414,6 +402,18 @@ class MixtureOfThoughts(nn.Module):
         )
         result = Generator(self).generate([req])[0]
         return result.text, result.routing["primary_expert"]
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (B, max length) long on `device`; right padding unless `left`."""
+    L = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, x in enumerate(seqs):
+        cols = slice(L - len(x), L) if left else slice(0, len(x))
+        ids[b, cols] = torch.tensor(x, dtype=torch.long)
+        mask[b, cols] = 1
+    return ids.to(device), mask.to(device)
 
 
 class _StackHook:
