@@ -371,10 +371,11 @@ def test_fuzzed_frames_never_crash_or_stall_the_daemon_nor_grow_its_memory(daemo
     assert "internal" not in codes, codes
     # kinds 0-2 and 5-7 of the generator are always malformed: at least 6 frames in 10 get bad_request
     assert codes.get("bad_request", 0) >= 0.6 * sent, codes
-    # Bounded, not growing: the allocator may step up once (the first valid fuzzed translation of a new shape),
-    # but over the last 3000 frames resident memory stays flat.
+    # Bounded, not growing: the allocator may step up once (the first valid fuzzed translation of a new shape) and
+    # a single round can spike (a transient huge frame), but a leak raises the floor round after round: the lowest
+    # resident size of the last 5 rounds stays within 16 MiB of the lowest of rounds 6-10.
     shown = [round(x) for x in trace]
-    assert trace[-1] - trace[9] < 16, f"resident memory kept growing over the last 10 rounds (MiB): {shown}"
+    assert min(trace[-5:]) - min(trace[5:10]) < 16, f"resident memory kept growing over the last rounds (MiB): {shown}"
     assert (rss_after - rss_before) / 2**20 < 96, f"resident memory grew too much (MiB, from {rss_before / 2**20:.0f}): {shown}"
     _wait_idle(client)
 
