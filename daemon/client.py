@@ -27,6 +27,7 @@ engine only when used.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import logging
 import os
@@ -179,7 +180,7 @@ class TranslateStream:
 # ---------------------------------------------------------------------------------------------- the shared part
 
 
-class _ClientBase:
+class _ClientBase(abc.ABC):
     """Request/reply bookkeeping shared by both clients; subclasses move frames (`_submit`) and say whether
     the daemon is still alive (`_liveness`)."""
 
@@ -193,12 +194,13 @@ class _ClientBase:
         self._max_message_bytes: int | None = None  # learned from the daemon's status
 
     # --- subclass hooks
+    @abc.abstractmethod
     def _submit(self, request: P.Request) -> None:
-        raise NotImplementedError
+        """Send one request to the daemon (socket) or the engine (in process)."""
 
+    @abc.abstractmethod
     def _liveness(self, t_sent: float) -> Exception | None:
         """An exception if the daemon should be considered gone for a request sent at t_sent, else None."""
-        raise NotImplementedError
 
     # --- plumbing
     def _register(self, request_id: str) -> queue.SimpleQueue:
@@ -333,8 +335,9 @@ class _ClientBase:
             time.sleep(poll_s)
         raise DaemonUnavailable(f"the daemon was not ready within {timeout_s:g} s" + (f" ({last})" if last else ""))
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the connection; pending calls fail with DaemonUnavailable."""
 
     def __enter__(self):
         return self
