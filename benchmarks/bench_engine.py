@@ -273,8 +273,8 @@ def main(argv=None) -> int:
     base, fast = rows["hf_generate_default"], rows["ours_fast"]
     print(f"\n{results['card']}, torch {results['torch']}, transformers {results['transformers']}, {results['date']}")
     print(f"prompt {results['prompt_tokens']} tokens, {args.new_tokens} new tokens, bf16, active experts {active}\n")
-    print(f"| path | tok/s | x HF generate() | x our fast mode |")
-    print(f"|---|---:|---:|---:|")
+    print("| path | tok/s | x HF generate() | x our fast mode |")
+    print("|---|---:|---:|---:|")
     for name, v in rows.items():
         print(f"| {name} | {v:.1f} | {v / base:.2f} | {v / fast:.2f} |")
     orig = rows["original_no_cache_full_mot"]

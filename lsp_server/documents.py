@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from lsprotocol import types
-from .sourcecode import FunctionSpan, find_functions
+from mot_engine.sourcecode import FunctionSpan, find_functions
 from pygls.uris import from_fs_path, to_fs_path
 
 # languageId -> tree-sitter grammar. VS Code calls CUDA "cuda-cpp"; Neovim's filetype is "cuda".

@@ -23,13 +23,9 @@ import tree_sitter
 import tree_sitter_cpp
 import tree_sitter_cuda
 
-from . import sourcecode
-from .sourcecode import FunctionSpan, find_functions
-
 # sourcecode's own naming of a definition node, so names agree with find_functions even in code that only parses
-# with error recovery. It is a private helper there: without it, the name comes from parsing the function's text
-# alone (the same for well-formed code).
-_function_name = getattr(sourcecode._module, "_function_name", None)
+# with error recovery.
+from mot_engine.sourcecode import FunctionSpan, function_name
 
 _LANGUAGES = {
     "cpp": tree_sitter.Language(tree_sitter_cpp.language()),
@@ -168,11 +164,7 @@ class IncrementalTrees:
         while outer.parent is not None and outer.parent.type == "template_declaration":
             outer = outer.parent
         text = parsed.data[outer.start_byte : outer.end_byte].decode("utf-8")
-        if _function_name is not None:
-            name = _function_name(definition)
-        else:
-            own = find_functions(text, grammar=parsed.grammar)
-            name = own[0].name if own and own[0].start_byte == 0 else ""
+        name = function_name(definition)
         start_row, start_byte_col = outer.start_point
         end_row, end_byte_col = outer.end_point
         return FunctionSpan(

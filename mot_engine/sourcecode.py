@@ -135,7 +135,7 @@ _NAME_NODE_TYPES = {
 }
 
 
-def _function_name(definition: tree_sitter.Node) -> str:
+def function_name(definition: tree_sitter.Node) -> str:
     """The declared name (`f`, `S::m`, `~S`, `operator()`), or "" when error recovery left none."""
     node = definition.child_by_field_name("declarator")
     while node is not None:
@@ -177,7 +177,7 @@ def find_functions(source: str, *, grammar: GrammarName = "cpp") -> list[Functio
         end_line, end_col = index.position(outer.end_point)
         spans.append(
             FunctionSpan(
-                name=_function_name(definition),
+                name=function_name(definition),
                 start_byte=outer.start_byte,
                 end_byte=outer.end_byte,
                 start_line=start_line,

@@ -42,8 +42,6 @@ def tiny_mot():
 @pytest.fixture(scope="session")
 def perturbed_mot():
     """A tiny MoT whose interaction layers and router look trained (non-zero gates): interaction really happens."""
-    import torch
-
     from mot_engine import build_mot
 
     mot = build_mot("tiny", device="cpu")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from daemon.client import DaemonClient
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
-from lsp_server.sourcecode import find_nvcc
+from mot_engine.sourcecode import find_nvcc
 from lsprotocol import types
 from pytest_lsp import client_capabilities
 from pytest_lsp.client import make_test_lsp_client

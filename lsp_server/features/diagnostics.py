@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lsprotocol import types
-from ..sourcecode import SyntaxProblem, check_cuda_syntax, find_nvcc, nvcc_compile_check
+from mot_engine.sourcecode import SyntaxProblem, check_cuda_syntax, find_nvcc, nvcc_compile_check
 
 from ..documents import uri_key, uri_to_path
 from .edits import PlacedKernel
