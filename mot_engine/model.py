@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,6 @@ class MoTOutput:
     sample_lm_loss: torch.Tensor  # (B,) mean target cross-entropy per sample
     num_target_tokens: int
     nonfinite: bool = False
-    extras: dict = field(default_factory=dict)
 
 
 class MixtureOfThoughts(nn.Module):
