@@ -491,8 +491,8 @@ class DaemonLink:
             return
         try:
             loop.call_soon_threadsafe(event.set)
-        except RuntimeError:
-            pass  # the loop is closing
+        except RuntimeError as e:  # the loop closed between the check and the call: nothing left to wake
+            log.debug("supervisor loop closing, wake-up dropped: %s", e)
 
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

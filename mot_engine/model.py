@@ -146,9 +146,8 @@ class MixtureOfThoughts(nn.Module):
 
     def trainable_parameters(self):
         """Router + interaction layers (+ the encoder if configured trainable). Never an expert parameter."""
-        for name, p in self.named_parameters():
-            if not name.startswith("experts.") and p.requires_grad:
-                yield p
+        for _, p in self.named_trainable_parameters():
+            yield p
 
     def named_trainable_parameters(self):
         for name, p in self.named_parameters():

@@ -175,12 +175,9 @@ def _dist_version(distribution: str) -> str:
 
 def cache_root() -> Path:
     """`$MOT_CACHE_DIR/pocket` if that variable is set, else platformdirs' ``user_cache_dir("mot-cuda")/pocket``."""
-    override = os.environ.get("MOT_CACHE_DIR")
-    if override:
-        return Path(override).expanduser() / "pocket"
-    from platformdirs import user_cache_dir
+    from mot_engine.paths import cache_dir
 
-    return Path(user_cache_dir("mot-cuda")) / "pocket"
+    return cache_dir() / "pocket"
 
 
 def _spec(name: str) -> _ExpertSpec:

@@ -345,22 +345,21 @@ def _is_tok_prefix(path: str) -> bool:
     return (p.parent / f"cpp.{prefix}.tok").exists() or (p.parent / f"cuda.{prefix}.tok").exists()
 
 
-def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_train_parser()
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None, mode: str) -> argparse.Namespace:
+    """Parse, then report every invalid value at once (before any model loads)."""
     args = parser.parse_args(argv)
-    errors = validate_args(args, mode="train")
+    errors = validate_args(args, mode=mode)
     if errors:
         parser.error("\n  " + "\n  ".join(errors))
     return args
+
+
+def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return _parse(build_train_parser(), argv, "train")
 
 
 def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_eval_parser()
-    args = parser.parse_args(argv)
-    errors = validate_args(args, mode="eval")
-    if errors:
-        parser.error("\n  " + "\n  ".join(errors))
-    return args
+    return _parse(build_eval_parser(), argv, "eval")
 
 
 # ---------------------------------------------------------------------------------------------------------------
