@@ -1,0 +1,96 @@
+"""Fused RMSNorm dispatch (mot_engine/kernels.py): same function, only inside decode steps, only where it is the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mot_engine.kernels import computes_rms_norm, fused_norms, install_fused_norms
+
+
+def _tiny_causal_lm(model_type: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"head_dim": 8} if model_type.startswith("gemma") else {}
+    cfg = AutoConfig.for_model(model_type, vocab_size=64, num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                               num_attention_heads=4, num_key_value_heads=2, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # trained-looking norm weights: the probe must not pass by an all-ones accident
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn(p.shape) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("model_type,fusable", [("llama", True), ("qwen2", True), ("mistral", True),
+                                                ("gemma", False), ("gemma3_text", False)])
+def test_probe_accepts_exactly_the_norms_that_compute_rms_norm(model_type, fusable):
+    model = _tiny_causal_lm(model_type)
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm") and m.weight.dim() == 1]
+    assert norms
+    hidden = [m for m in norms if m.weight.numel() == 32]  # Gemma3's q/k norms (head_dim) are RMSNorms too
+    assert {computes_rms_norm(m) for m in hidden} == {fusable}
+
+
+class _Owner(torch.nn.Module):
+    """Stands for the MixtureOfThoughts: install_fused_norms only needs `.experts`."""
+
+    def __init__(self, experts):
+        super().__init__()
+        self.experts = torch.nn.ModuleList(experts)
+
+
+def test_dispatch_runs_the_fused_kernel_only_inside_the_block(monkeypatch):
+    model = _tiny_causal_lm("qwen2")
+    owner = _Owner([model])
+    ids = torch.randint(0, 64, (2, 5))
+    before = model(ids).logits
+    keys_before = list(model.state_dict())
+    count = install_fused_norms(owner)
+    assert count == 2 * 2 + 1  # two per decoder layer and the final norm
+    assert install_fused_norms(owner) == count  # idempotent: no double wrapping
+    assert list(model.state_dict()) == keys_before  # the expert is not edited
+
+    calls = []
+    real = F.rms_norm
+    monkeypatch.setattr(F, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    outside = model(ids).logits
+    assert calls == [] and torch.equal(outside, before)  # the module's own forward, bit for bit
+    with fused_norms(owner):
+        inside = model(ids).logits
+    assert len(calls) == count
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
+    with fused_norms(owner, on=False):
+        model(ids)
+    assert len(calls) == count
+
+
+def test_gemma_norms_keep_their_forward_inside_the_block(monkeypatch):
+    model = _tiny_causal_lm("gemma3_text")
+    owner = _Owner([model])
+    assert install_fused_norms(owner) == 0
+    ids = torch.randint(0, 64, (1, 4))
+    before = model(ids).logits
+    with fused_norms(owner):
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+
+
+def test_fused_decoding_equals_unfused_decoding(perturbed_mot, monkeypatch):
+    """Greedy tokens of both modes, static and dynamic cache paths, with and without the fused norms (fp32)."""
+    from mot_engine import GenerationRequest, Generator
+
+    mot = perturbed_mot
+    reqs = [GenerationRequest("void f(int* a, int n) { for (int i = 0; i < n; ++i) a[i] = i; }", mode=m,
+                              max_new_tokens=12, stop_at_eos=False, force_active=[0, 1]) for m in ("fast", "full")]
+    monkeypatch.setenv("MOT_FUSED_NORMS", "0")
+    plain = Generator(mot, static_cache=True, cuda_graphs=False)
+    assert not plain.fused_norms
+    expected = [r.token_ids for r in plain.generate(reqs)]
+    monkeypatch.delenv("MOT_FUSED_NORMS")
+    for static in (True, False):
+        gen = Generator(mot, static_cache=static, cuda_graphs=False)
+        assert gen.fused_norms and mot._fused_norms_installed > 0
+        assert [r.token_ids for r in gen.generate(reqs)] == expected
+    assert not mot._use_fused_norms  # off again after decoding: training and scoring see the experts' forward
