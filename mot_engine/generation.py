@@ -5,8 +5,11 @@
 - full mode: secondaries run once over the prompt (`MixtureOfThoughts.memory_context`), then the primary decodes
   with a KV cache and reads the secondaries' memory at every stack, for every token. Cached decoding equals the
   teacher-forced forward (`target_logits`) on the generated tokens: tests/test_invariants.py holds that.
-- Requests admitted together and sharing (primary, mode) decode as one batch ("cohort") with its own KV cache;
-  a finished or aborted request leaves its cohort at the next step, freeing its slot and cache rows.
+- On CUDA (static cache + CUDA graphs) every running request with the same (primary, mode) decodes in one batch:
+  a request is prefilled on its own, then joins a row of that pair's slab (mot_engine/slabs.py), whose decode step
+  is one captured graph reused for the engine's life; a finished or aborted request frees its row at the next step.
+- Elsewhere (CPU, experts on several GPUs) requests admitted together and sharing (primary, mode) decode as one
+  batch ("cohort") with its own dynamic KV cache; a finished request leaves its cohort at the next step.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NonFiniteError, SourceTooLong
+from .kernels import fused_norms, install_fused_norms
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
+from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
 MODES = ("fast", "full")
+SLAB_POOL_SIZE = 8  # emptied slabs kept (with their captured graphs) for reuse
 
 
 @dataclass
@@ -101,7 +107,6 @@ class _Cohort:
     positions: torch.Tensor  # (B, 1) position id of the next input token
     next_input: torch.Tensor  # (B, 1) token to feed next
     ctx: MemoryContext | None
-    static: "_StaticDecoder | None" = None  # CUDA-graph decoding: rows stay in place until the cohort ends
 
     @property
     def live(self) -> list["_Sequence"]:
@@ -119,12 +124,12 @@ class Generator:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.mot = mot
         self.max_batch_size = max_batch_size
-        # Static KV cache + one CUDA graph per cohort's decode step: kernel launches, not FLOPs, bound batch-1
-        # decoding of 1-3B models (ARCHITECTURE.md, "Decoding engine"). Default on CUDA, off on CPU (where the
-        # static path still runs eagerly when asked, so CI tests it); MOT_CUDA_GRAPHS=0 disables both.
-        # Experts spread over several GPUs run eagerly: a captured graph lives on one device.
-        one_device = all(next(m.parameters()).device == mot.device for m in mot.experts)
-        on_cuda = mot.device.type == "cuda" and one_device and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
+        # Slabs (static KV cache, continuous batching) + one CUDA graph per slab's decode step: kernel launches, not
+        # FLOPs, bound batch-1 decoding of 1-3B models (ARCHITECTURE.md, "Decoding engine"). Default on CUDA, off on
+        # CPU (where the slab path still runs eagerly when asked, so CI tests it); MOT_CUDA_GRAPHS=0 disables both.
+        # A captured graph lives on one device: a primary on another GPU than the interaction layers decodes eagerly
+        # (secondaries anywhere are fine: they only run in the prefill).
+        on_cuda = mot.device.type == "cuda" and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         self.static_cache = (on_cuda or self.cuda_graphs) if static_cache is None else static_cache
         if self.cuda_graphs and not self.static_cache:
@@ -137,8 +142,15 @@ class Generator:
         self.compile_layers = self.cuda_graphs and os.environ.get("MOT_COMPILE", "0") == "1"
         if self.compile_layers:
             _install_compiled_layers(mot)
+        # Decode steps run the experts' RMSNorms as one fused kernel each (mot_engine/kernels.py: ~1/3 fewer kernels
+        # per token); prefill, training and scoring keep the experts' own forward. MOT_FUSED_NORMS=0 turns it off.
+        self.fused_norms = os.environ.get("MOT_FUSED_NORMS", "1") != "0"
+        if self.fused_norms:
+            install_fused_norms(mot)
         self.waiting: list[_Sequence] = []
-        self.cohorts: list[_Cohort] = []
+        self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
+        self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
+        self._slab_pool: list[DecodeSlab] = []  # emptied slabs, kept with their captured graphs
         self._aborted: set[str] = set()
         self._pending_outputs: list[StepOutput] = []
         self.results: dict[str, GenerationResult] = {}
@@ -174,11 +186,11 @@ class Generator:
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.cohorts or self._aborted or self._pending_outputs)
+        return bool(self.waiting or self.cohorts or self.slabs or self._aborted or self._pending_outputs)
 
     @property
     def num_running(self) -> int:
-        return sum(len(c.live) for c in self.cohorts)
+        return sum(len(c.live) for c in self.cohorts) + sum(len(slab.live) for slab in self.slabs.values())
 
     @property
     def num_waiting(self) -> int:
@@ -186,17 +198,22 @@ class Generator:
 
     @torch.no_grad()
     def step(self) -> list[StepOutput]:
-        """Admit waiting requests (prefill), then decode one token for every running request."""
+        """Decode one token for every running request, then admit waiting requests (prefill: their first token).
+
+        Decoding first frees the rows of requests that finish now, so waiting requests can take them at once."""
         outputs, self._pending_outputs = self._pending_outputs, []
         outputs += self._apply_aborts()
-        advanced = set()
-        for cohort in self._admit():
-            advanced.add(id(cohort))
-            outputs += self._prefill(cohort)
+        for slab in list(self.slabs.values()):
+            if slab.live:
+                outputs += self._decode_slab(slab)
         for cohort in list(self.cohorts):
-            if id(cohort) not in advanced and cohort.live:
+            if cohort.live:
                 outputs += self._decode(cohort)
         self.cohorts = [c for c in self.cohorts if c.live]
+        for key, slab in list(self.slabs.items()):
+            self._resize_slab(key, slab)
+        for cohort in self._admit():  # rows freed above are taken in the same step
+            outputs += self._prefill(cohort)
         return outputs
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), max_new_tokens: int = 3) -> float:
@@ -235,7 +252,8 @@ class Generator:
     # ------------------------------------------------------------------ internals
 
     def _find(self, request_id: str) -> _Sequence | None:
-        for seq in itertools.chain(self.waiting, *(c.seqs for c in self.cohorts)):
+        slab_rows = (s for slab in self.slabs.values() for s in slab.rows if s is not None)
+        for seq in itertools.chain(self.waiting, *(c.seqs for c in self.cohorts), slab_rows):
             if seq.request_id == request_id:
                 return seq
         return None
@@ -273,6 +291,12 @@ class Generator:
                 outputs.append(StepOutput(seq.request_id, [], "", True, "aborted"))
             if done:
                 self._compact(cohort)
+        for slab in self.slabs.values():
+            for r in slab.live:
+                if slab.rows[r].request_id in self._aborted:
+                    self._finish(slab.rows[r], "aborted")
+                    outputs.append(StepOutput(slab.rows[r].request_id, [], "", True, "aborted"))
+                    slab.release_row(r)
         self._aborted.clear()
         return outputs
 
@@ -306,15 +330,13 @@ class Generator:
             seqs = [s for s, _, _ in members]
             for s in seqs:
                 s.rng = _rng(s.request.seed, mot.experts[primary])
-            cohort = _Cohort(primary, mode, seqs, None, None, None, None, ctx)
-            self.cohorts.append(cohort)
-            cohorts.append(cohort)
+            cohorts.append(_Cohort(primary, mode, seqs, None, None, None, None, ctx))
         return cohorts
 
     def _forward(self, cohort: _Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
         mot = self.mot
         model = mot.experts[cohort.primary]
-        with mot.interacting(cohort.ctx):
+        with mot.interacting(cohort.ctx), fused_norms(mot, self.fused_norms and input_ids.shape[1] == 1):
             out = model(
                 input_ids=input_ids, attention_mask=cohort.attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=logits_to_keep, **{mot.cache_kwarg[cohort.primary]: cohort.cache},
@@ -322,6 +344,8 @@ class Generator:
         return out.logits[:, -1, :].float()  # (B, V)
 
     def _prefill(self, cohort: _Cohort) -> list[StepOutput]:
+        """The prompts of newly admitted requests (one batch, dynamic cache), then their first token. On the static
+        path the unfinished ones then join their (primary, mode) slab; otherwise the batch becomes a cohort."""
         from transformers import DynamicCache
 
         mot, p = self.mot, cohort.primary
@@ -330,52 +354,147 @@ class Generator:
         prompts = [s.prompt_ids[p] for s in cohort.seqs]
         # left padding: every row's next token lands at the same column
         ids, mask = pad_batch(prompts, mot.tokenizers[p].pad_token_id, dev, left=True)
-        L = ids.shape[1]
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
         cohort.attention_mask = mask
-        max_len = L + max(s.request.max_new_tokens for s in cohort.seqs)
-        if self.static_cache and _StaticDecoder.fits(model, max_len):
-            cohort.static = _StaticDecoder(self, cohort, mask, max_len)
-            logits = cohort.static.prefill(ids, position_ids)
-        else:
-            cohort.cache = DynamicCache(config=model.config)
-            logits = self._forward(cohort, ids, position_ids)
+        cohort.cache = DynamicCache(config=model.config)
+        logits = self._forward(cohort, ids, position_ids)
         cohort.positions = position_ids[:, -1:] + 1
         now = time.perf_counter()
         for s in cohort.seqs:
             s.t_first = now
-        return self._sample_and_advance(cohort, logits)
+        columns = max(len(pr) for pr in prompts) + max(s.request.max_new_tokens for s in cohort.seqs)
+        outputs = self._sample_and_advance(cohort, logits)  # finished rows leave the cohort (and its cache)
+        if not cohort.seqs:
+            return outputs
+        if self._slab_path(p) and supports(model, bucket(columns, MIN_COLUMNS)):
+            self._place((p, cohort.mode), self._joiners(cohort))
+        else:
+            self.cohorts.append(cohort)
+        return outputs
+
+    def _slab_path(self, primary: int) -> bool:
+        if not self.static_cache:
+            return False
+        return not self.cuda_graphs or next(self.mot.experts[primary].parameters()).device == self.mot.device
+
+    def _joiners(self, cohort: _Cohort) -> list[Joiner]:
+        """Each row of a prefilled cohort as a slab joiner: its prompt's keys/values (the last Lp columns of the
+        left-padded cache), its next input token and position, and its interaction memory (full mode)."""
+        layers = cohort.cache.layers
+        T = cohort.attention_mask.shape[1]
+        lengths = cohort.attention_mask.sum(-1).tolist()
+        out = []
+        for b, seq in enumerate(cohort.seqs):
+            L = int(lengths[b])
+            memory = primary_weight = None
+            if cohort.ctx is not None:
+                memory = []
+                for stack in cohort.ctx.slots:
+                    parts = []
+                    for slot in stack:
+                        S = int(slot.mask[b, 0, 0].sum())  # memory is right-padded
+                        parts.append((slot.key[b, :, :S], slot.value[b, :, :S], slot.mask[b, 0, 0, :S], slot.weight[b]))
+                    memory.append(parts)
+                primary_weight = cohort.ctx.primary_weight[b]
+            out.append(Joiner(
+                seq=seq, keys=[layer.keys[b, :, T - L :] for layer in layers],
+                values=[layer.values[b, :, T - L :] for layer in layers],
+                next_token=cohort.next_input[b, 0], position=cohort.positions[b, 0],
+                memory=memory, primary_weight=primary_weight,
+            ))
+        return out
+
+    def _place(self, key: tuple[int, str], joiners: list[Joiner]) -> None:
+        """Join the (primary, mode) slab, or move its rows and the joiners into a slab of a bigger shape."""
+        slab = self.slabs.get(key)
+        if slab is not None and slab.target_column(joiners) is not None:
+            slab.join(joiners)
+            return
+        everyone = (slab.export_rows() if slab is not None else []) + joiners
+        new = self._slab_for(key, everyone)
+        new.join(everyone)
+        if slab is not None:
+            self._retire(slab)
+        self.slabs[key] = new
+
+    def _slab_for(self, key: tuple[int, str], joiners: list[Joiner]) -> DecodeSlab:
+        """A slab of the smallest power-of-two shape that holds these joiners: from the pool, else a new one."""
+        primary, mode = key
+        left = max(j.length for j in joiners)
+        right = max(remaining_columns(j.seq) for j in joiners)
+        memory = max(j.memory_length for j in joiners)
+        shape = SlabShape(
+            primary, mode, rows=bucket(len(joiners)), columns=bucket(left + right, MIN_COLUMNS),
+            memory=bucket(memory, MIN_MEMORY) if mode == "full" and memory else 0,
+        )
+        for i, pooled in enumerate(self._slab_pool):
+            if pooled.shape == shape:
+                return self._slab_pool.pop(i)
+        return DecodeSlab(self, shape)
+
+    def _retire(self, slab: DecodeSlab) -> None:
+        """An emptied (or moved-out) slab goes to the pool with its graph; the pool keeps the newest few."""
+        slab.reset()
+        self._slab_pool.append(slab)
+        del self._slab_pool[: -SLAB_POOL_SIZE]
+
+    def _resize_slab(self, key: tuple[int, str], slab: DecodeSlab) -> None:
+        """Retire an empty slab; move a mostly empty one (a quarter or less of its rows live) into a smaller one."""
+        live = len(slab.live)
+        if live == 0:
+            del self.slabs[key]
+            self._retire(slab)
+        elif slab.shape.rows >= 4 and live <= slab.shape.rows // 4:
+            rows = slab.export_rows()
+            new = self._slab_for(key, rows)
+            new.join(rows)
+            self._retire(slab)
+            self.slabs[key] = new
 
     def _decode(self, cohort: _Cohort) -> list[StepOutput]:
-        if cohort.static is not None:
-            logits = cohort.static.decode(cohort.next_input, cohort.positions)
-        else:
-            cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
-            logits = self._forward(cohort, cohort.next_input, cohort.positions)
+        cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
+        logits = self._forward(cohort, cohort.next_input, cohort.positions)
         cohort.positions = cohort.positions + 1
         return self._sample_and_advance(cohort, logits)
 
+    def _decode_slab(self, slab: DecodeSlab) -> list[StepOutput]:
+        logits = slab.decode()  # (C, V)
+        outputs, next_ids = self._sample_rows(slab.shape.primary, slab.rows, logits, slab.nonfinite)
+        slab.input_ids.copy_(next_ids.view(-1, 1))
+        for r, seq in enumerate(slab.rows):
+            if seq is not None and seq.finish_reason is not None:
+                slab.release_row(r)
+        return outputs
+
     def _sample_and_advance(self, cohort: _Cohort, logits: torch.Tensor) -> list[StepOutput]:
+        flag = cohort.ctx.nonfinite if cohort.ctx is not None else None
+        if cohort.ctx is not None:
+            cohort.ctx.nonfinite = None
+        outputs, next_ids = self._sample_rows(cohort.primary, cohort.seqs, logits, flag)
+        cohort.next_input = next_ids.view(-1, 1).to(cohort.attention_mask.device)
+        if any(s.finish_reason for s in cohort.seqs):
+            self._compact(cohort)
+        return outputs
+
+    def _sample_rows(self, primary: int, rows: list, logits: torch.Tensor, flag) -> tuple[list[StepOutput], torch.Tensor]:
+        """Next tokens for the live rows of `rows` (None or finished rows are computed and ignored); finishes rows."""
         mot = self.mot
-        tok = mot.tokenizers[cohort.primary]
-        eos = mot.eos_token_ids[cohort.primary]
+        tok = mot.tokenizers[primary]
+        eos = mot.eos_token_ids[primary]
         finite = torch.isfinite(logits).all(-1)  # (B,)
-        if all(s.request.temperature == 0 for s in cohort.seqs):
-            next_ids = logits.argmax(-1)
-        else:
-            next_ids = torch.stack([_sample(logits[b], s.request, s.rng) for b, s in enumerate(cohort.seqs)])
-        flag = cohort.static.nonfinite if cohort.static is not None else (cohort.ctx.nonfinite if cohort.ctx else None)
+        next_ids = logits.argmax(-1)  # greedy rows (and free rows, ignored)
+        for b, s in enumerate(rows):
+            if s is not None and s.finish_reason is None and s.request.temperature != 0:
+                next_ids[b] = _sample(logits[b], s.request, s.rng)
         if flag is not None:
             finite = finite & ~flag
-            if cohort.static is None:
-                cohort.ctx.nonfinite = None
         next_list, finite_list = next_ids.tolist(), finite.tolist()  # the one host sync of the step
         outputs = []
-        for b, s in enumerate(cohort.seqs):
-            if s.finish_reason is not None:  # a finished row of a static cohort: computed, ignored
+        for b, s in enumerate(rows):
+            if s is None or s.finish_reason is not None:
                 continue
             if not finite_list[b]:
-                msg = f"NaN/Inf in the logits of expert {mot.expert_names[cohort.primary]!r} at generated token {len(s.generated)}"
+                msg = f"NaN/Inf in the logits of expert {mot.expert_names[primary]!r} at generated token {len(s.generated)}"
                 self._finish(s, "error", msg)
                 outputs.append(StepOutput(s.request_id, [], "", True, "error", msg))
                 continue
@@ -394,14 +513,9 @@ class Generator:
             else:
                 delta = _detokenize_incrementally(tok, s)
             outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
-        cohort.next_input = next_ids.view(-1, 1).to(cohort.attention_mask.device)
-        if any(s.finish_reason for s in cohort.seqs):
-            self._compact(cohort)
-        return outputs
+        return outputs, next_ids
 
     def _compact(self, cohort: _Cohort) -> None:
-        if cohort.static is not None:  # the captured graph has a fixed batch: rows stay until the cohort ends
-            return
         keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
         cohort.seqs = [cohort.seqs[b] for b in keep]
         if not keep or cohort.cache is None:
@@ -472,85 +586,6 @@ def _stack_routings(rows):
 
     fields = ("logits", "probs", "noisy_probs", "active", "weights")
     return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))
-
-
-class _StaticDecoder:
-    """A cohort's decoding on CUDA: a static KV cache and one captured CUDA graph for the decode step.
-
-    The graph is captured on the second decode step (the first runs eagerly and warms up kernels and the cache)
-    and replayed afterwards with the input token and positions copied into its static buffers. The attention mask
-    is our own 4D additive mask over the static cache's columns (transformers passes 4D masks through unchanged),
-    updated in place before each step, so nothing in the captured forward depends on host values. The interaction
-    hooks run inside the graph against the cohort's fixed memory tensors.
-    """
-
-    def __init__(self, gen: Generator, cohort: _Cohort, mask2d: torch.Tensor, max_len: int):
-        from transformers import StaticCache
-
-        self.gen, self.cohort = gen, cohort
-        self.model = gen.mot.experts[cohort.primary]
-        self.dtype = next(self.model.parameters()).dtype
-        B, L = mask2d.shape
-        self.B, self.L, self.M = B, L, max_len
-        dev = mask2d.device
-        self.cache = StaticCache(config=self.model.config, max_cache_len=max_len)
-        self.neg = torch.finfo(self.dtype).min
-        self.key_valid = torch.zeros(B, max_len, dtype=torch.bool, device=dev)  # (B, M)
-        self.key_valid[:, :L] = mask2d.bool()
-        self.step_mask = torch.full((B, 1, 1, max_len), self.neg, dtype=self.dtype, device=dev)
-        self.step_mask[:, 0, 0, :L] = torch.where(mask2d.bool(), 0.0, self.neg).to(self.dtype)
-        self.input_ids = torch.zeros(B, 1, dtype=torch.long, device=dev)
-        self.position_ids = torch.zeros(B, 1, dtype=torch.long, device=dev)
-        self.column = L  # the cache column the next token is written to
-        self.graph = None
-        self.logits_out = None
-        self.nonfinite = None
-
-    @staticmethod
-    def fits(model, max_len: int) -> bool:
-        """Static masks ignore sliding windows: use the graph path only where no window is reached."""
-        cfg = getattr(model.config, "text_config", None) or model.config
-        window = getattr(cfg, "sliding_window", None)
-        return window is None or not getattr(cfg, "use_sliding_window", True) or max_len <= window
-
-    def _run(self, input_ids, position_ids, mask):
-        mot, p = self.gen.mot, self.cohort.primary
-        ctx = self.cohort.ctx
-        if ctx is not None:
-            ctx.nonfinite = None
-        compiled = self.gen.compile_layers and input_ids.shape[1] == 1
-        with mot.interacting(ctx), _compiled_layers(mot, compiled):
-            out = self.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
-                logits_to_keep=1, **{mot.cache_kwarg[p]: self.cache},
-            )
-        return out.logits[:, -1, :].float(), (ctx.nonfinite if ctx is not None else None)
-
-    def prefill(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        L, M = self.L, self.M
-        causal = torch.ones(L, M, dtype=torch.bool, device=ids.device).tril()  # query i sees columns <= i
-        allowed = causal[None] & self.key_valid[:, None, :]  # (B, L, M)
-        mask = torch.where(allowed, 0.0, self.neg).to(self.dtype)[:, None]  # (B, 1, L, M)
-        logits, self.nonfinite = self._run(ids, position_ids, mask)
-        return logits
-
-    def decode(self, next_input: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if self.column >= self.M:
-            raise RuntimeError(f"static cache of {self.M} columns is full")  # add_request bounds max_new_tokens
-        self.step_mask[:, 0, 0, self.column] = 0.0
-        self.column += 1
-        self.input_ids.copy_(next_input)
-        self.position_ids.copy_(positions)
-        if not self.gen.cuda_graphs or (self.graph is None and self.column == self.L + 1):  # eager (first: warm-up)
-            logits, self.nonfinite = self._run(self.input_ids, self.position_ids, self.step_mask)
-            return logits
-        if self.graph is None:
-            torch.cuda.synchronize()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits_out, self.nonfinite = self._run(self.input_ids, self.position_ids, self.step_mask)
-        self.graph.replay()
-        return self.logits_out
 
 
 def _install_compiled_layers(mot: MixtureOfThoughts, whole_layers: bool | None = None) -> None:

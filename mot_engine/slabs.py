@@ -1,0 +1,352 @@
+"""Continuous batching with captured decode steps: a *slab* is a static KV cache of C rows that requests join and
+leave between steps, and one CUDA graph for its decode step, kept and reused for the life of the engine.
+
+Why: batch-1 decoding of a 1-3B expert runs far below the GPU's bandwidth (small kernels, M=1 matrix products), so
+one decode step of 16 rows costs little more than one row — but only if the 16 requests are in the same batch. Requests of an editor
+or a batch translation arrive one by one; a cohort per arrival (each with its own cache and graph) would run 16
+batch-1 steps for 16 requests. A slab lets every running request with the same (primary, mode) share one step.
+
+Layout (all rows share one write column `c`; a row's tokens occupy columns [start_r, c)):
+
+    columns   0 ........ start_r ............... c ........ M
+    row r     (masked)   prompt_r + generated_r   next write  (free)
+
+- A request is prefilled on its own (dynamic cache, eager), then its keys/values are copied into a free row so
+  that its prompt ends at column c. Positions (rotary) are per row and independent of columns: the cached keys
+  are already rotated, so a row's column offset changes nothing in its attention.
+- Columns only move forward. When a newcomer's prompt is longer than c, or c plus the tokens rows still need
+  passes M, every row's columns are shifted at once (one copy per layer) — rarely, since M is sized for the
+  requests in the slab with room to spare.
+- A free row keeps computing (the captured graph has a fixed batch) on masked garbage: it always sees its own
+  current column and an inert memory slot, so it stays finite, and its outputs are ignored.
+- A full slab moves into a bigger one (a power of two rows, columns and memory length: a small set of shapes), a
+  mostly empty one into a smaller one. An emptied slab goes back to a pool with its graph; the next slab of the
+  same shape reuses both, so a request never waits for a graph capture once the engine has seen its shape.
+
+The attention mask is our own 4D additive mask over the M columns (transformers passes 4D masks through), edited in
+place; the interaction memory lives in fixed per-row buffers. Nothing in the captured step depends on host values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .interaction import MemorySlot
+from .model import MemoryContext
+
+MIN_COLUMNS = 256
+MIN_MEMORY = 64
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    n = max(int(n), minimum, 1)
+    return 1 << (n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class SlabShape:
+    primary: int
+    mode: str
+    rows: int
+    columns: int
+    memory: int  # memory length per slot (full mode), 0 in fast mode
+
+
+@dataclass
+class Joiner:
+    """A prefilled request about to take a row: its keys/values and the inputs of its next decode step."""
+
+    seq: object  # generation._Sequence
+    keys: list[torch.Tensor]  # per layer (H, Lp, D)
+    values: list[torch.Tensor]
+    next_token: torch.Tensor  # () long
+    position: torch.Tensor  # () long: the position id of next_token
+    memory: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] | None  # [stack][slot] k, v, mask, w
+    primary_weight: torch.Tensor | None  # ()
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1]
+
+    @property
+    def memory_length(self) -> int:
+        return max((k.shape[1] for stack in self.memory or [] for k, _, _, _ in stack), default=0)
+
+
+def remaining_columns(seq) -> int:
+    """Columns a running request still writes: one per decode step until max_new_tokens."""
+    return max(0, seq.request.max_new_tokens - len(seq.generated))
+
+
+def _slab_layer_class():
+    from transformers.cache_utils import StaticLayer
+
+    class SlabLayer(StaticLayer):
+        """A static cache layer that writes one token at the slab's shared write column — a device tensor that all
+        layers share and the slab advances once per step — instead of counting on its own (transformers' layer
+        spends an arange and two adds per layer and step on that: 3 of ~32 kernels per layer in a decode step)."""
+
+        def __init__(self, max_cache_len: int, write_column: torch.Tensor):
+            super().__init__(max_cache_len=max_cache_len)
+            self.cumulative_length = write_column  # (1,) long; get_seq_length() reads it
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            if key_states.shape[-2] != 1:
+                raise ValueError(f"a slab cache layer takes one token per step, got {key_states.shape[-2]}")
+            self.keys.index_copy_(2, self.cumulative_length, key_states)
+            self.values.index_copy_(2, self.cumulative_length, value_states)
+            return self.keys, self.values
+
+    return SlabLayer
+
+
+def supports(model, columns: int) -> bool:
+    """Static masks ignore sliding windows: slabs serve only experts whose window is never reached."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and getattr(cfg, "use_sliding_window", True) and columns > window:
+        return False
+    return not getattr(cfg, "layer_types", None) or all(t == "full_attention" for t in cfg.layer_types)
+
+
+class DecodeSlab:
+    """One static KV cache of `shape.rows` rows and `shape.columns` columns, its masks, inputs and memory buffers."""
+
+    def __init__(self, gen, shape: SlabShape):
+        from transformers import StaticCache
+
+        self.gen, self.shape = gen, shape
+        mot = gen.mot
+        self.model = mot.experts[shape.primary]
+        self.dtype = next(self.model.parameters()).dtype
+        dev = self.device = next(self.model.parameters()).device
+        C, M = shape.rows, shape.columns
+        self.cache = StaticCache(config=self.model.config, max_cache_len=M)
+        self.write_column = torch.zeros(1, dtype=torch.long, device=dev)  # (1,) shared by every cache layer
+        SlabLayer = _slab_layer_class()
+        self.cache.layers = [SlabLayer(M, self.write_column) for _ in self.cache.layers]
+        self.neg = torch.finfo(self.dtype).min
+        self.rows: list[object | None] = [None] * C  # generation._Sequence per row
+        self.start = [0] * C
+        self.column = 0  # host copy of the write column (`write_column` is the device copy)
+        self.key_valid = torch.zeros(C, M, dtype=torch.bool, device=dev)  # (C, M)
+        self.step_mask = torch.full((C, 1, 1, M), self.neg, dtype=self.dtype, device=dev)  # (C, 1, 1, M)
+        self.input_ids = torch.zeros(C, 1, dtype=torch.long, device=dev)  # (C, 1)
+        self.position_ids = torch.zeros(C, 1, dtype=torch.long, device=dev)  # (C, 1)
+        self.ctx = self._memory_buffers(mot) if shape.mode == "full" else None
+        self.graph = None
+        self.eager_steps = 0
+        self.logits_out = None
+        self.nonfinite = None
+
+    # ------------------------------------------------------------------ buffers
+
+    def _memory_buffers(self, mot) -> MemoryContext | None:
+        k = mot.config.top_k
+        if k == 1:
+            return None
+        C, S = self.shape.rows, self.shape.memory
+        heads = mot.config.interaction_heads
+        hd = mot.shared_dim // heads
+        dev = mot.device
+        slots = []
+        for _ in range(mot.config.num_stacks):
+            stack = []
+            for _ in range(k - 1):
+                mask = torch.zeros(C, 1, 1, S, dtype=torch.bool, device=dev)
+                mask[:, 0, 0, 0] = True  # a free row attends to one zero key: finite, and weighted by 0
+                stack.append(MemorySlot(
+                    key=torch.zeros(C, heads, S, hd, device=dev), value=torch.zeros(C, heads, S, hd, device=dev),
+                    mask=mask, weight=torch.zeros(C, device=dev),
+                ))
+            slots.append(stack)
+        return MemoryContext(primary=self.shape.primary, primary_weight=torch.zeros(C, device=dev), slots=slots)
+
+    def _layers(self):
+        return self.cache.layers
+
+    def _ensure_cache(self, like: Joiner) -> None:
+        if all(layer.is_initialized for layer in self._layers()):
+            return
+        for layer, k, v in zip(self._layers(), like.keys, like.values):
+            if not layer.is_initialized:
+                C = self.shape.rows
+                layer.lazy_initialization(k.new_zeros(C, k.shape[0], 0, k.shape[2]), v.new_zeros(C, v.shape[0], 0, v.shape[2]))
+
+    # ------------------------------------------------------------------ occupancy
+
+    @property
+    def live(self) -> list[int]:
+        return [r for r, s in enumerate(self.rows) if s is not None and s.finish_reason is None]
+
+    @property
+    def free(self) -> list[int]:
+        return [r for r, s in enumerate(self.rows) if s is None or s.finish_reason is not None]
+
+    def target_column(self, joiners: list[Joiner]) -> int | None:
+        """The write column that fits every live row and the joiners, or None if this slab cannot take them.
+
+        Every row's span (prompt + generated so far) must end at the write column, so the column must be at least
+        the longest span, and the column plus the most columns any row still writes must stay within M.
+        """
+        live = self.live
+        if len(joiners) > len(self.free) or any(j.memory_length > self.shape.memory for j in joiners):
+            return None
+        need_left = max([j.length for j in joiners] + [self.column - self.start[r] for r in live] + [0])
+        need_right = max([remaining_columns(j.seq) for j in joiners] +
+                         [remaining_columns(self.rows[r]) for r in live] + [0])
+        if self.column >= need_left and self.column + need_right <= self.shape.columns:
+            return self.column  # no shift needed
+        if need_left + need_right <= self.shape.columns:
+            return need_left
+        return None
+
+    def release_row(self, r: int) -> None:
+        """Free row r: its columns are masked; its memory becomes inert."""
+        self.rows[r] = None
+        self.key_valid[r] = False
+        self.step_mask[r] = self.neg
+        if self.ctx is not None:
+            self.ctx.primary_weight[r] = 0.0
+            for stack in self.ctx.slots:
+                for slot in stack:
+                    slot.weight[r] = 0.0
+                    slot.mask[r] = False
+                    slot.mask[r, 0, 0, 0] = True
+
+    def reset(self) -> None:
+        for r in range(self.shape.rows):
+            self.release_row(r)
+        self.start = [0] * self.shape.rows
+        self.set_column(0)
+
+    def set_column(self, c: int) -> None:
+        self.column = c
+        self.write_column.fill_(c)
+
+    def shift_to(self, c_new: int) -> None:
+        """Move every row's columns by c_new - column (keys, values, masks) so the write column becomes c_new."""
+        c = self.column
+        delta = c_new - c
+        if delta == 0:
+            return
+        live = self.live
+        lo = min([self.start[r] for r in live] + [c])
+        assert lo + delta >= 0 and c_new <= self.shape.columns, (lo, delta, c_new)
+        for layer in self._layers():
+            if not layer.is_initialized:
+                continue
+            for t in (layer.keys, layer.values):
+                t[:, :, lo + delta : c_new] = t[:, :, lo:c].clone()
+        valid = self.key_valid[:, lo:c].clone()
+        self.key_valid.zero_()
+        self.key_valid[:, lo + delta : c_new] = valid
+        self.step_mask.copy_(torch.where(self.key_valid, 0.0, self.neg).to(self.dtype)[:, None, None, :])
+        for r in range(self.shape.rows):
+            self.start[r] = max(0, self.start[r] + delta)
+        self.set_column(c_new)
+
+    def join(self, joiners: list[Joiner]) -> None:
+        """Copy prefilled requests into free rows; their prompts end at the write column."""
+        c_new = self.target_column(joiners)
+        assert c_new is not None, "join() needs target_column() to have accepted the joiners"
+        if joiners:
+            self._ensure_cache(joiners[0])
+        self.shift_to(c_new)
+        c = self.column
+        free = self.free
+        for j, r in zip(joiners, free):
+            L = j.length
+            for layer, k, v in zip(self._layers(), j.keys, j.values):
+                layer.keys[r, :, c - L : c] = k
+                layer.values[r, :, c - L : c] = v
+            self.key_valid[r] = False
+            self.key_valid[r, c - L : c] = True
+            self.step_mask[r] = self.neg
+            self.step_mask[r, 0, 0, c - L : c] = 0.0
+            self.start[r] = c - L
+            self.input_ids[r, 0] = j.next_token
+            self.position_ids[r, 0] = j.position
+            if self.ctx is not None:
+                self.ctx.primary_weight[r] = j.primary_weight
+                for stack, parts in zip(self.ctx.slots, j.memory):
+                    for slot, (key, value, mask, weight) in zip(stack, parts):
+                        S = key.shape[1]
+                        slot.key[r].zero_()
+                        slot.value[r].zero_()
+                        slot.key[r, :, :S] = key
+                        slot.value[r, :, :S] = value
+                        slot.mask[r] = False
+                        slot.mask[r, 0, 0, :S] = mask
+                        slot.weight[r] = weight
+            self.rows[r] = j.seq
+
+    def export_rows(self) -> list[Joiner]:
+        """The live rows as joiners (to move into another slab): keys/values of their columns, inputs, memory."""
+        out = []
+        c = self.column
+        for r in self.live:
+            lo = self.start[r]
+            memory = None
+            if self.ctx is not None:  # each slot's used length: its mask's last True column (a sync; rare)
+                memory = []
+                for stack in self.ctx.slots:
+                    parts = []
+                    for slot in stack:
+                        used = int(slot.mask[r, 0, 0].nonzero().max()) + 1
+                        parts.append((slot.key[r, :, :used], slot.value[r, :, :used], slot.mask[r, 0, 0, :used],
+                                      slot.weight[r]))
+                    memory.append(parts)
+            out.append(Joiner(
+                seq=self.rows[r],
+                keys=[layer.keys[r, :, lo:c] for layer in self._layers()],
+                values=[layer.values[r, :, lo:c] for layer in self._layers()],
+                next_token=self.input_ids[r, 0].clone(), position=self.position_ids[r, 0].clone(),
+                memory=memory, primary_weight=self.ctx.primary_weight[r].clone() if self.ctx is not None else None,
+            ))
+        return out
+
+    # ------------------------------------------------------------------ decoding
+
+    def _run(self):
+        mot = self.gen.mot
+        from .generation import _compiled_layers
+        from .kernels import fused_norms
+
+        if self.ctx is not None:
+            self.ctx.nonfinite = None
+        with mot.interacting(self.ctx), _compiled_layers(mot, self.gen.compile_layers), \
+                fused_norms(mot, self.gen.fused_norms):
+            out = self.model(
+                input_ids=self.input_ids, attention_mask=self.step_mask, position_ids=self.position_ids,
+                use_cache=True, logits_to_keep=1, **{mot.cache_kwarg[self.shape.primary]: self.cache},
+            )
+        return out.logits[:, -1, :].float(), (self.ctx.nonfinite if self.ctx is not None else None)  # (C, V)
+
+    def decode(self) -> torch.Tensor:
+        """One token for every row (free rows included, ignored by the caller): (C, V) float32 logits."""
+        c = self.column
+        if c >= self.shape.columns:
+            raise RuntimeError(f"slab of {self.shape.columns} columns is full")  # target_column() prevents this
+        self.step_mask[:, 0, 0, c] = 0.0  # every row sees the column it writes now (free rows stay finite)
+        self.key_valid[:, c] = True
+        self.column += 1
+        if not self.gen.cuda_graphs or (self.graph is None and self.eager_steps == 0):
+            self.eager_steps += 1  # the first step runs eagerly: kernel selection, lazy buffers
+            logits, self.nonfinite = self._run()
+        else:
+            if self.graph is None:
+                torch.cuda.synchronize()
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.logits_out, self.nonfinite = self._run()
+            self.graph.replay()
+            logits = self.logits_out
+        self.write_column.add_(1)
+        self.position_ids.add_(1)
+        return logits
