@@ -4,7 +4,8 @@
 
 What it does, in one process:
   1. parity (fp32, TF32 off): greedy tokens of the static-cache + CUDA-graph paths (fast and full MoT) equal the
-     argmax of the eager, cache-free teacher-forced forward (`target_logits`) on those tokens;
+     argmax of the eager, cache-free teacher-forced forward (`target_logits`) on those tokens, and the plain eager
+     path's tokens (dynamic cache, the experts' own norms);
   2. timings (bf16, batch 1, ~200-token prompt, 256 new tokens, EOS ignored) of: transformers' default
      `generate()` of the primary alone (baseline), the original no-cache full-MoT approach (extrapolated from a few
      steps at the start and end lengths), our eager dynamic-cache loop, our fast mode, our full-MoT mode, batching
@@ -86,8 +87,10 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     out = {}
     for mode in ("fast", "full"):
         req = GenerationRequest(src, mode=mode, max_new_tokens=n_tokens, stop_at_eos=False, force_active=active)
-        graphs = Generator(mot).generate([req])[0].token_ids
+        graphs = Generator(mot).generate([req])[0].token_ids  # the default: static cache, graphs, fused norms
+        os.environ["MOT_FUSED_NORMS"] = "0"  # the plain eager path: the experts' own forward everywhere
         eager = Generator(mot, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
+        os.environ["MOT_FUSED_NORMS"] = "1"
         with torch.no_grad():
             if mode == "full":
                 tf = mot.target_logits(src, graphs, active_experts=active)
@@ -147,26 +150,34 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     def run(mode, **gen_kw):
         gen = Generator(mot, **gen_kw)
         req = GenerationRequest(src, mode=mode, max_new_tokens=new_tokens, stop_at_eos=False, force_active=active)
-        gen.generate([req])  # warm-up at the timed shapes (compilation, kernel selection)
+        _, warm = timed(gen.generate, [req])  # warm-up at the timed shapes (compilation, kernel selection)
         res, t = timed(gen.generate, [req])
         r = res[0]
-        return {"tok_s_decode": r.timings["decode_tokens_per_s"], "tok_s_end_to_end": new_tokens / t, "first_token_s": r.timings["first_token_s"]}
+        return {"tok_s_decode": r.timings["decode_tokens_per_s"], "tok_s_end_to_end": new_tokens / t,
+                "first_token_s": r.timings["first_token_s"], "warm_up_s": warm}
 
+    os.environ["MOT_FUSED_NORMS"] = "0"  # the plain paths: the experts' own forward everywhere
     eager = run("fast", static_cache=False, cuda_graphs=False)
+    full_eager = run("full", static_cache=False, cuda_graphs=False)
+    fast_u = run("fast")  # static cache + graphs, unfused norms (the previous default)
+    full_u = run("full")
+    os.environ["MOT_FUSED_NORMS"] = "1"
     os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers inside the graphs
     fast_c = run("fast")
     full_c = run("full")
-    os.environ["MOT_COMPILE"] = "0"  # the default: static cache + CUDA graphs
+    os.environ["MOT_COMPILE"] = "0"  # the default: static cache + CUDA graphs + fused norms
     fast = run("fast")
     full = run("full")
-    full_eager = run("full", static_cache=False, cuda_graphs=False)
     rows["ours_fast_compiled"] = fast_c["tok_s_end_to_end"]
     rows["ours_full_mot_compiled"] = full_c["tok_s_end_to_end"]
     rows["ours_eager_dynamic_cache_fast"] = eager["tok_s_end_to_end"]
     rows["ours_fast"] = fast["tok_s_end_to_end"]
     rows["ours_full_mot"] = full["tok_s_end_to_end"]
     rows["ours_full_mot_eager"] = full_eager["tok_s_end_to_end"]
-    results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c, "full_compiled": full_c}
+    rows["ours_fast_graphs_unfused_norms"] = fast_u["tok_s_end_to_end"]
+    rows["ours_full_mot_graphs_unfused_norms"] = full_u["tok_s_end_to_end"]
+    results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c,
+                         "full_compiled": full_c, "fast_unfused": fast_u, "full_unfused": full_u}
 
     # 32-token full-MoT generation (the engine issue's check) and peak inference memory.
     _, t32 = timed(Generator(mot).generate, [GenerationRequest(src, mode="full", max_new_tokens=32, stop_at_eos=False, force_active=active)])
@@ -278,7 +289,12 @@ def main(argv=None) -> int:
     for name, v in rows.items():
         print(f"| {name} | {v:.1f} | {v / base:.2f} | {v / fast:.2f} |")
     orig = rows["original_no_cache_full_mot"]
-    print(f"\nfull MoT vs original no-cache approach: {rows['ours_full_mot'] / orig:.1f}x")
+    print(f"\nfull MoT vs original no-cache approach: {rows['ours_full_mot'] / orig:.1f}x "
+          f"(compiled: {rows['ours_full_mot_compiled'] / orig:.1f}x)")
+    print(f"fused norms vs unfused (graphs): fast {fast / rows['ours_fast_graphs_unfused_norms']:.2f}x, "
+          f"full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_unfused_norms']:.2f}x; "
+          f"compile warm-up (first generation) fast {results['detail']['fast_compiled']['warm_up_s']:.0f} s, "
+          f"full {results['detail']['full_compiled']['warm_up_s']:.0f} s")
     print(f"full MoT vs our fast mode: {rows['ours_full_mot'] / fast:.2f}x")
     print(f"batch {args.batch} (fast) vs batch 1: {rows[f'ours_fast_batch{args.batch}_total'] / fast:.1f}x; "
           f"(full) {rows[f'ours_full_batch{args.batch}_total'] / rows['ours_full_mot']:.1f}x")

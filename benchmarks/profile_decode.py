@@ -23,12 +23,11 @@ def replay_ms(gen: Generator, mode: str, n: int = 100) -> tuple[float, float]:
     gen.add_request("p", GenerationRequest(SRC, mode=mode, max_new_tokens=n + 8, stop_at_eos=False, force_active=[0, 1]))
     for _ in range(4):  # prefill, eager decode, capture, one replay
         gen.step()
-    cohort = gen.cohorts[0]
-    static = cohort.static
+    (slab,) = gen.slabs.values()
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(20):
-        static.graph.replay()
+        slab.graph.replay()
     torch.cuda.synchronize()
     replay = (time.perf_counter() - t) / 20 * 1e3
     t = time.perf_counter()
@@ -43,15 +42,23 @@ def replay_ms(gen: Generator, mode: str, n: int = 100) -> tuple[float, float]:
     return replay, step
 
 
-def kernels_per_step(gen: Generator, mode: str) -> int:
+def kernels_per_step(mot, mode: str, top: int = 0) -> int:
+    """Kernels of one decode step of the static-cache path, run eagerly (what a graph captures)."""
     from torch.profiler import ProfilerActivity, profile
 
+    gen = Generator(mot, cuda_graphs=False, static_cache=True)
     gen.add_request("k", GenerationRequest(SRC, mode=mode, max_new_tokens=20, stop_at_eos=False, force_active=[0, 1]))
-    gen.step()
+    gen.step()  # prefill
+    gen.step()  # first decode step (lazy buffers, kernel selection)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        gen.step()  # the eager decode step (first after prefill)
+        gen.step()  # an eager decode step
         torch.cuda.synchronize()
-    n = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    n = sum(e.count for e in kernels)
+    if top:
+        print(f"  {mode}: the {top} most frequent of {n} kernels in an eager decode step:")
+        for e in sorted(kernels, key=lambda e: -e.count)[:top]:
+            print(f"    {e.count:5d}  {e.key[:110]}")
     gen.abort("k")
     while gen.has_unfinished():
         gen.step()
@@ -59,18 +66,31 @@ def kernels_per_step(gen: Generator, mode: str) -> int:
 
 
 def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
+    args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
-    for compile_flag in ("0", "1"):
-        os.environ["MOT_COMPILE"] = compile_flag
+    configs = [("0", "0"), ("0", "1")] + ([("1", "1")] if args.compile else [])
+    rows = []
+    for compile_flag, fused_flag in configs:
+        os.environ["MOT_COMPILE"], os.environ["MOT_FUSED_NORMS"] = compile_flag, fused_flag
         gen = Generator(mot)
         for mode in ("fast", "full"):
             t0 = time.perf_counter()
             replay_ms(gen, mode, 40)  # warm-up (compilation)
-            print(f"compile={compile_flag} {mode}: warm-up {time.perf_counter() - t0:.1f} s", flush=True)
+            warm = time.perf_counter() - t0
             r, s = replay_ms(gen, mode)
-            k = kernels_per_step(gen, mode)
-            print(f"compile={compile_flag} {mode}: graph replay {r:.2f} ms, engine step {s:.2f} ms "
-                  f"({1e3 / s:.0f} tok/s), host overhead {s - r:.2f} ms, CUDA kernels in an eager decode step {k}", flush=True)
+            k = kernels_per_step(mot, mode, top=12 if compile_flag == "0" and mode == "fast" else 0)
+            rows.append((f"compile={compile_flag} fused_norms={fused_flag} {mode}", warm, r, s, k))
+            print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
+                  f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)
+    print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    print("| path | warm-up s | graph replay ms | engine step ms | tok/s | host ms | kernels/token |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, warm, r, s, k in rows:
+        print(f"| {name} | {warm:.1f} | {r:.2f} | {s:.2f} | {1e3 / s:.0f} | {s - r:.2f} | {k} |")
     return 0
 
 
