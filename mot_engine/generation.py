@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NonFiniteError, SourceTooLong
-from .kernels import fused_norms, install_fused_norms
+from .kernels import fused_norms, install_fused_norms, install_triton_gemv, triton_gemv
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
@@ -147,6 +147,10 @@ class Generator:
         self.fused_norms = os.environ.get("MOT_FUSED_NORMS", "1") != "0"
         if self.fused_norms:
             install_fused_norms(mot)
+        # Batch-1 decode steps on CUDA run the experts' linear layers through a Triton matrix-vector kernel
+        # (mot_engine/gemv.py; cuBLAS runs M=1 products well below the bandwidth). MOT_TRITON_GEMV=0 turns it off.
+        self.triton_gemv = (mot.device.type == "cuda" and os.environ.get("MOT_TRITON_GEMV", "1") != "0"
+                            and install_triton_gemv(mot) > 0)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -336,7 +340,9 @@ class Generator:
     def _forward(self, cohort: _Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
         mot = self.mot
         model = mot.experts[cohort.primary]
-        with mot.interacting(cohort.ctx), fused_norms(mot, self.fused_norms and input_ids.shape[1] == 1):
+        decoding = input_ids.shape[1] == 1
+        with mot.interacting(cohort.ctx), fused_norms(mot, self.fused_norms and decoding), \
+                triton_gemv(mot, self.triton_gemv and decoding):
             out = model(
                 input_ids=input_ids, attention_mask=cohort.attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=logits_to_keep, **{mot.cache_kwarg[cohort.primary]: cohort.cache},

@@ -1,4 +1,5 @@
-"""Fewer CUDA kernels per decode step, same maths: a fused RMSNorm for the frozen experts' norms.
+"""Decode-step kernel substitutions, same maths: a fused RMSNorm for the frozen experts' norms, and the Triton
+matrix-vector kernel (mot_engine/gemv.py) for their one-row linear layers.
 
 Batch-1 decoding of a 1-3B expert is bound by the number of kernels, not by bytes or FLOPs (BENCHMARKS.md, "Where
 the time goes"). transformers' RMSNorm of the Llama family (Llama, Qwen2, Mistral, ...) is eight elementwise and
@@ -97,3 +98,56 @@ class fused_norms:
 
     def __exit__(self, *exc):
         self.mot._use_fused_norms = self.prev
+
+
+# ---------------------------------------------------------------------------------------------------- linear layers
+
+
+def _dispatch_linear(flag_owner, module: torch.nn.Linear) -> None:
+    eager = module.forward
+    weight, bias = module.weight, module.bias
+
+    def forward(x, *args, **kwargs):
+        if (flag_owner._use_triton_gemv and not args and not kwargs and x.is_cuda and x.dtype == weight.dtype
+                and x.numel() == x.shape[-1]):  # one row: a matrix-vector product
+            from .gemv import gemv
+
+            return gemv(x, weight, bias)
+        return eager(x, *args, **kwargs)
+
+    module.forward = forward
+
+
+def install_triton_gemv(mot) -> int:
+    """Give every plain `nn.Linear` of the experts on CUDA a dispatching forward: one-row inputs inside
+    `triton_gemv(mot)` (batch-1 decode steps) run mot_engine/gemv.py's kernel, everything else `F.linear`.
+    Quantized layers (bitsandbytes subclasses) keep theirs. Idempotent; returns how many layers dispatch (0 without
+    Triton or a GPU)."""
+    if getattr(mot, "_triton_gemv_installed", None) is not None:
+        return mot._triton_gemv_installed
+    from .gemv import available
+
+    mot._use_triton_gemv = False
+    count = 0
+    if available():
+        for model in mot.experts:
+            for module in model.modules():
+                if type(module) is torch.nn.Linear and module.weight.is_cuda and module.weight.is_contiguous():
+                    _dispatch_linear(mot, module)
+                    count += 1
+    mot._triton_gemv_installed = count
+    return count
+
+
+class triton_gemv:
+    """Within this block the installed linear layers run one-row inputs through the Triton GEMV."""
+
+    def __init__(self, mot, on: bool = True):
+        self.mot, self.on = mot, on
+
+    def __enter__(self):
+        self.prev = getattr(self.mot, "_use_triton_gemv", False)
+        self.mot._use_triton_gemv = self.on and bool(getattr(self.mot, "_triton_gemv_installed", 0))
+
+    def __exit__(self, *exc):
+        self.mot._use_triton_gemv = self.prev

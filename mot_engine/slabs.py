@@ -316,12 +316,13 @@ class DecodeSlab:
     def _run(self):
         mot = self.gen.mot
         from .generation import _compiled_layers
-        from .kernels import fused_norms
+        from .kernels import fused_norms, triton_gemv
 
         if self.ctx is not None:
             self.ctx.nonfinite = None
         with mot.interacting(self.ctx), _compiled_layers(mot, self.gen.compile_layers), \
-                fused_norms(mot, self.gen.fused_norms):
+                fused_norms(mot, self.gen.fused_norms), \
+                triton_gemv(mot, self.gen.triton_gemv and not self.gen.compile_layers):  # compiled: inductor's kernels
             out = self.model(
                 input_ids=self.input_ids, attention_mask=self.step_mask, position_ids=self.position_ids,
                 use_cache=True, logits_to_keep=1, **{mot.cache_kwarg[self.shape.primary]: self.cache},

@@ -94,3 +94,29 @@ def test_fused_decoding_equals_unfused_decoding(perturbed_mot, monkeypatch):
         assert gen.fused_norms and mot._fused_norms_installed > 0
         assert [r.token_ids for r in gen.generate(reqs)] == expected
     assert not mot._use_fused_norms  # off again after decoding: training and scoring see the experts' forward
+
+
+def test_small_query_attention_equals_sdpa():
+    """The interaction's decode-step attention (explicit product) equals torch's fused kernel, padding included."""
+    from mot_engine.interaction import SMALL_QUERY, _attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 8, t, 24, generator=g) for t in (1, 40, 40))
+    mask = torch.zeros(3, 1, 1, 40, dtype=torch.bool)
+    mask[0, ..., :10] = mask[1] = mask[2, ..., :1] = True
+    for T in (1, SMALL_QUERY, SMALL_QUERY + 1):
+        qt = torch.randn(3, 8, T, 24, generator=g)
+        torch.testing.assert_close(_attend(qt, k, v, mask), F.scaled_dot_product_attention(qt, k, v, attn_mask=mask))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton GEMV needs a CUDA GPU")
+def test_triton_gemv_equals_linear_on_gpu():
+    from mot_engine.gemv import available, gemv
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for n, k, bias in [(1536, 1536, True), (256, 1536, True), (8960, 1536, False), (1536, 8960, False), (1000, 300, True)]:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        b = torch.randn(n, device="cuda", dtype=torch.bfloat16) if bias else None
+        x = torch.randn(1, 1, k, device="cuda", dtype=torch.bfloat16)
+        torch.testing.assert_close(gemv(x, w, b).float(), F.linear(x, w, b).float(), rtol=2e-2, atol=2e-2)

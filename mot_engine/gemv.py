@@ -1,0 +1,75 @@
+"""A Triton matrix-vector product for decode steps: y = x W^T (+ b) for a few rows x, streaming W once.
+
+At batch 1 every linear layer of a decode step is a matrix-vector product. cuBLAS runs them well below the GPU's
+bandwidth (BENCHMARKS.md, "Where the time goes"), and they are most of a step's time. This kernel gives each
+program BLOCK_N output features: it streams their rows of W over K in BLOCK_K chunks, multiplies by x in float32
+and reduces once at the end. Optional: it needs Triton (shipped with CUDA builds of PyTorch), and callers fall
+back to `F.linear` where it is absent.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        m = tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features of this program
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            w = tl.load(w_ptr + rn[:, None] * stride_wn + kk[None, :],
+                        mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)  # (BLOCK_N, BLOCK_K)
+            x = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0)  # (BLOCK_K,)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)  # (BLOCK_N,)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
+
+    return triton, gemv_kernel
+
+
+def available() -> bool:
+    try:
+        _kernel()
+    except ImportError:
+        return False
+    return True
+
+
+def default_blocks(n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for an (n, k) weight, from benchmarks/bench_gemv.py's sweep on an H200 (the
+    Qwen2.5-Coder-1.5B shapes: 0.86 ms of products per token against cuBLAS's 1.36 ms)."""
+    if n <= 4096:
+        return 4, 512 if k >= 512 else 128, 4
+    return 8, 256 if k <= 2048 and n <= 65536 else 512, 4
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """x (..., K) with few rows, weight (N, K) contiguous, bias (N,) or None -> (..., N) in x's dtype."""
+    triton, kernel = _kernel()
+    *lead, K = x.shape
+    N = weight.shape[0]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    block_n, block_k, warps = blocks or default_blocks(N, K)
+    grid = (triton.cdiv(N, block_n), M)
+    kernel[grid](x2, weight, bias if bias is not None else weight, y, N, K, x2.stride(0), weight.stride(0), y.stride(0),
+                 HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+    return y.view(*lead, N)
