@@ -72,9 +72,26 @@ class InteractionLayer(nn.Module):
         q = self._heads(self.q_proj(self.query_in[expert](hidden.float())))  # (B, H, T, hd)
         mixed = torch.zeros_like(q)
         for slot in slots:
-            o = F.scaled_dot_product_attention(q, slot.key, slot.value, attn_mask=slot.mask)  # (B, H, T, hd)
+            o = _attend(q, slot.key, slot.value, slot.mask)  # (B, H, T, hd)
             mixed = mixed + slot.weight.view(B, 1, 1, 1) * o
         mixed = self.o_proj(mixed.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
         delta = self.gate[expert] * self.out_norm[expert](self.out[expert](mixed))  # (B, T, d_i)
         delta = primary_weight.view(B, 1, 1) * delta
         return delta.clamp(-self.clamp, self.clamp)
+
+
+SMALL_QUERY = 16
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + mask) v in float32; q (B, H, T, hd), k/v (B, H, S, hd), mask (B, 1, 1, S) bool.
+
+    A decode step has T = 1: there, torch's fused float32 attention (the memory-efficient kernel) took ~150 µs per
+    call on an H200 — more than the rest of the interaction — while the plain product is four small kernels. Long
+    queries (training, prefill) keep the fused kernel, which never materialises the (T, S) scores.
+    """
+    if q.shape[2] > SMALL_QUERY:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
