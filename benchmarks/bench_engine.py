@@ -88,9 +88,9 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     for mode in ("fast", "full"):
         req = GenerationRequest(src, mode=mode, max_new_tokens=n_tokens, stop_at_eos=False, force_active=active)
         graphs = Generator(mot).generate([req])[0].token_ids  # the default: static cache, graphs, fused norms
-        os.environ["MOT_FUSED_NORMS"] = "0"  # the plain eager path: the experts' own forward everywhere
+        os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "0"  # the plain eager path: the experts' own forward
         eager = Generator(mot, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
-        os.environ["MOT_FUSED_NORMS"] = "1"
+        os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "1"
         with torch.no_grad():
             if mode == "full":
                 tf = mot.target_logits(src, graphs, active_experts=active)
@@ -156,12 +156,16 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
         return {"tok_s_decode": r.timings["decode_tokens_per_s"], "tok_s_end_to_end": new_tokens / t,
                 "first_token_s": r.timings["first_token_s"], "warm_up_s": warm}
 
-    os.environ["MOT_FUSED_NORMS"] = "0"  # the plain paths: the experts' own forward everywhere
+    os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "0"  # the plain paths: the experts' own forward
     eager = run("fast", static_cache=False, cuda_graphs=False)
     full_eager = run("full", static_cache=False, cuda_graphs=False)
     fast_u = run("fast")  # static cache + graphs, unfused norms (the previous default)
     full_u = run("full")
     os.environ["MOT_FUSED_NORMS"] = "1"
+    os.environ["MOT_TRITON_GEMV"] = "0"  # fused norms, cuBLAS products
+    fast_ng = run("fast")
+    full_ng = run("full")
+    os.environ["MOT_TRITON_GEMV"] = "1"
     os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers inside the graphs
     fast_c = run("fast")
     full_c = run("full")
@@ -176,6 +180,8 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     rows["ours_full_mot_eager"] = full_eager["tok_s_end_to_end"]
     rows["ours_fast_graphs_unfused_norms"] = fast_u["tok_s_end_to_end"]
     rows["ours_full_mot_graphs_unfused_norms"] = full_u["tok_s_end_to_end"]
+    rows["ours_fast_graphs_cublas"] = fast_ng["tok_s_end_to_end"]
+    rows["ours_full_mot_graphs_cublas"] = full_ng["tok_s_end_to_end"]
     results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c,
                          "full_compiled": full_c, "fast_unfused": fast_u, "full_unfused": full_u}
 
@@ -292,7 +298,9 @@ def main(argv=None) -> int:
     print(f"\nfull MoT vs original no-cache approach: {rows['ours_full_mot'] / orig:.1f}x "
           f"(compiled: {rows['ours_full_mot_compiled'] / orig:.1f}x)")
     print(f"fused norms vs unfused (graphs): fast {fast / rows['ours_fast_graphs_unfused_norms']:.2f}x, "
-          f"full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_unfused_norms']:.2f}x; "
+          f"full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_unfused_norms']:.2f}x (both with the Triton GEMV: "
+          f"fast {fast / rows['ours_fast_graphs_cublas']:.2f}x, full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_cublas']:.2f}x "
+          f"over cuBLAS products); "
           f"compile warm-up (first generation) fast {results['detail']['fast_compiled']['warm_up_s']:.0f} s, "
           f"full {results['detail']['full_compiled']['warm_up_s']:.0f} s")
     print(f"full MoT vs our fast mode: {rows['ours_full_mot'] / fast:.2f}x")

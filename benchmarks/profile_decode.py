@@ -56,9 +56,11 @@ def kernels_per_step(mot, mode: str, top: int = 0) -> int:
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     n = sum(e.count for e in kernels)
     if top:
-        print(f"  {mode}: the {top} most frequent of {n} kernels in an eager decode step:")
-        for e in sorted(kernels, key=lambda e: -e.count)[:top]:
-            print(f"    {e.count:5d}  {e.key[:110]}")
+        total = sum(e.device_time_total for e in kernels)
+        print(f"  {mode}: the {top} most time-consuming of {n} kernels in an eager decode step "
+              f"(GPU time {total / 1e3:.2f} ms; count, µs in all, µs each):")
+        for e in sorted(kernels, key=lambda e: -e.device_time_total)[:top]:
+            print(f"    {e.count:5d} {e.device_time_total:8.1f} {e.device_time_total / e.count:7.2f}  {e.key[:100]}")
     gen.abort("k")
     while gen.has_unfinished():
         gen.step()
@@ -72,18 +74,19 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
-    configs = [("0", "0"), ("0", "1")] + ([("1", "1")] if args.compile else [])
+    configs = [("0", "0", "0"), ("0", "1", "0"), ("0", "1", "1")] + ([("1", "1", "1")] if args.compile else [])
     rows = []
-    for compile_flag, fused_flag in configs:
+    for compile_flag, fused_flag, gemv_flag in configs:
         os.environ["MOT_COMPILE"], os.environ["MOT_FUSED_NORMS"] = compile_flag, fused_flag
+        os.environ["MOT_TRITON_GEMV"] = gemv_flag
         gen = Generator(mot)
         for mode in ("fast", "full"):
             t0 = time.perf_counter()
             replay_ms(gen, mode, 40)  # warm-up (compilation)
             warm = time.perf_counter() - t0
             r, s = replay_ms(gen, mode)
-            k = kernels_per_step(mot, mode, top=12 if compile_flag == "0" and mode == "fast" else 0)
-            rows.append((f"compile={compile_flag} fused_norms={fused_flag} {mode}", warm, r, s, k))
+            k = kernels_per_step(mot, mode, top=12 if fused_flag == "1" else 0)
+            rows.append((f"compile={compile_flag} fused_norms={fused_flag} triton_gemv={gemv_flag} {mode}", warm, r, s, k))
             print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
                   f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)
     print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
