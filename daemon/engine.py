@@ -329,6 +329,7 @@ class EngineCore:
                 self._model = build_mot(cfg.preset, cfg.checkpoint, device=resolve_device(cfg.device), dtype=cfg.dtype)
         mot = self._model
         self._reset_generator()
+        log.info("decoding: %s", self._gen.decoding)
         warm = self._gen.warm_up()  # GPU: torch.compile + graph capture now, not on the first user's request
         if warm:
             log.info("compiled and captured the decode paths in %.1f s (once per process)", warm)

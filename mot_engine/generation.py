@@ -126,12 +126,14 @@ class Generator:
         self.max_batch_size = max_batch_size
         # Slabs (static KV cache, continuous batching) + one CUDA graph per slab's decode step: kernel launches, not
         # FLOPs, bound batch-1 decoding of 1-3B models (ARCHITECTURE.md, "Decoding engine"). Default on CUDA, off on
-        # CPU (where the slab path still runs eagerly when asked, so CI tests it); MOT_CUDA_GRAPHS=0 disables both.
+        # CPU unless MOT_SLABS=1 (there the slab path runs eagerly: continuous batching without graphs; CI tests it
+        # that way); MOT_CUDA_GRAPHS=0 disables both on CUDA.
         # A captured graph lives on one device: a primary on another GPU than the interaction layers decodes eagerly
         # (secondaries anywhere are fine: they only run in the prefill).
         on_cuda = mot.device.type == "cuda" and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
-        self.static_cache = (on_cuda or self.cuda_graphs) if static_cache is None else static_cache
+        slabs = on_cuda or self.cuda_graphs or os.environ.get("MOT_SLABS", "0") == "1"
+        self.static_cache = slabs if static_cache is None else static_cache
         if self.cuda_graphs and not self.static_cache:
             raise ValueError("cuda_graphs needs static_cache")
         if self.cuda_graphs and mot.device.type != "cuda":
@@ -195,6 +197,16 @@ class Generator:
     @property
     def num_running(self) -> int:
         return sum(len(c.live) for c in self.cohorts) + sum(len(slab.live) for slab in self.slabs.values())
+
+    @property
+    def decoding(self) -> str:
+        """How this engine decodes, in words (the daemon logs it)."""
+        if not self.static_cache:
+            return "dynamic-cache cohorts (requests admitted together decode together)"
+        parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
+        parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
+                                        ("compiled layers", self.compile_layers)) if on]
+        return ", ".join(parts)
 
     @property
     def num_waiting(self) -> int:

@@ -175,6 +175,41 @@ def test_fifty_concurrent_clients_each_get_their_own_answer(client):
         assert (r.text, r.active_experts, r.num_prompt_tokens) == (want.text, want.active_experts, want.num_prompt_tokens), i
 
 
+def test_requests_arriving_one_by_one_share_slabs_and_get_their_own_answers(tmp_path):
+    """The GPU default (continuous batching in slabs, `MOT_SLABS=1` on CPU) through the real daemon: clients that
+    start at different times decode in one batch and each gets exactly its answer alone."""
+    d = spawn_daemon(tmp_path / "slabs", env_extra={"MOT_SLABS": "1"}, args=["--max-batch-size", "8"])
+    try:
+        d.wait_ready(300)
+        assert "continuous batching in slabs" in d.log_path.read_text()
+        with d.client(timeout_s=120) as c:
+            expected = {s: c.translate(s, max_new_tokens=40).text for s in SOURCES}
+            steps_before = c.status().steps
+        results: dict[int, str] = {}
+        errors: list[BaseException] = []
+
+        def one(i: int) -> None:
+            try:
+                time.sleep(0.01 * i)  # arrivals spread over several decoding steps, each request overlapping others
+                with DaemonClient(d.endpoint, timeout_s=120) as c:
+                    results[i] = c.translate(SOURCES[i % len(SOURCES)], max_new_tokens=40).text
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors, errors[:3]
+        assert {i: results[i] for i in range(12)} == {i: expected[SOURCES[i % len(SOURCES)]] for i in range(12)}
+        with d.client(timeout_s=60) as c:
+            steps = c.status().steps - steps_before
+        assert steps < 12 * 40 / 2, f"{steps} decoding steps for 12 overlapping requests of 40 tokens: no sharing"
+    finally:
+        d.terminate()
+
+
 def test_a_full_queue_answers_overloaded_at_once(client):
     capacity = 16 + 48
     streams = [client.stream_translate(SOURCES[i % 5], max_new_tokens=LONG, ignore_eos=True) for i in range(capacity)]
