@@ -1,8 +1,8 @@
 """Decode-step kernel substitutions, same maths: a fused RMSNorm for the frozen experts' norms, and the Triton
 matrix-vector kernel (mot_engine/gemv.py) for their one-row linear layers.
 
-Batch-1 decoding of a 1-3B expert is bound by the number of kernels, not by bytes or FLOPs (BENCHMARKS.md, "Where
-the time goes"). transformers' RMSNorm of the Llama family (Llama, Qwen2, Mistral, ...) is eight elementwise and
+Batch-1 decoding of a 1-3B expert runs far below the GPU's bandwidth: many small kernels and M=1 matrix products
+(BENCHMARKS.md, "Where the time goes"). transformers' RMSNorm of the Llama family (Llama, Qwen2, Mistral, ...) is eight elementwise and
 reduction kernels — cast, pow, mean, add, rsqrt, mul, cast, mul — two per decoder layer; torch's `F.rms_norm` is one
 fused kernel on CUDA. That is about a third of an eager decode step's kernels (H200, Qwen2.5-Coder-1.5B shape:
 1212 -> 813 kernels, graph replay 3.70 -> 3.51 ms fast and 4.98 -> 4.35 ms full MoT; BENCHMARKS.md).
@@ -86,18 +86,26 @@ def install_fused_norms(mot) -> int:
     return count
 
 
-class fused_norms:
-    """Within this block the installed norms run `F.rms_norm` (one kernel); outside it, their own forward."""
+class _Substitution:
+    """Turns one installed substitution on (or off) for the duration of a block; restores the previous state."""
+
+    flag = installed = ""
 
     def __init__(self, mot, on: bool = True):
         self.mot, self.on = mot, on
 
     def __enter__(self):
-        self.prev = getattr(self.mot, "_use_fused_norms", False)
-        self.mot._use_fused_norms = self.on and getattr(self.mot, "_fused_norms_installed", None) is not None
+        self.prev = getattr(self.mot, self.flag, False)
+        setattr(self.mot, self.flag, self.on and bool(getattr(self.mot, self.installed, 0)))
 
     def __exit__(self, *exc):
-        self.mot._use_fused_norms = self.prev
+        setattr(self.mot, self.flag, self.prev)
+
+
+class fused_norms(_Substitution):
+    """Within this block the installed norms run `F.rms_norm` (one kernel); outside it, their own forward."""
+
+    flag, installed = "_use_fused_norms", "_fused_norms_installed"
 
 
 # ---------------------------------------------------------------------------------------------------- linear layers
@@ -139,15 +147,7 @@ def install_triton_gemv(mot) -> int:
     return count
 
 
-class triton_gemv:
+class triton_gemv(_Substitution):
     """Within this block the installed linear layers run one-row inputs through the Triton GEMV."""
 
-    def __init__(self, mot, on: bool = True):
-        self.mot, self.on = mot, on
-
-    def __enter__(self):
-        self.prev = getattr(self.mot, "_use_triton_gemv", False)
-        self.mot._use_triton_gemv = self.on and bool(getattr(self.mot, "_triton_gemv_installed", 0))
-
-    def __exit__(self, *exc):
-        self.mot._use_triton_gemv = self.prev
+    flag, installed = "_use_triton_gemv", "_triton_gemv_installed"

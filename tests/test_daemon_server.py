@@ -98,6 +98,27 @@ def _cancel_all(client: DaemonClient, streams) -> None:
             s.result
 
 
+def _in_threads(n: int, one, timeout_s: float = 300) -> dict:
+    """Run one(i) for i in range(n), each in its own thread; return {i: result}; fail on any exception."""
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = one(i)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    assert not errors, errors[:3]
+    assert len(results) == n
+    return results
+
+
 def _run_cli(env, *args, timeout=120):
     return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -150,26 +171,14 @@ def test_status_without_a_daemon_says_so_and_fails(daemons, tmp_path):
 def test_fifty_concurrent_clients_each_get_their_own_answer(client):
     expected = {s: client.translate(s, max_new_tokens=8) for s in SOURCES}
     assert len({r.text for r in expected.values()}) == len(SOURCES), "sources must give distinguishable answers"
-    results: dict[int, object] = {}
-    errors: list[BaseException] = []
     start = threading.Barrier(50)
 
-    def one(i: int) -> None:
-        try:
-            with DaemonClient(client.endpoint.address, timeout_s=120) as c:
-                start.wait()
-                results[i] = c.translate(SOURCES[i % len(SOURCES)], max_new_tokens=8, request_id=f"req-{i % 3}")
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
+    def one(i: int):
+        with DaemonClient(client.endpoint.address, timeout_s=120) as c:
+            start.wait()
+            return c.translate(SOURCES[i % len(SOURCES)], max_new_tokens=8, request_id=f"req-{i % 3}")
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors, errors[:3]
-    assert len(results) == 50
-    for i, r in results.items():
+    for i, r in _in_threads(50, one).items():
         want = expected[SOURCES[i % len(SOURCES)]]
         assert r.id == f"req-{i % 3}"  # the same ids on different connections do not collide
         assert (r.text, r.active_experts, r.num_prompt_tokens) == (want.text, want.active_experts, want.num_prompt_tokens), i
@@ -185,23 +194,13 @@ def test_requests_arriving_one_by_one_share_slabs_and_get_their_own_answers(tmp_
         with d.client(timeout_s=120) as c:
             expected = {s: c.translate(s, max_new_tokens=40).text for s in SOURCES}
             steps_before = c.status().steps
-        results: dict[int, str] = {}
-        errors: list[BaseException] = []
 
-        def one(i: int) -> None:
-            try:
-                time.sleep(0.01 * i)  # arrivals spread over several decoding steps, each request overlapping others
-                with DaemonClient(d.endpoint, timeout_s=120) as c:
-                    results[i] = c.translate(SOURCES[i % len(SOURCES)], max_new_tokens=40).text
-            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-                errors.append(e)
+        def one(i: int) -> str:
+            time.sleep(0.01 * i)  # arrivals spread over several decoding steps, each request overlapping others
+            with DaemonClient(d.endpoint, timeout_s=120) as c:
+                return c.translate(SOURCES[i % len(SOURCES)], max_new_tokens=40).text
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert not errors, errors[:3]
+        results = _in_threads(12, one)
         assert {i: results[i] for i in range(12)} == {i: expected[SOURCES[i % len(SOURCES)]] for i in range(12)}
         with d.client(timeout_s=60) as c:
             steps = c.status().steps - steps_before
