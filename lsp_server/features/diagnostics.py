@@ -165,6 +165,8 @@ class KernelDiagnostics:
         self._tracked[key] = keep
         if not keep:
             del self._tracked[key]
+        if any(item.seen and item.check is None for item in keep):
+            return  # a check still runs: publish once it ends (an early, empty list would read as "no problems")
         if any(item.seen for item in keep) or key in self._published:
             self._published.add(key)
             self.server.text_document_publish_diagnostics(
