@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from daemon.client import DaemonClient
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
+from lsp_server.features.diagnostics import check_kernel
 from mot_engine.sourcecode import find_nvcc
 from lsprotocol import types
 from pytest_lsp import client_capabilities
@@ -319,10 +320,13 @@ async def test_resolve_translates_with_progress_and_creates_then_appends_the_cu_
         )
         diagnostics = await until(lambda: s.client.diagnostics.get(cu.as_uri()) is not None, 30, what="diagnostics")
         diagnostics = s.client.diagnostics[cu.as_uri()]
-        kernel_lines = range(1, insert.new_text.count("\n") + 1)
+        # Exactly the checker's problems of the kernel, moved below the header line (none is a valid outcome for a
+        # random tiny model; then this says that nothing was invented).
+        expected = check_kernel(kernel, "syntax").problems
+        assert [d.range.start.line for d in diagnostics] == [1 + p.line for p in expected]
         for d in diagnostics:
             assert d.source == "mot-cuda (tree-sitter-cuda)" and d.severity == types.DiagnosticSeverity.Error
-            assert d.range.start.line in kernel_lines and not d.message.startswith("line ")
+            assert not d.message.startswith("line ")
         s.client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(cu.as_uri())))
 
         # A second translation appends to the existing file (no create), after a blank line.
@@ -690,10 +694,10 @@ def test_neovim_applies_the_code_action(tmp_path, daemon):
     assert report["cu_attached"] is True
     # Diagnostics of the produced kernel, on the kernel's lines of the .cu file (nvcc here if installed).
     checker = "nvcc" if find_nvcc() else "tree-sitter-cuda"
-    last_line = len(text.rstrip("\n").splitlines()) - 1
     assert report["published_count"] == len(report["diagnostics"])
+    expected = check_kernel(text.split("\n", 1)[1], "auto").problems  # the kernel below the header line
+    assert sorted(d["lnum"] for d in report["diagnostics"]) == sorted(1 + p.line for p in expected)
     for d in report["diagnostics"]:
         assert d["source"] == f"mot-cuda ({checker})"
-        assert 1 <= d["lnum"] <= last_line
     assert [m for m in report["messages"] if m["type"] <= 2] == []  # no errors or warnings shown
     assert any("MoT daemon at" in m["message"] and ": ready" in m["message"] for m in report["messages"])  # :MotStatus
