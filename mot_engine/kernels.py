@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .gemv import available, gemv
+
 
 def _norm_eps(module: torch.nn.Module) -> float | None:
     for name in ("variance_epsilon", "eps"):
@@ -118,8 +120,6 @@ def _dispatch_linear(flag_owner, module: torch.nn.Linear) -> None:
     def forward(x, *args, **kwargs):
         if (flag_owner._use_triton_gemv and not args and not kwargs and x.is_cuda and x.dtype == weight.dtype
                 and x.numel() == x.shape[-1]):  # one row: a matrix-vector product
-            from .gemv import gemv
-
             return gemv(x, weight, bias)
         return eager(x, *args, **kwargs)
 
@@ -133,8 +133,6 @@ def install_triton_gemv(mot) -> int:
     Triton or a GPU)."""
     if getattr(mot, "_triton_gemv_installed", None) is not None:
         return mot._triton_gemv_installed
-    from .gemv import available
-
     mot._use_triton_gemv = False
     count = 0
     if available():

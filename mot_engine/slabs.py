@@ -29,6 +29,7 @@ place; the interaction memory lives in fixed per-row buffers. Nothing in the cap
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,7 @@ def remaining_columns(seq) -> int:
     return max(0, seq.request.max_new_tokens - len(seq.generated))
 
 
+@functools.cache
 def _slab_layer_class():
     from transformers.cache_utils import StaticLayer
 
