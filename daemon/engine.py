@@ -330,9 +330,13 @@ class EngineCore:
         mot = self._model
         self._reset_generator()
         log.info("decoding: %s", self._gen.decoding)
-        warm = self._gen.warm_up()  # GPU: torch.compile + graph capture now, not on the first user's request
+        warm = self._gen.warm_up()  # GPU: graph capture (+ torch.compile) now, not on the first user's request
         if warm:
-            log.info("compiled and captured the decode paths in %.1f s (once per process)", warm)
+            log.info("captured the routing graphs%s in %.1f s (once per process)",
+                     " and compiled the decode paths" if self._gen.compile_layers else "", warm)
+        broken = getattr(mot.encoder.captured, "broken", None)
+        log.info("routing: %s", f"eager (the encoder's CUDA graph capture failed: {broken})" if broken
+                 else "CUDA graphs" if mot.encoder.captured is not None else "eager")
         dtype = str(next(mot.experts[0].parameters()).dtype).replace("torch.", "")
         with self._lock:
             self._info.update(

@@ -10,6 +10,7 @@ back to `F.linear` where it is absent.
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 
@@ -55,6 +56,30 @@ def default_blocks(n: int, k: int) -> tuple[int, int, int]:
     if n <= 4096:
         return 4, 512 if k >= 512 else 128, 4
     return 8, 256 if k <= 2048 and n <= 65536 else 512, 4
+
+
+@functools.cache
+def gemv_op():
+    """The kernel as a custom operator (`torch.ops.mot_engine.gemv`) that torch.compile keeps inside its graphs:
+    inductor then fuses the elementwise work around the products instead of breaking the graph at each one.
+    Takes x (M, K) contiguous, weight (N, K), bias (N,) or None."""
+    from torch.library import triton_op, wrap_triton
+
+    triton, kernel = _kernel()
+
+    def _gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        M, K = x.shape
+        N = weight.shape[0]
+        y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+        block_n, block_k, warps = default_blocks(N, K)
+        wrap_triton(kernel)[(triton.cdiv(N, block_n), M)](
+            x, weight, bias if bias is not None else weight, y, N, K, x.stride(0), weight.stride(0), y.stride(0),
+            HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        return y
+
+    _gemv.__annotations__ = {"x": torch.Tensor, "weight": torch.Tensor, "bias": Optional[torch.Tensor],
+                             "return": torch.Tensor}  # real types for the schema (this module defers annotations)
+    return triton_op("mot_engine::gemv", _gemv, mutates_args=())
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

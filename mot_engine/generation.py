@@ -227,19 +227,20 @@ class Generator:
                 outputs += self._decode(cohort)
         self.cohorts = [c for c in self.cohorts if c.live]
         for key, slab in list(self.slabs.items()):
-            self._resize_slab(key, slab)
+            outputs += self._resize_slab(key, slab)
         for cohort in self._admit():  # rows freed above are taken in the same step
             outputs += self._prefill(cohort)
         return outputs
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), max_new_tokens: int = 3) -> float:
-        """Compile and capture ahead of the first user (GPU): every expert as primary, both modes, batch sizes 1
-        and 2 (torch.compile specialises size 1, so 2 stands for every larger batch). Returns seconds spent.
-        A no-op without compiled layers."""
-        if not self.compile_layers:
-            return 0.0
+        """Capture and compile ahead of the first user (GPU): the encoder's routing graphs (batch 1, every length
+        bucket); with compiled layers also every expert as primary, both modes, batch sizes 1 and 2 (torch.compile
+        specialises size 1, so 2 stands for every larger batch). Returns seconds spent; 0.0 on CPU."""
         t0 = time.perf_counter()
         mot = self.mot
+        captured = mot.encoder.warm_up()
+        if not self.compile_layers:
+            return time.perf_counter() - t0 if captured else 0.0
         source = "void warm_up(float* x, int n) { for (int i = 0; i < n; ++i) x[i] += 1.0f; }"
         for p in range(mot.num_experts):
             active = [p] + [e for e in range(mot.num_experts) if e != p][: mot.config.top_k - 1]
@@ -385,7 +386,7 @@ class Generator:
         if not cohort.seqs:
             return outputs
         if self._slab_path(p) and supports(model, bucket(columns, MIN_COLUMNS)):
-            self._place((p, cohort.mode), self._joiners(cohort))
+            outputs += self._place((p, cohort.mode), self._joiners(cohort))
         else:
             self.cohorts.append(cohort)
         return outputs
@@ -422,18 +423,20 @@ class Generator:
             ))
         return out
 
-    def _place(self, key: tuple[int, str], joiners: list[Joiner]) -> None:
+    def _place(self, key: tuple[int, str], joiners: list[Joiner]) -> list[StepOutput]:
         """Join the (primary, mode) slab, or move its rows and the joiners into a slab of a bigger shape."""
         slab = self.slabs.get(key)
         if slab is not None and slab.target_column(joiners) is not None:
-            slab.join(joiners)
-            return
+            slab.join(joiners)  # rows with tokens in flight count one column more: target_column() stays safe
+            return []
+        outputs = self._flush(slab) if slab is not None else []  # rows move: their tokens in flight land first
         everyone = (slab.export_rows() if slab is not None else []) + joiners
         new = self._slab_for(key, everyone)
         new.join(everyone)
         if slab is not None:
             self._retire(slab)
         self.slabs[key] = new
+        return outputs
 
     def _slab_for(self, key: tuple[int, str], joiners: list[Joiner]) -> DecodeSlab:
         """A slab of the smallest power-of-two shape that holds these joiners: from the pool, else a new one."""
@@ -456,18 +459,22 @@ class Generator:
         self._slab_pool.append(slab)
         del self._slab_pool[: -SLAB_POOL_SIZE]
 
-    def _resize_slab(self, key: tuple[int, str], slab: DecodeSlab) -> None:
+    def _resize_slab(self, key: tuple[int, str], slab: DecodeSlab) -> list[StepOutput]:
         """Retire an empty slab; move a mostly empty one (a quarter or less of its rows live) into a smaller one."""
-        live = len(slab.live)
-        if live == 0:
+        outputs = []
+        if slab.live and slab.shape.rows >= 4 and len(slab.live) <= slab.shape.rows // 4:
+            outputs = self._flush(slab)  # the rows move: their tokens in flight land first
+            if slab.live:
+                rows = slab.export_rows()
+                new = self._slab_for(key, rows)
+                new.join(rows)
+                self._retire(slab)
+                self.slabs[key] = new
+                return outputs
+        if not slab.live:  # every request ended: tokens still in flight belong to finished rows only
             del self.slabs[key]
             self._retire(slab)
-        elif slab.shape.rows >= 4 and live <= slab.shape.rows // 4:
-            rows = slab.export_rows()
-            new = self._slab_for(key, rows)
-            new.join(rows)
-            self._retire(slab)
-            self.slabs[key] = new
+        return outputs
 
     def _decode(self, cohort: _Cohort) -> list[StepOutput]:
         cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
@@ -476,13 +483,35 @@ class Generator:
         return self._sample_and_advance(cohort, logits)
 
     def _decode_slab(self, slab: DecodeSlab) -> list[StepOutput]:
+        """Launch this step, then hand out the previous step's tokens while the GPU runs it.
+
+        The next input is fed on the device (sampled ids -> the slab's input buffer), so the host reads a step's
+        tokens one step late, from a pinned copy: the GPU never waits for Python's bookkeeping (detokenizing,
+        finishing rows, the daemon's sockets). The price is one extra row-step for a request that ends by EOS —
+        computed, then ignored. When every live row is known to end with the tokens already in flight (length),
+        no step is launched."""
+        pending, slab.pending = slab.pending, None
+        if pending is not None and all(_ends_with_pending(slab, r, pending) for r in slab.live):
+            return self._collect(slab, pending)
         logits = slab.decode()  # (C, V)
-        outputs, next_ids = self._sample_rows(slab.shape.primary, slab.rows, logits, slab.nonfinite)
+        next_ids, finite = self._next_tokens(slab.rows, logits, slab.nonfinite)
         slab.input_ids.copy_(next_ids.view(-1, 1))
+        slab.pending = slab.stage(next_ids, finite)
+        return self._collect(slab, pending) if pending is not None else []
+
+    def _collect(self, slab: DecodeSlab, pending) -> list[StepOutput]:
+        """The host's half of a slab step: its tokens to their requests; rows that finished are freed."""
+        rows, next_list, finite_list = pending.wait()
+        outputs = self._emit(slab.shape.primary, rows, next_list, finite_list)
         for r, seq in enumerate(slab.rows):
             if seq is not None and seq.finish_reason is not None:
                 slab.release_row(r)
         return outputs
+
+    def _flush(self, slab: DecodeSlab) -> list[StepOutput]:
+        """Collect a slab's tokens in flight now (before its rows move to another slab)."""
+        pending, slab.pending = slab.pending, None
+        return self._collect(slab, pending) if pending is not None else []
 
     def _sample_and_advance(self, cohort: _Cohort, logits: torch.Tensor) -> list[StepOutput]:
         flag = cohort.ctx.nonfinite if cohort.ctx is not None else None
@@ -496,9 +525,13 @@ class Generator:
 
     def _sample_rows(self, primary: int, rows: list, logits: torch.Tensor, flag) -> tuple[list[StepOutput], torch.Tensor]:
         """Next tokens for the live rows of `rows` (None or finished rows are computed and ignored); finishes rows."""
-        mot = self.mot
-        tok = mot.tokenizers[primary]
-        eos = mot.eos_token_ids[primary]
+        next_ids, finite = self._next_tokens(rows, logits, flag)
+        next_list, finite_list = next_ids.tolist(), finite.tolist()  # the one host sync of the step
+        return self._emit(primary, rows, next_list, finite_list), next_ids
+
+    @staticmethod
+    def _next_tokens(rows: list, logits: torch.Tensor, flag) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next ids (B,), finite (B,)) on the device: greedy, or each live row's own sampler and generator."""
         finite = torch.isfinite(logits).all(-1)  # (B,)
         next_ids = logits.argmax(-1)  # greedy rows (and free rows, ignored)
         for b, s in enumerate(rows):
@@ -506,7 +539,13 @@ class Generator:
                 next_ids[b] = _sample(logits[b], s.request, s.rng)
         if flag is not None:
             finite = finite & ~flag
-        next_list, finite_list = next_ids.tolist(), finite.tolist()  # the one host sync of the step
+        return next_ids, finite
+
+    def _emit(self, primary: int, rows: list, next_list: list[int], finite_list: list[bool]) -> list[StepOutput]:
+        """Append each live row's token to its request, finish requests (EOS, length, NaN/Inf), stream text."""
+        mot = self.mot
+        tok = mot.tokenizers[primary]
+        eos = mot.eos_token_ids[primary]
         outputs = []
         for b, s in enumerate(rows):
             if s is None or s.finish_reason is not None:
@@ -531,7 +570,7 @@ class Generator:
             else:
                 delta = _detokenize_incrementally(tok, s)
             outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
-        return outputs, next_ids
+        return outputs
 
     def _compact(self, cohort: _Cohort) -> None:
         keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
@@ -563,6 +602,12 @@ def _detokenize_incrementally(tok, s: _Sequence) -> str:
         s.emitted += delta
         return delta
     return ""
+
+
+def _ends_with_pending(slab: DecodeSlab, r: int, pending) -> bool:
+    """Does row r's request end by length with the token already in flight for it?"""
+    seq = slab.rows[r]
+    return pending.rows[r] is seq and remaining_columns(seq) <= 1
 
 
 def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:

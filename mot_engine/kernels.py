@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .gemv import available, gemv
+from .gemv import available, gemv, gemv_op
 
 
 def _norm_eps(module: torch.nn.Module) -> float | None:
@@ -113,13 +113,15 @@ class fused_norms(_Substitution):
 # ---------------------------------------------------------------------------------------------------- linear layers
 
 
-def _dispatch_linear(flag_owner, module: torch.nn.Linear) -> None:
+def _dispatch_linear(flag_owner, module: torch.nn.Linear, op) -> None:
     eager = module.forward
     weight, bias = module.weight, module.bias
 
     def forward(x, *args, **kwargs):
         if (flag_owner._use_triton_gemv and not args and not kwargs and x.is_cuda and x.dtype == weight.dtype
                 and x.numel() == x.shape[-1]):  # one row: a matrix-vector product
+            if torch.compiler.is_compiling():  # compiled layers (MOT_COMPILE=1): the op stays in inductor's graph
+                return op(x.reshape(1, -1).contiguous(), weight, bias).view(*x.shape[:-1], -1)
             return gemv(x, weight, bias)
         return eager(x, *args, **kwargs)
 
@@ -136,10 +138,11 @@ def install_triton_gemv(mot) -> int:
     mot._use_triton_gemv = False
     count = 0
     if available():
+        op = gemv_op()
         for model in mot.experts:
             for module in model.modules():
                 if type(module) is torch.nn.Linear and module.weight.is_cuda and module.weight.is_contiguous():
-                    _dispatch_linear(mot, module)
+                    _dispatch_linear(mot, module, op)
                     count += 1
     mot._triton_gemv_installed = count
     return count

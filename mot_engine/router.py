@@ -9,11 +9,123 @@ only). Eval mode adds no noise: routing is a deterministic function of the sourc
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+ENCODER_MIN_COLUMNS = 32
+ENCODER_MAX_GRAPHS = 16  # (rows, columns) shapes captured at most; others run eagerly
+ENCODER_MAX_ROWS = 8  # batches of routing requests larger than this run eagerly
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    n = max(int(n), minimum, 1)
+    return 1 << (n - 1).bit_length()
+
+
+def pad_features(features: dict, rows: int, columns: int, pad_id: int) -> dict:
+    """Tokenized features (B, L) padded to (rows, columns): extra columns are masked padding on the right, extra
+    rows repeat row 0 (a valid input whose outputs the caller drops). Right padding keeps every real token's
+    position, and a masked key is left out of every attention and pooling, so the first B rows embed as they do
+    unpadded (for bidirectional encoders and causal ones alike, whatever side the tokenizer pads)."""
+    out = {}
+    for name, value in features.items():
+        if not (torch.is_tensor(value) and value.dim() == 2):
+            out[name] = value
+            continue
+        B, L = value.shape
+        assert B <= rows and L <= columns, (B, L, rows, columns)
+        fill = pad_id if name == "input_ids" else 0
+        value = F.pad(value, (0, columns - L), value=fill)
+        if rows > B:
+            value = torch.cat([value, value[:1].expand(rows - B, -1)])
+        out[name] = value
+    return out
+
+
+class CapturedEncoder:
+    """A frozen sentence encoder's forward as CUDA graphs, one per padded (rows, columns) shape.
+
+    Routing (the editor's hover) is bound by launching the encoder's ~1000 small kernels from Python, not by the
+    GPU (BENCHMARKS.md, "Routing"): one graph replay launches them all at once. Inputs are padded up to a power
+    of two of rows and columns (pad_features); a shape is captured the first time it is seen (warm_up() captures
+    batch 1 at every length ahead of the first user). A capture that fails (an encoder doing host work inside its
+    forward) is logged once and that encoder runs eagerly from then on."""
+
+    def __init__(self, model, max_length: int):
+        self.model, self.max_length = model, max_length
+        tok = model.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.pool = None
+        self.broken: str | None = None
+
+    def shape_for(self, rows: int, columns: int) -> tuple[int, int]:
+        return _pow2(rows), min(_pow2(columns, ENCODER_MIN_COLUMNS), max(self.max_length, columns))
+
+    def __call__(self, features: dict) -> torch.Tensor | None:
+        """(B, D) sentence embeddings by graph replay, or None where this batch must run eagerly."""
+        B, L = features["input_ids"].shape
+        if self.broken is not None or B > ENCODER_MAX_ROWS:
+            return None
+        shape = self.shape_for(B, L)
+        entry = self.graphs.get(shape)
+        if entry is None:
+            if len(self.graphs) >= ENCODER_MAX_GRAPHS:
+                return None
+            entry = self._capture(shape, features)
+            if entry is None:
+                return None
+        static, out = entry[1], entry[2]
+        for name, value in pad_features(features, *shape, self.pad_id).items():
+            if torch.is_tensor(value):
+                static[name].copy_(value, non_blocking=True)
+        entry[0].replay()
+        return out[:B].clone()
+
+    def _capture(self, shape: tuple[int, int], features: dict):
+        device = next(self.model.parameters()).device
+        static = {k: v.to(device) if torch.is_tensor(v) else v
+                  for k, v in pad_features(features, *shape, self.pad_id).items()}
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up off the capture: lazy buffers, kernel selection
+                for _ in range(2):
+                    self.model(dict(static))
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self.model(dict(static))["sentence_embedding"]  # (rows, D)
+        except Exception as e:  # noqa: BLE001 — any capture failure means "run this encoder eagerly", said once
+            self.broken = f"{type(e).__name__}: {e}"
+            log.warning("the sentence encoder cannot be captured in a CUDA graph (%s); routing runs eagerly", self.broken)
+            torch.cuda.synchronize(device)
+            return None
+        self.pool = graph.pool()
+        self.graphs[shape] = (graph, static, out)
+        return self.graphs[shape]
+
+    def warm_up(self, texts: list[str]) -> int:
+        """Capture batch 1 at every column bucket up to max_length (the hover path). Returns graphs captured."""
+        prep = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = prep(texts[:1])
+        columns = ENCODER_MIN_COLUMNS
+        while self.broken is None:
+            shape = self.shape_for(1, min(columns, self.max_length))
+            if shape not in self.graphs:  # the text cut to fit the shape: any valid input captures it
+                self._capture(shape, {k: v[:, : shape[1]] if torch.is_tensor(v) and v.dim() == 2 else v
+                                      for k, v in features.items()})
+            if columns >= self.max_length:
+                break
+            columns *= 2
+        return len(self.graphs)
 
 
 class SentenceEncoder(nn.Module):
@@ -31,6 +143,10 @@ class SentenceEncoder(nn.Module):
         if not trainable:
             self.model.requires_grad_(False)
             self.model.eval()
+        # A frozen encoder on CUDA routes by CUDA-graph replay (the hover path's latency; MOT_ENCODER_GRAPHS=0: off).
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        self.captured = (CapturedEncoder(self.model, self.model.max_seq_length)
+                         if on_cuda and not trainable and os.environ.get("MOT_ENCODER_GRAPHS", "1") != "0" else None)
 
     @property
     def dim(self) -> int:
@@ -48,9 +164,20 @@ class SentenceEncoder(nn.Module):
         prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # `tokenize` is deprecated in ST 6
         features = prep(texts)
         features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+        if self.captured is not None and not torch.is_grad_enabled():  # inference; training shapes vary: eager
+            emb = self.captured(features)
+            if emb is not None:
+                return emb.float()  # (B, D)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             emb = self.model(features)["sentence_embedding"]  # (B, D)
         return emb.float()
+
+    def warm_up(self) -> int:
+        """Capture the hover path's graphs now (no-op off CUDA). Returns how many the encoder holds."""
+        if self.captured is None:
+            return 0
+        with torch.no_grad():
+            return self.captured.warm_up(["void warm_up(float* x, int n) { for (int i = 0; i < n; ++i) x[i] = 0; }"])
 
 
 @dataclass

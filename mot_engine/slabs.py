@@ -77,6 +77,22 @@ class Joiner:
         return max((k.shape[1] for stack in self.memory or [] for k, _, _, _ in stack), default=0)
 
 
+class InFlight:
+    """A launched step's sampled tokens on their way to the host: a copy into pinned memory and an event.
+
+    `rows` is the slab's row -> request map when the step was launched: a row freed and taken by a newcomer
+    before the tokens land must not hand the old request's token to the new one."""
+
+    def __init__(self, rows: list, staged: torch.Tensor, event):
+        self.rows, self.staged, self.event = rows, staged, event
+
+    def wait(self) -> tuple[list, list[int], list[bool]]:
+        if self.event is not None:
+            self.event.synchronize()
+        ids, finite = self.staged.tolist()
+        return self.rows, ids, [bool(f) for f in finite]
+
+
 def remaining_columns(seq) -> int:
     """Columns a running request still writes: one per decode step until max_new_tokens."""
     return max(0, seq.request.max_new_tokens - len(seq.generated))
@@ -145,6 +161,11 @@ class DecodeSlab:
         self.eager_steps = 0
         self.logits_out = None
         self.nonfinite = None
+        # Two host buffers (ids, finite) per row, alternating: the host reads one step's while the next one's lands.
+        pin = dev.type == "cuda"
+        self._staging = [torch.zeros(2, C, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._flip = 0
+        self.pending: InFlight | None = None  # the tokens of the last launched step, not yet handed out
 
     # ------------------------------------------------------------------ buffers
 
@@ -221,7 +242,21 @@ class DecodeSlab:
                     slot.mask[r] = False
                     slot.mask[r, 0, 0, 0] = True
 
+    def stage(self, next_ids: torch.Tensor, finite: torch.Tensor) -> InFlight:
+        """Start copying a step's (C,) next ids and finite flags to the host; the step's tokens in flight."""
+        buf = self._staging[self._flip]
+        self._flip ^= 1
+        on_gpu = self.device.type == "cuda"
+        buf[0].copy_(next_ids, non_blocking=on_gpu)
+        buf[1].copy_(finite, non_blocking=on_gpu)
+        event = None
+        if on_gpu:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        return InFlight(list(self.rows), buf, event)
+
     def reset(self) -> None:
+        self.pending = None
         for r in range(self.shape.rows):
             self.release_row(r)
         self.start = [0] * self.shape.rows
@@ -324,7 +359,7 @@ class DecodeSlab:
             self.ctx.nonfinite = None
         with mot.interacting(self.ctx), _compiled_layers(mot, self.gen.compile_layers), \
                 fused_norms(mot, self.gen.fused_norms), \
-                triton_gemv(mot, self.gen.triton_gemv and not self.gen.compile_layers):  # compiled: inductor's kernels
+                triton_gemv(mot, self.gen.triton_gemv):  # compiled layers keep it as a custom op in their graphs
             out = self.model(
                 input_ids=self.input_ids, attention_mask=self.step_mask, position_ids=self.position_ids,
                 use_cache=True, logits_to_keep=1, **{mot.cache_kwarg[self.shape.primary]: self.cache},

@@ -131,3 +131,52 @@ def test_sampling_per_row_is_reproducible_in_a_slab(perturbed_mot, temperature):
     expected = [Generator(mot, static_cache=True, cuda_graphs=False).generate([r])[0].token_ids for r in reqs]
     got = _staggered(Generator(mot, static_cache=True, cuda_graphs=False), reqs, gaps=[0, 1, 1])
     assert got == expected
+
+
+def test_tokens_in_flight_reach_the_right_request_when_rows_end_by_eos_and_are_retaken(perturbed_mot, monkeypatch):
+    """The host reads a slab step's tokens one step late (the GPU runs ahead). A request that ends by EOS gets one
+    extra row-step, which must be ignored — also when a newcomer takes its row in the same step — and every
+    token reaches its request exactly once, in the stream and in the result."""
+    mot = perturbed_mot
+    a = GenerationRequest(UNIT, mode="full", max_new_tokens=12, stop_at_eos=False, force_active=[0, 1])
+    free_run = _alone(mot, [a])[0]
+    cut = next(i for i in range(3, len(free_run)) if free_run[i] not in free_run[:i])
+    eos = list(mot.eos_token_ids)
+    eos[0] = {free_run[cut]}
+    monkeypatch.setattr(mot, "eos_token_ids", eos)  # expert 0 now ends a's text at token `cut`
+    reqs = [
+        GenerationRequest(UNIT, mode="full", max_new_tokens=12, force_active=[0, 1]),  # ends by EOS
+        GenerationRequest(UNIT * 2, mode="full", max_new_tokens=10, stop_at_eos=False, force_active=[0, 2]),
+        GenerationRequest(SHORT, mode="full", max_new_tokens=7, stop_at_eos=False, force_active=[0, 1]),
+    ]
+    expected = _alone(mot, reqs)
+    assert expected[0] == free_run[: cut + 1]
+    gen = Generator(mot, static_cache=True, cuda_graphs=False)
+    streamed: dict[str, list[int]] = {}
+    gen.add_request("r0", reqs[0])
+    gen.add_request("r1", reqs[1])
+    added_c = False
+    while gen.has_unfinished():
+        for out in gen.step():
+            streamed.setdefault(out.request_id, []).extend(out.new_token_ids)
+        if "r0" in gen.results and not added_c:  # a's row is free now: the newcomer takes it at the next step
+            gen.add_request("r2", reqs[2])
+            added_c = True
+    got = [gen.results[f"r{i}"].token_ids for i in range(3)]
+    assert got == expected
+    assert [streamed[f"r{i}"] for i in range(3)] == expected
+    assert gen.results["r0"].finish_reason == "eos"
+
+
+def test_a_request_that_ends_by_length_launches_no_extra_step(perturbed_mot, monkeypatch):
+    """n new tokens = the prefill's first token + n - 1 decode steps, even though the host reads tokens late."""
+    from mot_engine.slabs import DecodeSlab
+
+    steps = []
+    decode = DecodeSlab.decode
+    monkeypatch.setattr(DecodeSlab, "decode", lambda self: steps.append(1) or decode(self))
+    gen = Generator(perturbed_mot, static_cache=True, cuda_graphs=False)
+    res = gen.generate([GenerationRequest(UNIT, mode="fast", max_new_tokens=9, stop_at_eos=False, force_active=[0, 1])])
+    assert len(res[0].token_ids) == 9
+    assert len(steps) == 8
+    assert not gen.slabs
