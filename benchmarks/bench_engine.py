@@ -87,10 +87,11 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     out = {}
     for mode in ("fast", "full"):
         req = GenerationRequest(src, mode=mode, max_new_tokens=n_tokens, stop_at_eos=False, force_active=active)
-        graphs = Generator(mot).generate([req])[0].token_ids  # the default: static cache, graphs, fused norms
-        os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "0"  # the plain eager path: the experts' own forward
+        graphs = Generator(mot).generate([req])[0].token_ids  # the default: slabs, graphs, every substitution
+        plain = ("MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP")
+        os.environ.update(dict.fromkeys(plain, "0"))  # the plain eager path: the experts' own forward
         eager = Generator(mot, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
-        os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "1"
+        os.environ.update(dict.fromkeys(plain, "1"))
         with torch.no_grad():
             if mode == "full":
                 tf = mot.target_logits(src, graphs, active_experts=active)
@@ -199,6 +200,7 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
                 "first_token_s": r.timings["first_token_s"], "warm_up_s": warm}
 
     os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "0"  # the plain paths: the experts' own forward
+    os.environ["MOT_FUSED_ROTARY"] = os.environ["MOT_FUSED_MLP"] = "0"
     eager = run("fast", static_cache=False, cuda_graphs=False)
     full_eager = run("full", static_cache=False, cuda_graphs=False)
     fast_u = run("fast")  # static cache + graphs, unfused norms (the previous default)
@@ -207,7 +209,13 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     os.environ["MOT_TRITON_GEMV"] = "0"  # fused norms, cuBLAS products
     fast_ng = run("fast")
     full_ng = run("full")
-    os.environ["MOT_TRITON_GEMV"] = "1"
+    os.environ["MOT_TRITON_GEMV"] = "1"  # fused norms, Triton GEMV, the experts' rotary function and MLP
+    fast_nr = run("fast")
+    full_nr = run("full")
+    os.environ["MOT_FUSED_ROTARY"] = "1"  # + fused rotary, the experts' MLP
+    fast_nm = run("fast")
+    full_nm = run("full")
+    os.environ["MOT_FUSED_MLP"] = "1"
     os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers (with the GEMV as a custom op) inside the graphs
     fast_c = run("fast")
     full_c = run("full")
@@ -224,6 +232,10 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     rows["ours_full_mot_graphs_unfused_norms"] = full_u["tok_s_end_to_end"]
     rows["ours_fast_graphs_cublas"] = fast_ng["tok_s_end_to_end"]
     rows["ours_full_mot_graphs_cublas"] = full_ng["tok_s_end_to_end"]
+    rows["ours_fast_graphs_unfused_rotary"] = fast_nr["tok_s_end_to_end"]
+    rows["ours_full_mot_graphs_unfused_rotary"] = full_nr["tok_s_end_to_end"]
+    rows["ours_fast_graphs_unfused_mlp"] = fast_nm["tok_s_end_to_end"]
+    rows["ours_full_mot_graphs_unfused_mlp"] = full_nm["tok_s_end_to_end"]
     results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c,
                          "full_compiled": full_c, "fast_unfused": fast_u, "full_unfused": full_u}
 

@@ -74,19 +74,20 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
-    configs = [("0", "0", "0"), ("0", "1", "0"), ("0", "1", "1")] + ([("1", "1", "1")] if args.compile else [])
+    flags = ("MOT_COMPILE", "MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP")
+    configs = ["00000", "01000", "01100", "01110", "01111"] + (["11111"] if args.compile else [])
     rows = []
-    for compile_flag, fused_flag, gemv_flag in configs:
-        os.environ["MOT_COMPILE"], os.environ["MOT_FUSED_NORMS"] = compile_flag, fused_flag
-        os.environ["MOT_TRITON_GEMV"] = gemv_flag
+    for config in configs:
+        os.environ.update(zip(flags, config))
+        name = " ".join(f"{f[4:].lower()}={v}" for f, v in zip(flags, config))
         gen = Generator(mot)
         for mode in ("fast", "full"):
             t0 = time.perf_counter()
             replay_ms(gen, mode, 40)  # warm-up (compilation)
             warm = time.perf_counter() - t0
             r, s = replay_ms(gen, mode)
-            k = kernels_per_step(mot, mode, top=12 if fused_flag == "1" else 0)
-            rows.append((f"compile={compile_flag} fused_norms={fused_flag} triton_gemv={gemv_flag} {mode}", warm, r, s, k))
+            k = kernels_per_step(mot, mode, top=12 if config == "01111" else 0)
+            rows.append((f"{name} {mode}", warm, r, s, k))
             print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
                   f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)
     print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}")

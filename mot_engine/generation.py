@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NonFiniteError, SourceTooLong
-from .kernels import fused_norms, install_fused_norms, install_triton_gemv, triton_gemv
+from .kernels import (decode_substitutions, install_fused_mlp, install_fused_norms, install_fused_rotary,
+                      install_triton_gemv)
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
@@ -153,6 +154,13 @@ class Generator:
         # (mot_engine/gemv.py; cuBLAS runs M=1 products well below the bandwidth). MOT_TRITON_GEMV=0 turns it off.
         self.triton_gemv = (mot.device.type == "cuda" and os.environ.get("MOT_TRITON_GEMV", "1") != "0"
                             and install_triton_gemv(mot) > 0)
+        # ... their gated MLPs' gate and up products with the SiLU and the product in one kernel (MOT_FUSED_MLP=0: off)
+        self.fused_mlp = (mot.device.type == "cuda" and os.environ.get("MOT_FUSED_MLP", "1") != "0"
+                          and install_fused_mlp(mot) > 0)
+        # ... and their rotary embedding as one Triton kernel per tensor (ten small kernels per layer otherwise).
+        # MOT_FUSED_ROTARY=0 turns it off.
+        self.fused_rotary = (mot.device.type == "cuda" and os.environ.get("MOT_FUSED_ROTARY", "1") != "0"
+                             and install_fused_rotary(mot) > 0)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -205,8 +213,14 @@ class Generator:
             return "dynamic-cache cohorts (requests admitted together decode together)"
         parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
         parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
+                                        ("fused gated MLP", self.fused_mlp), ("fused rotary", self.fused_rotary),
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
+
+    def substitutions(self, decoding: bool = True):
+        """The kernel substitutions this engine uses, on for a decode step (mot_engine/kernels.py)."""
+        return decode_substitutions(self.mot, norms=self.fused_norms and decoding, gemv=self.triton_gemv and decoding,
+                                    mlp=self.fused_mlp and decoding, rotary=self.fused_rotary and decoding)
 
     @property
     def num_waiting(self) -> int:
@@ -354,8 +368,7 @@ class Generator:
         mot = self.mot
         model = mot.experts[cohort.primary]
         decoding = input_ids.shape[1] == 1
-        with mot.interacting(cohort.ctx), fused_norms(mot, self.fused_norms and decoding), \
-                triton_gemv(mot, self.triton_gemv and decoding):
+        with mot.interacting(cohort.ctx), self.substitutions(decoding):
             out = model(
                 input_ids=input_ids, attention_mask=cohort.attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=logits_to_keep, **{mot.cache_kwarg[cohort.primary]: cohort.cache},

@@ -21,6 +21,8 @@ value). The engine's parity checks compare paths in float32 (see gpu-decoding no
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -152,3 +154,169 @@ class triton_gemv(_Substitution):
     """Within this block the installed linear layers run one-row inputs through the Triton GEMV."""
 
     flag, installed = "_use_triton_gemv", "_triton_gemv_installed"
+
+
+# ---------------------------------------------------------------------------------------------------- gated MLPs
+
+
+def _is_gated_mlp(module: torch.nn.Module) -> bool:
+    """Llama-family MLPs: down(act(gate(x)) * up(x)) with plain, bias-free gate and up layers of one shape."""
+    layers = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    if not all(type(layer) is torch.nn.Linear for layer in layers) or not hasattr(module, "act_fn"):
+        return False
+    gate, up, _ = layers
+    return (gate.bias is None and up.bias is None and gate.weight.shape == up.weight.shape
+            and gate.weight.is_contiguous() and up.weight.is_contiguous())
+
+
+@torch.no_grad()
+def computes_gated_mlp(module: torch.nn.Module, kernel) -> bool:
+    """Does `module(x)` equal down_proj(kernel(x, gate, up)) (kernel = silu(x gate^T) * x up^T) on a probe row?"""
+    gate, up, down = module.gate_proj.weight, module.up_proj.weight, module.down_proj
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(1, 1, gate.shape[1], generator=gen).to(gate.device, gate.dtype)
+    reference = module(x).float()
+    fused = F.linear(kernel(x, gate, up), down.weight, down.bias).float()
+    scale = reference.abs().max().clamp_min(1e-6)
+    tol = 1e-4 if gate.dtype == torch.float32 else 3e-2
+    return bool(((fused - reference).abs().max() / scale) < tol)
+
+
+def _dispatch_mlp(flag_owner, module: torch.nn.Module, kernel, needs_cuda: bool) -> None:
+    eager = module.forward
+    gate, up, down = module.gate_proj.weight, module.up_proj.weight, module.down_proj
+
+    def forward(x, *args, **kwargs):
+        if (flag_owner._use_fused_mlp and not args and not kwargs and (x.is_cuda or not needs_cuda)
+                and x.dtype == gate.dtype and x.numel() == x.shape[-1] and not torch.compiler.is_compiling()):
+            return down(kernel(x, gate, up))  # (..., hidden); down_proj keeps its own (dispatching) forward
+        return eager(x, *args, **kwargs)
+
+    module.forward = forward
+
+
+def install_fused_mlp(mot, kernel=None) -> int:
+    """Give every gated MLP of the experts that a probe shows equal a dispatching forward: one-row inputs inside
+    `fused_mlp(mot)` compute silu(gate) * up in one pass over both weights (mot_engine/gemv.py's `gemv_glu`), then
+    down_proj. Four kernels (two products, SiLU, multiply) become one. Idempotent; returns how many dispatch (0
+    without Triton or a GPU, unless a `kernel` is given — tests)."""
+    from .gemv import available as gemv_available
+    from .gemv import gemv_glu
+
+    if getattr(mot, "_fused_mlp_installed", None) is not None:
+        return mot._fused_mlp_installed
+    mot._use_fused_mlp = False
+    needs_cuda = kernel is None
+    if kernel is None and not gemv_available():
+        mot._fused_mlp_installed = 0
+        return 0
+    kernel = kernel or gemv_glu
+    count = 0
+    for model in mot.experts:
+        for module in model.modules():
+            if (_is_gated_mlp(module) and (module.gate_proj.weight.is_cuda or not needs_cuda)
+                    and computes_gated_mlp(module, kernel)):
+                _dispatch_mlp(mot, module, kernel, needs_cuda)
+                count += 1
+    mot._fused_mlp_installed = count
+    return count
+
+
+class fused_mlp(_Substitution):
+    """Within this block the installed gated MLPs run one-row inputs through the fused gate/up kernel."""
+
+    flag, installed = "_use_fused_mlp", "_fused_mlp_installed"
+
+
+# ---------------------------------------------------------------------------------------------------- rotary embedding
+
+# The rotary function is a module-level function of each model family's modeling module, called by name from the
+# attention's forward: the one place to dispatch it without editing the experts. The dispatcher is installed once
+# per family module, and computes the fused kernel only while `fused_rotary` is on (the engine's decode steps).
+_ROTARY = {"on": False}
+
+
+def _rotary_applies(q, k, cos, sin, args, kwargs) -> bool:
+    return (_ROTARY["on"] and not args and not kwargs and q.dim() == 4 and k.dim() == 4
+            and cos.dim() == 3 and cos.shape == sin.shape and cos.shape[-1] == q.shape[-1] == k.shape[-1]
+            and q.shape[-1] % 2 == 0 and q.dtype == k.dtype == cos.dtype == sin.dtype
+            and q.stride(-1) == k.stride(-1) == cos.stride(-1) == sin.stride(-1) == 1
+            and not torch.compiler.is_compiling())  # compiled layers: inductor fuses the original itself
+
+
+def _rotary_dispatcher(original, kernel, needs_cuda: bool):
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        if (q.is_cuda or not needs_cuda) and _rotary_applies(q, k, cos, sin, args, kwargs):
+            return kernel(q, cos, sin), kernel(k, cos, sin)
+        return original(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb.mot_original = original
+    return apply_rotary_pos_emb
+
+
+@torch.no_grad()
+def computes_rotary(original, kernel, device, dtype) -> bool:
+    """Does the family's `apply_rotary_pos_emb` equal the kernel on a probe (decode shapes, 2 rows)?"""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k = (torch.randn(2, 1, h, 64, generator=gen).to(device, dtype).transpose(1, 2) for h in (4, 2))  # as q_proj's view
+    cos, sin = (torch.randn(2, 1, 64, generator=gen).to(device, dtype) for _ in range(2))
+    want_q, want_k = original(q, k, cos, sin)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    return all(torch.allclose(kernel(x, cos, sin).float(), want.float(), rtol=tol, atol=tol)
+               for x, want in ((q, want_q), (k, want_k)))
+
+
+def install_fused_rotary(mot, kernel=None) -> int:
+    """Dispatch the rotary embedding of every expert family whose function a probe shows equal to the kernel.
+    Returns how many experts use it (0 without Triton or a GPU, unless a `kernel` is given — tests). Idempotent."""
+    import sys
+
+    from .experts import find_decoder_layers
+    from .rotary import available, rotary
+
+    if getattr(mot, "_fused_rotary_installed", None) is not None:
+        return mot._fused_rotary_installed
+    if kernel is None:
+        if not available():
+            mot._fused_rotary_installed = 0
+            return 0
+        kernel = rotary
+    count = 0
+    for model in mot.experts:
+        param = next(model.parameters())
+        if kernel is rotary and not param.is_cuda:
+            continue
+        attention = getattr(find_decoder_layers(model)[0], "self_attn", None)
+        module = sys.modules.get(type(attention).__module__) if attention is not None else None
+        current = getattr(module, "apply_rotary_pos_emb", None)
+        if current is None:
+            continue
+        original = getattr(current, "mot_original", current)
+        if not computes_rotary(original, kernel, param.device, param.dtype):
+            continue
+        if current is original:
+            module.apply_rotary_pos_emb = _rotary_dispatcher(original, kernel, needs_cuda=kernel is rotary)
+        count += 1
+    mot._fused_rotary_installed = count
+    return count
+
+
+class fused_rotary:
+    """Within this block, installed families compute the rotary embedding with one kernel per tensor."""
+
+    def __init__(self, on: bool = True):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = _ROTARY["on"]
+        _ROTARY["on"] = self.on
+
+    def __exit__(self, *exc):
+        _ROTARY["on"] = self.prev
+
+
+@contextlib.contextmanager
+def decode_substitutions(mot, *, norms: bool, gemv: bool, mlp: bool, rotary: bool):
+    """Every installed substitution switched as asked, for one decode step (or prefill, all off)."""
+    with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_mlp(mot, mlp), fused_rotary(rotary):
+        yield

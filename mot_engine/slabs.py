@@ -353,13 +353,11 @@ class DecodeSlab:
     def _run(self):
         mot = self.gen.mot
         from .generation import _compiled_layers
-        from .kernels import fused_norms, triton_gemv
 
         if self.ctx is not None:
             self.ctx.nonfinite = None
-        with mot.interacting(self.ctx), _compiled_layers(mot, self.gen.compile_layers), \
-                fused_norms(mot, self.gen.fused_norms), \
-                triton_gemv(mot, self.gen.triton_gemv):  # compiled layers keep it as a custom op in their graphs
+        # compiled layers keep the GEMV (a custom op inside their graphs); inductor fuses the rest itself
+        with mot.interacting(self.ctx), _compiled_layers(mot, self.gen.compile_layers), self.gen.substitutions():
             out = self.model(
                 input_ids=self.input_ids, attention_mask=self.step_mask, position_ids=self.position_ids,
                 use_cache=True, logits_to_keep=1, **{mot.cache_kwarg[self.shape.primary]: self.cache},

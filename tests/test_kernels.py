@@ -120,3 +120,105 @@ def test_triton_gemv_equals_linear_on_gpu():
         b = torch.randn(n, device="cuda", dtype=torch.bfloat16) if bias else None
         x = torch.randn(1, 1, k, device="cuda", dtype=torch.bfloat16)
         torch.testing.assert_close(gemv(x, w, b).float(), F.linear(x, w, b).float(), rtol=2e-2, atol=2e-2)
+    if torch.cuda.device_count() > 1:  # a tensor on another GPU than the current one (experts split over GPUs)
+        w, x = torch.randn(300, 200, device="cuda:1"), torch.randn(1, 200, device="cuda:1")
+        torch.testing.assert_close(gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama", "starcoder2"])
+def test_rotary_reference_equals_the_family_function(model_type):
+    import importlib
+
+    from mot_engine.kernels import computes_rotary
+    from mot_engine.rotary import rotary_reference
+
+    family = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    original = getattr(family.apply_rotary_pos_emb, "mot_original", family.apply_rotary_pos_emb)
+    assert computes_rotary(original, rotary_reference, torch.device("cpu"), torch.float32)
+    wrong = lambda x, cos, sin: rotary_reference(x, cos, -sin)  # noqa: E731 — the probe must tell them apart
+    assert not computes_rotary(original, wrong, torch.device("cpu"), torch.float32)
+
+
+def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
+    import sys
+
+    from mot_engine.kernels import fused_rotary, install_fused_rotary
+    from mot_engine.rotary import rotary_reference
+
+    model = _tiny_causal_lm("qwen2")
+    family = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    monkeypatch.setattr(family, "apply_rotary_pos_emb", family.apply_rotary_pos_emb)  # restored after the test
+    owner = _Owner([model])
+    ids = torch.randint(0, 64, (2, 5))
+    before = model(ids).logits
+    calls = []
+    assert install_fused_rotary(owner, kernel=lambda x, c, s: calls.append(1) or rotary_reference(x, c, s)) == 1
+    calls.clear()  # the install probe's calls
+    assert torch.equal(model(ids).logits, before) and not calls  # outside the block: the family's own function
+    with fused_rotary():
+        inside = model(ids).logits
+    assert len(calls) == 2 * 2  # q and k of both layers
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton rotary kernel needs a CUDA GPU")
+def test_triton_rotary_equals_the_reference_on_gpu():
+    from mot_engine.rotary import available, rotary, rotary_reference
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        for B, H, T, D in [(1, 12, 1, 128), (16, 2, 1, 128), (3, 4, 5, 64)]:
+            x = torch.randn(B, T, H, D, device="cuda", dtype=dtype).transpose(1, 2)  # q_proj's view, not contiguous
+            cos, sin = (torch.randn(B, T, D, device="cuda", dtype=dtype) for _ in range(2))
+            tol = 1e-6 if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(rotary(x, cos, sin), rotary_reference(x, cos, sin), rtol=tol, atol=tol)
+
+
+def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
+    from mot_engine.gemv import gemv_glu_reference
+    from mot_engine.kernels import fused_mlp, install_fused_mlp
+
+    qwen, starcoder = _tiny_causal_lm("qwen2"), _tiny_causal_lm("starcoder2")  # starcoder2: c_fc/c_proj, not gated
+    owner = _Owner([qwen, starcoder])
+    keys_before = list(qwen.state_dict())
+    calls = []
+    kernel = lambda x, g, u: calls.append(1) or gemv_glu_reference(x, g, u)  # noqa: E731
+    assert install_fused_mlp(owner, kernel=kernel) == 2  # qwen's two layers; starcoder2's MLPs are not gated
+    assert install_fused_mlp(owner, kernel=kernel) == 2 and list(qwen.state_dict()) == keys_before
+    calls.clear()  # the install probes' calls
+    one, two = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1))
+    before = [qwen(one).logits, qwen(two).logits]
+    assert not calls
+    with fused_mlp(owner):
+        inside = qwen(one).logits  # one row: fused
+        assert len(calls) == 2
+        assert torch.equal(qwen(two).logits, before[1]) and len(calls) == 2  # two rows: the module's own forward
+    torch.testing.assert_close(inside, before[0], rtol=1e-5, atol=1e-5)
+    with fused_mlp(owner, on=False):
+        qwen(one)
+    assert len(calls) == 2
+
+
+def test_gated_mlp_probe_rejects_another_activation():
+    from mot_engine.gemv import gemv_glu_reference
+    from mot_engine.kernels import computes_gated_mlp
+
+    mlp = _tiny_causal_lm("qwen2").model.layers[0].mlp
+    assert computes_gated_mlp(mlp, gemv_glu_reference)
+    mlp.act_fn = torch.nn.GELU()
+    assert not computes_gated_mlp(mlp, gemv_glu_reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_gated_gemv_equals_the_reference_on_gpu():
+    from mot_engine.gemv import available, gemv_glu, gemv_glu_reference
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, k in [(8960, 1536), (5504, 2048), (100, 300)]:
+            g, u = (torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(2))
+            x = torch.randn(1, 1, k, device="cuda", dtype=dtype)
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            torch.testing.assert_close(gemv_glu(x, g, u).float(), gemv_glu_reference(x, g, u).float(), rtol=tol, atol=tol)
