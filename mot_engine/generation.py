@@ -8,6 +8,8 @@
 - On CUDA (static cache + CUDA graphs) every running request with the same (primary, mode) decodes in one batch:
   a request is prefilled on its own, then joins a row of that pair's slab (mot_engine/slabs.py), whose decode step
   is one captured graph reused for the engine's life; a finished or aborted request frees its row at the next step.
+  The host reads a slab step's tokens one step late (during the next `step()`, after launching it), so the GPU
+  never waits for Python's bookkeeping.
 - Elsewhere (CPU, experts on several GPUs) requests admitted together and sharing (primary, mode) decode as one
   batch ("cohort") with its own dynamic KV cache; a finished request leaves its cohort at the next step.
 """

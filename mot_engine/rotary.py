@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from .gemv import available as gemv_available
 from .gemv import on_device
 
 
@@ -46,11 +47,7 @@ def _kernel():
 
 
 def available() -> bool:
-    try:
-        _kernel()
-    except ImportError:
-        return False
-    return True
+    return gemv_available()  # the same requirement: Triton importable
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

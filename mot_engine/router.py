@@ -5,6 +5,9 @@ selected experts, so a routed MoT computes exactly what its selected experts com
 of softmax((logits + g) / tau). The weights multiply each expert's contribution to the interaction updates, so
 the language-model loss reaches the router (the published implementation's router learned from auxiliary losses
 only). Eval mode adds no noise: routing is a deterministic function of the source.
+
+On CUDA a frozen encoder runs inference by CUDA-graph replay (`CapturedEncoder`): routing a hover is otherwise
+bound by launching ~1000 small kernels from Python.
 """
 
 from __future__ import annotations
