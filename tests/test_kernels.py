@@ -222,3 +222,13 @@ def test_triton_gated_gemv_equals_the_reference_on_gpu():
             x = torch.randn(1, 1, k, device="cuda", dtype=dtype)
             tol = 1e-5 if dtype == torch.float32 else 2e-2
             torch.testing.assert_close(gemv_glu(x, g, u).float(), gemv_glu_reference(x, g, u).float(), rtol=tol, atol=tol)
+
+
+def test_rotary_probe_refuses_a_function_with_another_signature():
+    from mot_engine.kernels import computes_rotary
+    from mot_engine.rotary import rotary_reference
+
+    def needs_positions(q, k, cos, sin, position_ids):  # an older family signature: not ours to replace
+        raise AssertionError("never called with four arguments")
+
+    assert not computes_rotary(needs_positions, rotary_reference, torch.device("cpu"), torch.float32)
