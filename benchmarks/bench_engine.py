@@ -88,7 +88,7 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     for mode in ("fast", "full"):
         req = GenerationRequest(src, mode=mode, max_new_tokens=n_tokens, stop_at_eos=False, force_active=active)
         graphs = Generator(mot).generate([req])[0].token_ids  # the default: slabs, graphs, every substitution
-        plain = ("MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP")
+        plain = ("MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP", "MOT_DECODE_ATTENTION")
         os.environ.update(dict.fromkeys(plain, "0"))  # the plain eager path: the experts' own forward
         eager = Generator(mot, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
         os.environ.update(dict.fromkeys(plain, "1"))
@@ -200,7 +200,7 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
                 "first_token_s": r.timings["first_token_s"], "warm_up_s": warm}
 
     os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "0"  # the plain paths: the experts' own forward
-    os.environ["MOT_FUSED_ROTARY"] = os.environ["MOT_FUSED_MLP"] = "0"
+    os.environ["MOT_FUSED_ROTARY"] = os.environ["MOT_FUSED_MLP"] = os.environ["MOT_DECODE_ATTENTION"] = "0"
     eager = run("fast", static_cache=False, cuda_graphs=False)
     full_eager = run("full", static_cache=False, cuda_graphs=False)
     fast_u = run("fast")  # static cache + graphs, unfused norms (the previous default)
@@ -215,7 +215,10 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     os.environ["MOT_FUSED_ROTARY"] = "1"  # + fused rotary, the experts' MLP
     fast_nm = run("fast")
     full_nm = run("full")
-    os.environ["MOT_FUSED_MLP"] = "1"
+    os.environ["MOT_FUSED_MLP"] = "1"  # + fused MLP, torch's SDPA
+    fast_na = run("fast")
+    full_na = run("full")
+    os.environ["MOT_DECODE_ATTENTION"] = "1"
     os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers (with the GEMV as a custom op) inside the graphs
     fast_c = run("fast")
     full_c = run("full")
@@ -236,6 +239,8 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     rows["ours_full_mot_graphs_unfused_rotary"] = full_nr["tok_s_end_to_end"]
     rows["ours_fast_graphs_unfused_mlp"] = fast_nm["tok_s_end_to_end"]
     rows["ours_full_mot_graphs_unfused_mlp"] = full_nm["tok_s_end_to_end"]
+    rows["ours_fast_graphs_sdpa_attention"] = fast_na["tok_s_end_to_end"]
+    rows["ours_full_mot_graphs_sdpa_attention"] = full_na["tok_s_end_to_end"]
     results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c,
                          "full_compiled": full_c, "fast_unfused": fast_u, "full_unfused": full_u}
 

@@ -74,8 +74,9 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
-    flags = ("MOT_COMPILE", "MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP")
-    configs = ["00000", "01000", "01100", "01110", "01111"] + (["11111"] if args.compile else [])
+    flags = ("MOT_COMPILE", "MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP",
+             "MOT_DECODE_ATTENTION")
+    configs = ["000000", "010000", "011000", "011100", "011110", "011111"] + (["111111"] if args.compile else [])
     rows = []
     for config in configs:
         os.environ.update(zip(flags, config))
@@ -86,7 +87,7 @@ def main() -> int:
             replay_ms(gen, mode, 40)  # warm-up (compilation)
             warm = time.perf_counter() - t0
             r, s = replay_ms(gen, mode)
-            k = kernels_per_step(mot, mode, top=12 if config == "01111" else 0)
+            k = kernels_per_step(mot, mode, top=12 if config == "011111" else 0)
             rows.append((f"{name} {mode}", warm, r, s, k))
             print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
                   f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)

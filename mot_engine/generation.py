@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NonFiniteError, SourceTooLong
-from .kernels import (decode_substitutions, install_fused_mlp, install_fused_norms, install_fused_rotary,
-                      install_triton_gemv)
+from .kernels import (decode_substitutions, install_decode_attention, install_fused_mlp, install_fused_norms,
+                      install_fused_rotary, install_triton_gemv)
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
@@ -163,6 +163,9 @@ class Generator:
         # MOT_FUSED_ROTARY=0 turns it off.
         self.fused_rotary = (mot.device.type == "cuda" and os.environ.get("MOT_FUSED_ROTARY", "1") != "0"
                              and install_fused_rotary(mot) > 0)
+        # ... and one-query attention over the cache split across its columns (MOT_DECODE_ATTENTION=0: torch's SDPA).
+        self.decode_attention = (mot.device.type == "cuda" and os.environ.get("MOT_DECODE_ATTENTION", "1") != "0"
+                                 and install_decode_attention(mot) > 0)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -216,13 +219,15 @@ class Generator:
         parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
         parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
                                         ("fused gated MLP", self.fused_mlp), ("fused rotary", self.fused_rotary),
+                                        ("split-K decode attention", self.decode_attention),
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
 
     def substitutions(self, decoding: bool = True):
         """The kernel substitutions this engine uses, on for a decode step (mot_engine/kernels.py)."""
         return decode_substitutions(self.mot, norms=self.fused_norms and decoding, gemv=self.triton_gemv and decoding,
-                                    mlp=self.fused_mlp and decoding, rotary=self.fused_rotary and decoding)
+                                    mlp=self.fused_mlp and decoding, rotary=self.fused_rotary and decoding,
+                                    attention=self.decode_attention and decoding)
 
     @property
     def num_waiting(self) -> int:

@@ -323,8 +323,102 @@ class fused_rotary:
         _ROTARY["on"] = self.prev
 
 
+
+
+# ---------------------------------------------------------------------------------------------------- decode attention
+
+# transformers looks the attention function up by name in one shared registry at every call
+# (ALL_ATTENTION_FUNCTIONS["sdpa"]): the one place to reach it without editing an expert. The dispatcher computes
+# the split-K decode kernel only while `decode_attention` is on (the engine's decode steps) and for the shapes it
+# takes (one query position, an additive mask or none, no sliding window or softcap); the original otherwise.
+_ATTENTION = {"on": False}
+
+
+def _attention_dispatcher(original, kernel, needs_cuda: bool):
+    from .decode_attention import supported
+
+    def sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                               position_bias=None, **kwargs):
+        if (_ATTENTION["on"] and (query.is_cuda or not needs_cuda) and dropout == 0.0 and position_bias is None
+                and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
+                and not kwargs.get("output_attentions") and not torch.compiler.is_compiling()
+                and supported(query, key, attention_mask)):
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            return kernel(query, key, value, attention_mask, scale), None
+        return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                        is_causal=is_causal, position_bias=position_bias, **kwargs)
+
+    sdpa_attention_forward.mot_original = original
+    return sdpa_attention_forward
+
+
+@torch.no_grad()
+def computes_decode_attention(original, kernel, device, dtype) -> bool:
+    """Does the registered "sdpa" function equal the kernel on a probe (one query, grouped heads, additive mask)?"""
+    from types import SimpleNamespace
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(2, 1, 4, 32, generator=gen).to(device, dtype).transpose(1, 2)  # as q_proj's view
+    k, v = (torch.randn(2, 2, 80, 32, generator=gen).to(device, dtype) for _ in range(2))
+    mask = torch.zeros(2, 1, 1, 80, dtype=dtype, device=device)
+    mask[0, ..., 50:] = torch.finfo(dtype).min  # a padded row
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    try:
+        want, _ = original(module, q, k, v, mask, dropout=0.0, scaling=32**-0.5)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    got = kernel(q, k, v, mask, 32**-0.5)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    return want.shape == got.shape and bool(torch.allclose(got.float(), want.float(), rtol=tol, atol=tol))
+
+
+def install_decode_attention(mot, kernel=None) -> int:
+    """Dispatch the shared "sdpa" attention function to the split-K decode kernel (mot_engine/decode_attention.py)
+    if a probe shows the same function. Returns how many experts use "sdpa" and so benefit (0 without Triton or a
+    GPU, unless a `kernel` is given — tests). Idempotent."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from .decode_attention import available, decode_attention
+
+    if getattr(mot, "_decode_attention_installed", None) is not None:
+        return mot._decode_attention_installed
+    needs_cuda = kernel is None
+    if kernel is None and not available():
+        mot._decode_attention_installed = 0
+        return 0
+    kernel = kernel or decode_attention
+    users = [m for m in mot.experts if getattr(m.config, "_attn_implementation", None) == "sdpa"
+             and (next(m.parameters()).is_cuda or not needs_cuda)]
+    count = 0
+    if users:
+        current = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        original = getattr(current, "mot_original", current)
+        param = next(users[0].parameters())
+        if computes_decode_attention(original, kernel, param.device, param.dtype):
+            if current is original:
+                ALL_ATTENTION_FUNCTIONS["sdpa"] = _attention_dispatcher(original, kernel, needs_cuda)
+            count = len(users)
+    mot._decode_attention_installed = count
+    return count
+
+
+class decode_attention_on:
+    """Within this block, one-query attention through the shared "sdpa" function runs the split-K decode kernel."""
+
+    def __init__(self, on: bool = True):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = _ATTENTION["on"]
+        _ATTENTION["on"] = self.on
+
+    def __exit__(self, *exc):
+        _ATTENTION["on"] = self.prev
+
+
 @contextlib.contextmanager
-def decode_substitutions(mot, *, norms: bool, gemv: bool, mlp: bool, rotary: bool):
+def decode_substitutions(mot, *, norms: bool, gemv: bool, mlp: bool, rotary: bool, attention: bool):
     """Every installed substitution switched as asked, for one decode step (or prefill, all off)."""
-    with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_mlp(mot, mlp), fused_rotary(rotary):
+    with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_mlp(mot, mlp), fused_rotary(rotary), \
+            decode_attention_on(attention):
         yield

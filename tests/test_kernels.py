@@ -232,3 +232,83 @@ def test_rotary_probe_refuses_a_function_with_another_signature():
         raise AssertionError("never called with four arguments")
 
     assert not computes_rotary(needs_positions, rotary_reference, torch.device("cpu"), torch.float32)
+
+
+def _decode_inputs(C=3, H=6, Hk=2, M=70, D=32, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(C, 1, H, D, generator=g).to(device, dtype).transpose(1, 2)  # (C, H, 1, D) as q_proj's view
+    k, v = (torch.randn(C, Hk, M, D, generator=g).to(device, dtype) for _ in range(2))
+    mask = torch.zeros(C, 1, 1, M, dtype=dtype, device=device)
+    mask[0, ..., 40:] = torch.finfo(dtype).min  # a shorter row
+    mask[1:2, ..., :30] = torch.finfo(dtype).min  # a row whose first columns are free (if there is a second row)
+    return q, k, v, mask
+
+
+def test_decode_attention_reference_equals_transformers_sdpa():
+    """The function the kernel must compute is the registered "sdpa" attention's (grouped heads, additive mask)."""
+    from types import SimpleNamespace
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from mot_engine.decode_attention import decode_attention_reference
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    sdpa = getattr(sdpa, "mot_original", sdpa)
+    q, k, v, mask = _decode_inputs()
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    for m in (mask, None):
+        want, _ = sdpa(module, q, k, v, m, dropout=0.0, scaling=0.2)
+        torch.testing.assert_close(decode_attention_reference(q, k, v, m, 0.2), want, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monkeypatch):
+    from transformers.cache_utils import DynamicCache
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from mot_engine.decode_attention import decode_attention_reference
+    from mot_engine.kernels import decode_attention_on, install_decode_attention
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"])  # restored after
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("qwen2", vocab_size=64, num_hidden_layers=2, hidden_size=128, intermediate_size=64,
+                               num_attention_heads=4, num_key_value_heads=2)  # head size 32: the kernel's smallest
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    calls = []
+    kernel = lambda *a: calls.append(1) or decode_attention_reference(*a)  # noqa: E731
+    assert install_decode_attention(_Owner([model]), kernel=kernel) == 1
+    calls.clear()  # the install probe's call
+    prompt = torch.randint(0, 64, (2, 6))
+    nxt = torch.randint(0, 64, (2, 1))
+    mask = torch.zeros(2, 1, 1, 7)
+    mask[1, ..., :2] = torch.finfo(torch.float32).min  # row 1's first two prompt tokens are padding
+
+    def decode():
+        cache = DynamicCache(config=model.config)
+        prefill_mask = torch.ones(2, 6, dtype=torch.long)
+        prefill_mask[1, :2] = 0
+        model(prompt, attention_mask=prefill_mask, cache=cache)  # six positions: never the kernel
+        return model(nxt, attention_mask=mask, cache=cache, position_ids=torch.tensor([[6], [4]])).logits
+
+    before = decode()
+    assert not calls
+    with decode_attention_on():
+        inside = decode()
+    assert len(calls) == 2  # one decode position, two layers
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_decode_attention_equals_the_reference_on_gpu():
+    from mot_engine.decode_attention import available, decode_attention, decode_attention_reference
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        for C, H, Hk, M, D in [(1, 12, 2, 512, 128), (16, 12, 2, 300, 128), (3, 16, 16, 70, 64), (2, 32, 4, 1024, 128)]:
+            q, k, v, mask = _decode_inputs(C, H, Hk, M, D, dtype, "cuda")
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            for m in (mask, None):
+                torch.testing.assert_close(decode_attention(q, k, v, m, D**-0.5).float(),
+                                           decode_attention_reference(q, k, v, m, D**-0.5).float(), rtol=tol, atol=tol)

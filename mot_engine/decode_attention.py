@@ -1,0 +1,165 @@
+"""Attention of one new token over a KV cache (decode steps), split over the cache's columns (flash-decoding).
+
+At batch 1 a decode step's attention is a few heads reading a few hundred cached keys: torch's fused kernels run it
+as one or two thread blocks per key/value head (13 µs a layer on an H200 for Qwen2.5-Coder-1.5B: 2 key/value
+heads). Here the cache's columns are split over many programs; each computes a partial softmax for the query heads
+that share its key/value head (grouped-query attention: one load of K and V serves them all), and a second kernel
+combines the parts. The additive mask is the engine's own (C, 1, 1, M) mask, so free and unwritten columns
+contribute exactly zero. Optional: it needs Triton (shipped with CUDA builds of PyTorch).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .gemv import on_device
+
+BLOCK_M = 64  # cache columns per program and iteration
+
+
+@functools.cache
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, scale, M, HK, G, COLS,
+                       sqc, sqh, skc, skh, skm, svc, svh, svm, smc, smm,
+                       HAS_MASK: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
+                       IEEE: tl.constexpr):
+        ch = tl.program_id(0)  # row c * HK + key/value head h
+        split = tl.program_id(1)
+        S = tl.num_programs(1)
+        c = ch // HK
+        h = ch % HK
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        gmask = g < G
+        q = tl.load(q_ptr + c * sqc + (h * G + g)[:, None] * sqh + d[None, :], mask=gmask[:, None], other=0.0)
+        m_i = tl.full((GP,), float("-inf"), tl.float32)
+        l_i = tl.zeros((GP,), tl.float32)
+        acc = tl.zeros((GP, D), tl.float32)
+        lo = split * COLS
+        for start in range(lo, lo + COLS, BM):
+            cols = start + tl.arange(0, BM)
+            cmask = cols < M
+            k = tl.load(k_ptr + c * skc + h * skh + cols[:, None] * skm + d[None, :], mask=cmask[:, None], other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = s * scale  # (GP, BM) float32
+            if HAS_MASK:
+                s += tl.load(mask_ptr + c * smc + cols * smm, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            s = tl.where(cmask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m_i - m_safe)
+            v = tl.load(v_ptr + c * svc + h * svh + cols[:, None] * svm + d[None, :], mask=cmask[:, None], other=0.0)
+            if IEEE:
+                pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + pv
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            m_i = m_new
+        base = ch * S + split
+        tl.store(m_ptr + base * GP + g, m_i)
+        tl.store(l_ptr + base * GP + g, l_i)
+        tl.store(acc_ptr + (base * GP + g)[:, None] * D + d[None, :], acc)
+
+    @triton.jit
+    def combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, S, HK, G, soc, soh,
+                       GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr):
+        ch = tl.program_id(0)
+        c = ch // HK
+        h = ch % HK
+        s = tl.arange(0, SP)
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        smask = s < S
+        idx = (ch * S + s)[:, None] * GP + g[None, :]  # (SP, GP)
+        m = tl.load(m_ptr + idx, mask=smask[:, None], other=float("-inf"))
+        l = tl.load(l_ptr + idx, mask=smask[:, None], other=0.0)
+        m_all = tl.max(m, axis=0)  # (GP,)
+        w = tl.exp(m - m_all[None, :])
+        w = tl.where(smask[:, None], w, 0.0)
+        denom = tl.sum(w * l, axis=0)  # (GP,)
+        out = tl.zeros((GP, D), tl.float32)
+        for i in range(0, S):
+            a = tl.load(acc_ptr + ((ch * S + i) * GP + g)[:, None] * D + d[None, :])
+            wi = tl.exp(tl.load(m_ptr + (ch * S + i) * GP + g) - m_all)
+            out += a * wi[:, None]
+        out = out / denom[:, None]
+        tl.store(out_ptr + c * soc + (h * G + g)[:, None] * soh + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=(g < G)[:, None])
+
+    return triton, partial_kernel, combine_kernel
+
+
+def available() -> bool:
+    try:
+        _kernels()
+    except ImportError:
+        return False
+    return True
+
+
+def supported(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Shapes this kernel takes: one query position, a power-of-two head size, grouped heads, an additive mask."""
+    C, H, T, D = query.shape
+    Hk = key.shape[1]
+    return (T == 1 and D in (32, 64, 128, 256) and H % Hk == 0 and H // Hk <= 64 and key.shape[-1] == D
+            and query.stride(-1) == key.stride(-1) == 1
+            and (mask is None or (mask.dim() == 4 and mask.shape[0] == C and mask.shape[1] == 1 and mask.shape[2] == 1
+                                  and mask.shape[-1] == key.shape[2] and mask.dtype.is_floating_point)))
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    """query (C, H, 1, D), key/value (C, Hk, M, D), additive mask (C, 1, 1, M) shared by the heads, or None
+    -> (C, 1, H, D): softmax(q k^T * scale + mask) v per head, query head i reading key/value head i // (H / Hk)."""
+    import triton
+
+    _, partial_kernel, combine_kernel = _kernels()
+    C, H, _, D = query.shape
+    Hk, M = key.shape[1], key.shape[2]
+    G = H // Hk
+    GP = max(16, triton.next_power_of_2(G))
+    programs = C * Hk
+    S = max(1, min(triton.cdiv(M, BLOCK_M), triton.cdiv(264, programs)))  # enough programs for every SM, twice
+    cols = triton.cdiv(triton.cdiv(M, S), BLOCK_M) * BLOCK_M
+    S = triton.cdiv(M, cols)
+    dev = query.device
+    m = torch.empty(programs, S, GP, device=dev, dtype=torch.float32)
+    l = torch.empty_like(m)
+    acc = torch.empty(programs, S, GP, D, device=dev, dtype=torch.float32)
+    out = torch.empty(C, 1, H, D, device=dev, dtype=query.dtype)
+    if mask is not None and mask.shape[1] != 1:
+        raise ValueError(f"decode_attention takes a mask shared by the heads, got {tuple(mask.shape)}")
+    mk = mask if mask is not None else query  # a dummy pointer when there is no mask
+    with on_device(query):
+        partial_kernel[(programs, S)](
+            query, key, value, mk, m, l, acc, scale, M, Hk, G, cols,
+            query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+            value.stride(0), value.stride(1), value.stride(2),
+            mk.stride(0) if mask is not None else 0, mk.stride(-1) if mask is not None else 0,
+            HAS_MASK=mask is not None, GP=GP, D=D, BM=BLOCK_M, IEEE=query.dtype == torch.float32, num_warps=4)
+        combine_kernel[(programs,)](m, l, acc, out, S, Hk, G, out.stride(0), out.stride(2),
+                                    GP=GP, D=D, SP=max(2, triton.next_power_of_2(S)), num_warps=4)
+    return out
+
+
+def decode_attention_reference(query, key, value, mask, scale) -> torch.Tensor:
+    """The same function in plain torch (float32): tests and CPU."""
+    C, H, _, D = query.shape
+    G = H // key.shape[1]
+    k = key.float().repeat_interleave(G, dim=1)
+    v = value.float().repeat_interleave(G, dim=1)
+    s = query.float() @ k.transpose(-1, -2) * scale  # (C, H, 1, M)
+    if mask is not None:
+        s = s + mask.float()
+    return (s.softmax(-1) @ v).transpose(1, 2).to(query.dtype)  # (C, 1, H, D)
