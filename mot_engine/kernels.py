@@ -1,7 +1,8 @@
 """Decode-step kernel substitutions, same maths: a fused RMSNorm for the frozen experts' norms, the Triton
 matrix-vector kernel (mot_engine/gemv.py) for their one-row linear layers, one kernel for a gated MLP's gate and up
-products with the SiLU and the product, and one kernel per tensor for the rotary embedding (mot_engine/rotary.py).
-`decode_substitutions` switches them all for one decode step.
+products with the SiLU and the product, one kernel per tensor for the rotary embedding (mot_engine/rotary.py), and
+split-K attention of the one new token over the cache (mot_engine/decode_attention.py). `decode_substitutions`
+switches them all for one decode step.
 
 Batch-1 decoding of a 1-3B expert runs far below the GPU's bandwidth: many small kernels and M=1 matrix products
 (BENCHMARKS.md, "Where the time goes"). transformers' RMSNorm of the Llama family (Llama, Qwen2, Mistral, ...) is eight elementwise and
