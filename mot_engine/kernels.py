@@ -310,18 +310,27 @@ def install_fused_rotary(mot, kernel=None) -> int:
     return count
 
 
-class fused_rotary:
-    """Within this block, installed families compute the rotary embedding with one kernel per tensor."""
+class _GlobalSwitch:
+    """Turns a process-wide dispatcher (one per family module or registry) on or off for the duration of a block;
+    restores the previous state. The engine drives the experts from one thread."""
+
+    state: dict = {}
 
     def __init__(self, on: bool = True):
         self.on = on
 
     def __enter__(self):
-        self.prev = _ROTARY["on"]
-        _ROTARY["on"] = self.on
+        self.prev = self.state["on"]
+        self.state["on"] = self.on
 
     def __exit__(self, *exc):
-        _ROTARY["on"] = self.prev
+        self.state["on"] = self.prev
+
+
+class fused_rotary(_GlobalSwitch):
+    """Within this block, installed families compute the rotary embedding with one kernel per tensor."""
+
+    state = _ROTARY
 
 
 
@@ -403,18 +412,10 @@ def install_decode_attention(mot, kernel=None) -> int:
     return count
 
 
-class decode_attention_on:
+class decode_attention_on(_GlobalSwitch):
     """Within this block, one-query attention through the shared "sdpa" function runs the split-K decode kernel."""
 
-    def __init__(self, on: bool = True):
-        self.on = on
-
-    def __enter__(self):
-        self.prev = _ATTENTION["on"]
-        _ATTENTION["on"] = self.on
-
-    def __exit__(self, *exc):
-        _ATTENTION["on"] = self.prev
+    state = _ATTENTION
 
 
 @contextlib.contextmanager

@@ -42,6 +42,16 @@ class _Owner(torch.nn.Module):
         self.experts = torch.nn.ModuleList(experts)
 
 
+def _counting(kernel, calls: list):
+    """A reference kernel that records each call: where the dispatchers route, on CPU."""
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    return counted
+
+
 def test_dispatch_runs_the_fused_kernel_only_inside_the_block(monkeypatch):
     model = _tiny_causal_lm("qwen2")
     owner = _Owner([model])
@@ -152,7 +162,7 @@ def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
     ids = torch.randint(0, 64, (2, 5))
     before = model(ids).logits
     calls = []
-    assert install_fused_rotary(owner, kernel=lambda x, c, s: calls.append(1) or rotary_reference(x, c, s)) == 1
+    assert install_fused_rotary(owner, kernel=_counting(rotary_reference, calls)) == 1
     calls.clear()  # the install probe's calls
     assert torch.equal(model(ids).logits, before) and not calls  # outside the block: the family's own function
     with fused_rotary():
@@ -183,7 +193,7 @@ def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
     owner = _Owner([qwen, starcoder])
     keys_before = list(qwen.state_dict())
     calls = []
-    kernel = lambda x, g, u: calls.append(1) or gemv_glu_reference(x, g, u)  # noqa: E731
+    kernel = _counting(gemv_glu_reference, calls)
     assert install_fused_mlp(owner, kernel=kernel) == 2  # qwen's two layers; starcoder2's MLPs are not gated
     assert install_fused_mlp(owner, kernel=kernel) == 2 and list(qwen.state_dict()) == keys_before
     calls.clear()  # the install probes' calls
@@ -276,8 +286,7 @@ def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monke
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
     calls = []
-    kernel = lambda *a: calls.append(1) or decode_attention_reference(*a)  # noqa: E731
-    assert install_decode_attention(_Owner([model]), kernel=kernel) == 1
+    assert install_decode_attention(_Owner([model]), kernel=_counting(decode_attention_reference, calls)) == 1
     calls.clear()  # the install probe's call
     prompt = torch.randint(0, 64, (2, 6))
     nxt = torch.randint(0, 64, (2, 1))
