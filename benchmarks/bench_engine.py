@@ -302,7 +302,7 @@ def bench_deberta_routing(results: dict):
     eager.captured = None  # the same encoder, launched from Python
     router = Router(enc.dim, 3, 512, 2, 1.0).to(DEVICE).eval()
     t0 = time.perf_counter()
-    graphs = enc.warm_up()
+    graphs = enc.warm_up([SOURCE_UNIT])
     results["routing_graphs"] = {"captured": graphs, "warm_up_s": time.perf_counter() - t0,
                                  "broken": enc.captured.broken if enc.captured is not None else "off"}
     # Parity first: graph replay vs eager, sources of several lengths (bf16: allclose, and the same experts chosen).

@@ -152,20 +152,19 @@ class Generator:
         self.fused_norms = os.environ.get("MOT_FUSED_NORMS", "1") != "0"
         if self.fused_norms:
             install_fused_norms(mot)
-        # Batch-1 decode steps on CUDA run the experts' linear layers through a Triton matrix-vector kernel
-        # (mot_engine/gemv.py; cuBLAS runs M=1 products well below the bandwidth). MOT_TRITON_GEMV=0 turns it off.
-        self.triton_gemv = (mot.device.type == "cuda" and os.environ.get("MOT_TRITON_GEMV", "1") != "0"
-                            and install_triton_gemv(mot) > 0)
-        # ... their gated MLPs' gate and up products with the SiLU and the product in one kernel (MOT_FUSED_MLP=0: off)
-        self.fused_mlp = (mot.device.type == "cuda" and os.environ.get("MOT_FUSED_MLP", "1") != "0"
-                          and install_fused_mlp(mot) > 0)
-        # ... and their rotary embedding as one Triton kernel per tensor (ten small kernels per layer otherwise).
-        # MOT_FUSED_ROTARY=0 turns it off.
-        self.fused_rotary = (mot.device.type == "cuda" and os.environ.get("MOT_FUSED_ROTARY", "1") != "0"
-                             and install_fused_rotary(mot) > 0)
-        # ... and one-query attention over the cache split across its columns (MOT_DECODE_ATTENTION=0: torch's SDPA).
-        self.decode_attention = (mot.device.type == "cuda" and os.environ.get("MOT_DECODE_ATTENTION", "1") != "0"
-                                 and install_decode_attention(mot) > 0)
+        # Decode steps on CUDA also run Triton kernels in place of the experts' small ones (mot_engine/kernels.py),
+        # each installed where a probe shows the same function and switched off by its variable (=0):
+        # MOT_TRITON_GEMV: one-row linear layers (cuBLAS runs M=1 products well below the bandwidth);
+        # MOT_FUSED_MLP: a gated MLP's gate and up products, SiLU and product in one kernel;
+        # MOT_FUSED_ROTARY: the rotary embedding, one kernel per tensor (ten small ones per layer otherwise);
+        # MOT_DECODE_ATTENTION: one-query attention over the cache, split across its columns (else torch's SDPA).
+        def triton_kernel(variable: str, install) -> bool:
+            return mot.device.type == "cuda" and os.environ.get(variable, "1") != "0" and install(mot) > 0
+
+        self.triton_gemv = triton_kernel("MOT_TRITON_GEMV", install_triton_gemv)
+        self.fused_mlp = triton_kernel("MOT_FUSED_MLP", install_fused_mlp)
+        self.fused_rotary = triton_kernel("MOT_FUSED_ROTARY", install_fused_rotary)
+        self.decode_attention = triton_kernel("MOT_DECODE_ATTENTION", install_decode_attention)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -259,10 +258,10 @@ class Generator:
         specialises size 1, so 2 stands for every larger batch). Returns seconds spent; 0.0 on CPU."""
         t0 = time.perf_counter()
         mot = self.mot
-        captured = mot.encoder.warm_up()
+        source = "void warm_up(float* x, int n) { for (int i = 0; i < n; ++i) x[i] += 1.0f; }"
+        captured = mot.encoder.warm_up([source])
         if not self.compile_layers:
             return time.perf_counter() - t0 if captured else 0.0
-        source = "void warm_up(float* x, int n) { for (int i = 0; i < n; ++i) x[i] += 1.0f; }"
         for p in range(mot.num_experts):
             active = [p] + [e for e in range(mot.num_experts) if e != p][: mot.config.top_k - 1]
             for mode in MODES:
@@ -425,16 +424,9 @@ class Generator:
         out = []
         for b, seq in enumerate(cohort.seqs):
             L = int(lengths[b])
-            memory = primary_weight = None
-            if cohort.ctx is not None:
-                memory = []
-                for stack in cohort.ctx.slots:
-                    parts = []
-                    for slot in stack:
-                        S = int(slot.mask[b, 0, 0].sum())  # memory is right-padded
-                        parts.append((slot.key[b, :, :S], slot.value[b, :, :S], slot.mask[b, 0, 0, :S], slot.weight[b]))
-                    memory.append(parts)
-                primary_weight = cohort.ctx.primary_weight[b]
+            ctx = cohort.ctx
+            memory = ctx.row(b) if ctx is not None else None
+            primary_weight = ctx.primary_weight[b] if ctx is not None else None
             out.append(Joiner(
                 seq=seq, keys=[layer.keys[b, :, T - L :] for layer in layers],
                 values=[layer.values[b, :, T - L :] for layer in layers],
@@ -449,13 +441,21 @@ class Generator:
         if slab is not None and slab.target_column(joiners) is not None:
             slab.join(joiners)  # rows with tokens in flight count one column more: target_column() stays safe
             return []
-        outputs = self._flush(slab) if slab is not None else []  # rows move: their tokens in flight land first
-        everyone = (slab.export_rows() if slab is not None else []) + joiners
-        new = self._slab_for(key, everyone)
-        new.join(everyone)
+        return self._move(key, slab, joiners)
+
+    def _move(self, key: tuple[int, str], slab: DecodeSlab | None, joiners: list[Joiner] = ()) -> list[StepOutput]:
+        """Move a slab's live rows (once their tokens in flight have landed) and any joiners into a slab of the shape
+        that holds them; the old slab goes to the pool. Returns the outputs of the tokens that landed."""
+        outputs = self._flush(slab) if slab is not None else []
+        everyone = (slab.export_rows() if slab is not None else []) + list(joiners)
+        if everyone:
+            new = self._slab_for(key, everyone)
+            new.join(everyone)  # before the old slab is retired: the exported rows are views of its cache
+            self.slabs[key] = new
+        else:
+            del self.slabs[key]
         if slab is not None:
             self._retire(slab)
-        self.slabs[key] = new
         return outputs
 
     def _slab_for(self, key: tuple[int, str], joiners: list[Joiner]) -> DecodeSlab:
@@ -481,20 +481,14 @@ class Generator:
 
     def _resize_slab(self, key: tuple[int, str], slab: DecodeSlab) -> list[StepOutput]:
         """Retire an empty slab; move a mostly empty one (a quarter or less of its rows live) into a smaller one."""
-        outputs = []
-        if slab.live and slab.shape.rows >= 4 and len(slab.live) <= slab.shape.rows // 4:
-            outputs = self._flush(slab)  # the rows move: their tokens in flight land first
-            if slab.live:
-                rows = slab.export_rows()
-                new = self._slab_for(key, rows)
-                new.join(rows)
-                self._retire(slab)
-                self.slabs[key] = new
-                return outputs
-        if not slab.live:  # every request ended: tokens still in flight belong to finished rows only
+        live = len(slab.live)
+        if live == 0:  # every request ended: tokens still in flight belong to finished rows only
             del self.slabs[key]
             self._retire(slab)
-        return outputs
+            return []
+        if slab.shape.rows >= 4 and live <= slab.shape.rows // 4:
+            return self._move(key, slab)
+        return []
 
     def _decode(self, cohort: _Cohort) -> list[StepOutput]:
         cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)

@@ -29,7 +29,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .gemv import available, gemv, gemv_op
+from .gemv import available, gemv, gemv_glu, gemv_op
 
 
 def _norm_eps(module: torch.nn.Module) -> float | None:
@@ -206,14 +206,11 @@ def install_fused_mlp(mot, kernel=None) -> int:
     `fused_mlp(mot)` compute silu(gate) * up in one pass over both weights (mot_engine/gemv.py's `gemv_glu`), then
     down_proj. Four kernels (two products, SiLU, multiply) become one. Idempotent; returns how many dispatch (0
     without Triton or a GPU, unless a `kernel` is given — tests)."""
-    from .gemv import available as gemv_available
-    from .gemv import gemv_glu
-
     if getattr(mot, "_fused_mlp_installed", None) is not None:
         return mot._fused_mlp_installed
     mot._use_fused_mlp = False
     needs_cuda = kernel is None
-    if kernel is None and not gemv_available():
+    if kernel is None and not available():
         mot._fused_mlp_installed = 0
         return 0
     kernel = kernel or gemv_glu
@@ -331,8 +328,6 @@ class fused_rotary(_GlobalSwitch):
     """Within this block, installed families compute the rotary embedding with one kernel per tensor."""
 
     state = _ROTARY
-
-
 
 
 # ---------------------------------------------------------------------------------------------------- decode attention

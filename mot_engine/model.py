@@ -48,6 +48,16 @@ class MemoryContext:
             slots=[[slot.select(rows) for slot in stack] for stack in self.slots],
         )
 
+    def row(self, b: int) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """Sample b's memory, [stack][slot] (key, value, mask, weight), cut to its real keys (masks are right-padded;
+        reading their lengths syncs with the device, so callers use it only when requests move)."""
+        parts = []
+        for stack in self.slots:
+            used = [int(slot.mask[b, 0, 0].sum()) for slot in stack]
+            parts.append([(slot.key[b, :, :n], slot.value[b, :, :n], slot.mask[b, 0, 0, :n], slot.weight[b])
+                          for slot, n in zip(stack, used)])
+        return parts
+
 
 @dataclass
 class MoTOutput:

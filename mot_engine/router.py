@@ -32,6 +32,12 @@ def _pow2(n: int, minimum: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def tokenize(model, texts: list[str]) -> dict:
+    """A sentence-transformers model's features for texts (`tokenize` is deprecated in ST 6: `preprocess`)."""
+    prep = getattr(model, "preprocess", None) or model.tokenize
+    return prep(texts)
+
+
 def pad_features(features: dict, rows: int, columns: int, pad_id: int) -> dict:
     """Tokenized features (B, L) padded to (rows, columns): extra columns are masked padding on the right, extra
     rows repeat row 0 (a valid input whose outputs the caller drops). Right padding keeps every real token's
@@ -117,8 +123,7 @@ class CapturedEncoder:
 
     def warm_up(self, texts: list[str]) -> int:
         """Capture batch 1 at every column bucket up to max_length (the hover path). Returns graphs captured."""
-        prep = getattr(self.model, "preprocess", None) or self.model.tokenize
-        features = prep(texts[:1])
+        features = tokenize(self.model, texts[:1])
         columns = ENCODER_MIN_COLUMNS
         while self.broken is None:
             shape = self.shape_for(1, min(columns, self.max_length))
@@ -164,8 +169,7 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # `tokenize` is deprecated in ST 6
-        features = prep(texts)
+        features = tokenize(self.model, texts)
         features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
         if self.captured is not None and not torch.is_grad_enabled():  # inference; training shapes vary: eager
             emb = self.captured(features)
@@ -175,12 +179,12 @@ class SentenceEncoder(nn.Module):
             emb = self.model(features)["sentence_embedding"]  # (B, D)
         return emb.float()
 
-    def warm_up(self) -> int:
-        """Capture the hover path's graphs now (no-op off CUDA). Returns how many the encoder holds."""
+    def warm_up(self, texts: list[str]) -> int:
+        """Capture the hover path's graphs now, from any source text (no-op off CUDA). Returns how many it holds."""
         if self.captured is None:
             return 0
         with torch.no_grad():
-            return self.captured.warm_up(["void warm_up(float* x, int n) { for (int i = 0; i < n; ++i) x[i] = 0; }"])
+            return self.captured.warm_up(texts)
 
 
 @dataclass

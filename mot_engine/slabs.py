@@ -164,6 +164,7 @@ class DecodeSlab:
         # Two host buffers (ids, finite) per row, alternating: the host reads one step's while the next one's lands.
         pin = dev.type == "cuda"
         self._staging = [torch.zeros(2, C, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._landed = [torch.cuda.Event() for _ in range(2)] if pin else [None, None]  # one per buffer
         self._flip = 0
         self.pending: InFlight | None = None  # the tokens of the last launched step, not yet handed out
 
@@ -244,14 +245,12 @@ class DecodeSlab:
 
     def stage(self, next_ids: torch.Tensor, finite: torch.Tensor) -> InFlight:
         """Start copying a step's (C,) next ids and finite flags to the host; the step's tokens in flight."""
-        buf = self._staging[self._flip]
+        buf, event = self._staging[self._flip], self._landed[self._flip]
         self._flip ^= 1
-        on_gpu = self.device.type == "cuda"
+        on_gpu = event is not None
         buf[0].copy_(next_ids, non_blocking=on_gpu)
         buf[1].copy_(finite, non_blocking=on_gpu)
-        event = None
         if on_gpu:
-            event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))
         return InFlight(list(self.rows), buf, event)
 
@@ -329,16 +328,7 @@ class DecodeSlab:
         c = self.column
         for r in self.live:
             lo = self.start[r]
-            memory = None
-            if self.ctx is not None:  # each slot's used length: its mask's last True column (a sync; rare)
-                memory = []
-                for stack in self.ctx.slots:
-                    parts = []
-                    for slot in stack:
-                        used = int(slot.mask[r, 0, 0].nonzero().max()) + 1
-                        parts.append((slot.key[r, :, :used], slot.value[r, :, :used], slot.mask[r, 0, 0, :used],
-                                      slot.weight[r]))
-                    memory.append(parts)
+            memory = self.ctx.row(r) if self.ctx is not None else None
             out.append(Joiner(
                 seq=self.rows[r],
                 keys=[layer.keys[r, :, lo:c] for layer in self._layers()],

@@ -45,7 +45,7 @@ def test_graph_replay_equals_the_eager_encoder_on_gpu():
     mot = build_mot("tiny", device="cuda", dtype="float32")
     enc = mot.encoder.eval()
     assert enc.captured is not None
-    assert enc.warm_up() >= 1 and enc.captured.broken is None
+    assert enc.warm_up(SOURCES) >= 1 and enc.captured.broken is None
     with torch.no_grad():
         graphs = enc(SOURCES)
         enc.captured, kept = None, enc.captured
