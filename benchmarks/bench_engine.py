@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import GenerationRequest, Generator, build_mot  # noqa: E402
+from mot_engine.kernels import SWITCHES as SUBSTITUTIONS  # noqa: E402
 
 SOURCE_UNIT = (
     "void saxpy(int n, float alpha, const float* x, float* y) {\n"
@@ -107,7 +108,8 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
 
 
-def bench_generation(results: dict, active: list[int], new_tokens: int, batch: int, seed_router=None) -> None:
+def bench_generation(results: dict, active: list[int], new_tokens: int, batch: int, seed_router=None,
+                     compiled: bool = True) -> None:
     mot = build_mot(PRESET, device=DEVICE, dtype="bfloat16" if DEVICE == "cuda" else "float32")
     print("loaded seed-random bf16", flush=True)
     reset_peak()
@@ -199,50 +201,31 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
         return {"tok_s_decode": r.timings["decode_tokens_per_s"], "tok_s_end_to_end": new_tokens / t,
                 "first_token_s": r.timings["first_token_s"], "warm_up_s": warm}
 
-    os.environ["MOT_FUSED_NORMS"] = os.environ["MOT_TRITON_GEMV"] = "0"  # the plain paths: the experts' own forward
-    os.environ["MOT_FUSED_ROTARY"] = os.environ["MOT_FUSED_MLP"] = os.environ["MOT_DECODE_ATTENTION"] = "0"
+    # The substitutions in the order they were added: each row turns one more on (the last row is the default).
+    for var in SUBSTITUTIONS:
+        os.environ[var] = "0"  # the plain paths: the experts' own forward
     eager = run("fast", static_cache=False, cuda_graphs=False)
     full_eager = run("full", static_cache=False, cuda_graphs=False)
-    fast_u = run("fast")  # static cache + graphs, unfused norms (the previous default)
-    full_u = run("full")
-    os.environ["MOT_FUSED_NORMS"] = "1"
-    os.environ["MOT_TRITON_GEMV"] = "0"  # fused norms, cuBLAS products
-    fast_ng = run("fast")
-    full_ng = run("full")
-    os.environ["MOT_TRITON_GEMV"] = "1"  # fused norms, Triton GEMV, the experts' rotary function and MLP
-    fast_nr = run("fast")
-    full_nr = run("full")
-    os.environ["MOT_FUSED_ROTARY"] = "1"  # + fused rotary, the experts' MLP
-    fast_nm = run("fast")
-    full_nm = run("full")
-    os.environ["MOT_FUSED_MLP"] = "1"  # + fused MLP, torch's SDPA
-    fast_na = run("fast")
-    full_na = run("full")
-    os.environ["MOT_DECODE_ATTENTION"] = "1"
-    os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers (with the GEMV as a custom op) inside the graphs
-    fast_c = run("fast")
-    full_c = run("full")
-    os.environ["MOT_COMPILE"] = "0"  # the default: static cache + CUDA graphs + fused norms + Triton GEMV
-    fast = run("fast")
-    full = run("full")
-    rows["ours_fast_compiled"] = fast_c["tok_s_end_to_end"]
-    rows["ours_full_mot_compiled"] = full_c["tok_s_end_to_end"]
     rows["ours_eager_dynamic_cache_fast"] = eager["tok_s_end_to_end"]
-    rows["ours_fast"] = fast["tok_s_end_to_end"]
-    rows["ours_full_mot"] = full["tok_s_end_to_end"]
     rows["ours_full_mot_eager"] = full_eager["tok_s_end_to_end"]
-    rows["ours_fast_graphs_unfused_norms"] = fast_u["tok_s_end_to_end"]
-    rows["ours_full_mot_graphs_unfused_norms"] = full_u["tok_s_end_to_end"]
-    rows["ours_fast_graphs_cublas"] = fast_ng["tok_s_end_to_end"]
-    rows["ours_full_mot_graphs_cublas"] = full_ng["tok_s_end_to_end"]
-    rows["ours_fast_graphs_unfused_rotary"] = fast_nr["tok_s_end_to_end"]
-    rows["ours_full_mot_graphs_unfused_rotary"] = full_nr["tok_s_end_to_end"]
-    rows["ours_fast_graphs_unfused_mlp"] = fast_nm["tok_s_end_to_end"]
-    rows["ours_full_mot_graphs_unfused_mlp"] = full_nm["tok_s_end_to_end"]
-    rows["ours_fast_graphs_sdpa_attention"] = fast_na["tok_s_end_to_end"]
-    rows["ours_full_mot_graphs_sdpa_attention"] = full_na["tok_s_end_to_end"]
+    ladder = {}
+    for i, name in enumerate(("graphs_plain",) + tuple("graphs_+" + v[4:].lower() for v in SUBSTITUTIONS)):
+        if i:
+            os.environ[SUBSTITUTIONS[i - 1]] = "1"
+        ladder[name] = {mode: run(mode) for mode in ("fast", "full")}
+        rows[f"ours_fast_{name}"] = ladder[name]["fast"]["tok_s_end_to_end"]
+        rows[f"ours_full_mot_{name}"] = ladder[name]["full"]["tok_s_end_to_end"]
+    fast, full = ladder[name]["fast"], ladder[name]["full"]  # every substitution on: the default
+    rows["ours_fast"], rows["ours_full_mot"] = fast["tok_s_end_to_end"], full["tok_s_end_to_end"]
+    fast_c = full_c = None
+    if compiled:
+        os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers (with the GEMV as a custom op) inside the graphs
+        fast_c, full_c = run("fast"), run("full")
+        os.environ["MOT_COMPILE"] = "0"
+        rows["ours_fast_compiled"] = fast_c["tok_s_end_to_end"]
+        rows["ours_full_mot_compiled"] = full_c["tok_s_end_to_end"]
     results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c,
-                         "full_compiled": full_c, "fast_unfused": fast_u, "full_unfused": full_u}
+                         "full_compiled": full_c, "ladder": ladder}
 
     # 32-token full-MoT generation (the engine issue's check) and peak inference memory.
     _, t32 = timed(Generator(mot).generate, [GenerationRequest(src, mode="full", max_new_tokens=32, stop_at_eos=False, force_active=active)])
@@ -339,6 +322,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="seed-random", help="seed-random on the GPU; tiny for a CPU smoke run")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--skip-deberta", action="store_true")
+    ap.add_argument("--skip-compile", action="store_true", help="leave out MOT_COMPILE=1 (minutes of compilation)")
     args = ap.parse_args(argv)
     global DEVICE, PRESET
     DEVICE, PRESET = args.device, args.preset
@@ -357,7 +341,7 @@ def main(argv=None) -> int:
     else:
         with torch.no_grad():
             seed_router = bench_deberta_routing(results)
-    bench_generation(results, active, args.new_tokens, args.batch, seed_router)
+    bench_generation(results, active, args.new_tokens, args.batch, seed_router, compiled=not args.skip_compile)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
     rows = results["rows"]
@@ -368,16 +352,16 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|")
     for name, v in rows.items():
         print(f"| {name} | {v:.1f} | {v / base:.2f} | {v / fast:.2f} |")
+    compiled = "ours_full_mot_compiled" in rows
     for key, what in (("original_no_cache_full_mot", "lean"), ("original_no_cache_faithful", "faithful")):
         orig = rows[key]
-        print(f"\nfull MoT vs the original no-cache approach ({what}: {orig:.1f} tok/s): {rows['ours_full_mot'] / orig:.1f}x "
-              f"(compiled: {rows['ours_full_mot_compiled'] / orig:.1f}x)")
-    print(f"fused norms vs unfused (graphs): fast {fast / rows['ours_fast_graphs_unfused_norms']:.2f}x, "
-          f"full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_unfused_norms']:.2f}x (both with the Triton GEMV: "
-          f"fast {fast / rows['ours_fast_graphs_cublas']:.2f}x, full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_cublas']:.2f}x "
-          f"over cuBLAS products); "
-          f"compile warm-up (first generation) fast {results['detail']['fast_compiled']['warm_up_s']:.0f} s, "
-          f"full {results['detail']['full_compiled']['warm_up_s']:.0f} s")
+        print(f"\nfull MoT vs the original no-cache approach ({what}: {orig:.1f} tok/s): {rows['ours_full_mot'] / orig:.1f}x"
+              + (f" (compiled: {rows['ours_full_mot_compiled'] / orig:.1f}x)" if compiled else ""))
+    print(f"every substitution vs none (graphs): fast {fast / rows['ours_fast_graphs_plain']:.2f}x, "
+          f"full {rows['ours_full_mot'] / rows['ours_full_mot_graphs_plain']:.2f}x")
+    if compiled:
+        print(f"compile warm-up (first generation) fast {results['detail']['fast_compiled']['warm_up_s']:.0f} s, "
+              f"full {results['detail']['full_compiled']['warm_up_s']:.0f} s")
     print(f"full MoT vs our fast mode: {rows['ours_full_mot'] / fast:.2f}x")
     print(f"batch {args.batch} (fast) vs batch 1: {rows[f'ours_fast_batch{args.batch}_total'] / fast:.1f}x; "
           f"(full) {rows[f'ours_full_batch{args.batch}_total'] / rows['ours_full_mot']:.1f}x")

@@ -23,7 +23,8 @@ from mot_engine.gemv import GLU_BLOCKS, default_blocks, gemv, gemv_glu, gemv_glu
 SHAPES = {"q/o_proj": (1536, 1536), "k/v_proj": (256, 1536), "gate/up_proj": (8960, 1536), "down_proj": (1536, 8960),
           "lm_head": (151936, 1536)}
 COUNT_PER_STEP = {"q/o_proj": 2 * 28, "k/v_proj": 2 * 28, "gate/up_proj": 2 * 28, "down_proj": 28, "lm_head": 1}
-CONFIGS = [(bn, bk, w) for bn in (2, 4, 8, 16, 32) for bk in (128, 256, 512) for w in (4, 8) if bn * bk <= 8192]
+CONFIGS = [(bn, bk, w) for bn in (1, 2, 4, 8, 16, 32) for bk in (128, 256, 512, 1024) for w in (1, 2, 4, 8)
+           if 512 <= bn * bk <= 8192 and bn * bk >= 128 * w]
 
 
 L2_BYTES = 64 << 20  # at least the H100/H200 L2 (50 MB): products cycle over copies that do not fit in it
@@ -79,6 +80,9 @@ def main() -> int:
         dflt = default_blocks(n, k)
         t_default = results.get(dflt) or graph_us(lambda i: gemv(x, ws[i], b, dflt), weights=len(ws))
         best = min(results, key=results.get)
+        top = sorted(results, key=results.get)[:4]
+        print(f"  {name}: fastest {', '.join(f'{c} {results[c]:.1f}' for c in top)}; default {dflt} {t_default:.1f}",
+              flush=True)
         count = COUNT_PER_STEP[name]
         totals["cublas"] += t_cublas * count
         totals["default"] += t_default * count

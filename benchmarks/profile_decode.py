@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import GenerationRequest, Generator, build_mot  # noqa: E402
+from mot_engine.kernels import SWITCHES  # noqa: E402
 
 SRC = "void saxpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i]; }\n" * 8
 
@@ -74,20 +75,21 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
-    flags = ("MOT_COMPILE", "MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP",
-             "MOT_DECODE_ATTENTION")
-    configs = ["000000", "010000", "011000", "011100", "011110", "011111"] + (["111111"] if args.compile else [])
+    flags = ("MOT_COMPILE",) + SWITCHES
+    n = len(SWITCHES)  # the substitutions turned on one by one, then (--compile) compiled layers with all of them
+    configs = ["0" + "1" * i + "0" * (n - i) for i in range(n + 1)] + (["1" * (n + 1)] if args.compile else [])
     rows = []
     for config in configs:
         os.environ.update(zip(flags, config))
-        name = " ".join(f"{f[4:].lower()}={v}" for f, v in zip(flags, config))
+        on = [f[4:].lower() for f, v in zip(flags[1:], config[1:]) if v == "1"]  # each row adds one substitution
+        name = "compiled, all" if config[0] == "1" else ("+ " + on[-1] if on else "plain (graphs only)")
         gen = Generator(mot)
         for mode in ("fast", "full"):
             t0 = time.perf_counter()
             replay_ms(gen, mode, 40)  # warm-up (compilation)
             warm = time.perf_counter() - t0
             r, s = replay_ms(gen, mode)
-            k = kernels_per_step(mot, mode, top=12 if config == "011111" else 0)
+            k = kernels_per_step(mot, mode, top=14 if config == configs[n] else 0)
             rows.append((f"{name} {mode}", warm, r, s, k))
             print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
                   f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)

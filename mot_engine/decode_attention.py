@@ -73,31 +73,70 @@ def _kernels():
 
     @triton.jit
     def combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, S, HK, G, soc, soh,
-                       GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr):
+                       GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr, BS: tl.constexpr):
+        # Program (row c * HK + key/value head h, query head g of its group): one head's parts, combined. A program
+        # per query head keeps each one's loads small (one program per group read GP x D per split, in sequence).
         ch = tl.program_id(0)
+        g = tl.program_id(1)
         c = ch // HK
         h = ch % HK
         s = tl.arange(0, SP)
-        g = tl.arange(0, GP)
         d = tl.arange(0, D)
         smask = s < S
-        idx = (ch * S + s)[:, None] * GP + g[None, :]  # (SP, GP)
-        m = tl.load(m_ptr + idx, mask=smask[:, None], other=float("-inf"))
-        l = tl.load(l_ptr + idx, mask=smask[:, None], other=0.0)
-        m_all = tl.max(m, axis=0)  # (GP,)
-        w = tl.exp(m - m_all[None, :])
-        w = tl.where(smask[:, None], w, 0.0)
-        denom = tl.sum(w * l, axis=0)  # (GP,)
-        out = tl.zeros((GP, D), tl.float32)
-        for i in range(0, S):
-            a = tl.load(acc_ptr + ((ch * S + i) * GP + g)[:, None] * D + d[None, :])
-            wi = tl.exp(tl.load(m_ptr + (ch * S + i) * GP + g) - m_all)
-            out += a * wi[:, None]
-        out = out / denom[:, None]
-        tl.store(out_ptr + c * soc + (h * G + g)[:, None] * soh + d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=(g < G)[:, None])
+        m = tl.load(m_ptr + (ch * S + s) * GP + g, mask=smask, other=float("-inf"))  # (SP,)
+        l = tl.load(l_ptr + (ch * S + s) * GP + g, mask=smask, other=0.0)
+        m_all = tl.max(m, axis=0)
+        denom = tl.sum(tl.where(smask, tl.exp(m - m_all), 0.0) * l, axis=0)
+        out = tl.zeros((D,), tl.float32)
+        for s0 in range(0, S, BS):
+            si = s0 + tl.arange(0, BS)
+            simask = si < S
+            w = tl.exp(tl.load(m_ptr + (ch * S + si) * GP + g, mask=simask, other=float("-inf")) - m_all)  # (BS,)
+            a = tl.load(acc_ptr + ((ch * S + si) * GP + g)[:, None] * D + d[None, :], mask=simask[:, None], other=0.0)
+            out += tl.sum(a * w[:, None], axis=0)
+        out = out / denom
+        tl.store(out_ptr + c * soc + (h * G + g) * soh + d, out.to(out_ptr.dtype.element_ty))
 
-    return triton, partial_kernel, combine_kernel
+    @triton.jit
+    def write_kernel(k_ptr, keys_ptr, col_ptr, v_off, values_off, HK, skb, skh, svb, svh, scb, sch, scm,
+                     D: tl.constexpr, BLOCK: tl.constexpr):
+        # Program (row * HK + head, 0 for the key / 1 for the value): one token's head into the cache at the slab's
+        # write column (a device tensor, as index_copy_ reads it). value and its cache are reached from the key's
+        # pointers by element offsets.
+        bh = tl.program_id(0)
+        is_v = tl.program_id(1) == 1
+        b = bh // HK
+        h = bh % HK
+        d = tl.arange(0, BLOCK)
+        col = tl.load(col_ptr)
+        src = k_ptr + tl.where(is_v, v_off, 0) + b * tl.where(is_v, svb, skb) + h * tl.where(is_v, svh, skh)
+        dst = keys_ptr + tl.where(is_v, values_off, 0) + b * scb + h * sch + col * scm
+        tl.store(dst + d, tl.load(src + d, mask=d < D), mask=d < D)
+
+    return triton, partial_kernel, combine_kernel, write_kernel
+
+
+# The cache write of the slabs' decode steps (slabs.SlabLayer.update) runs `write_token` while this is on (the
+# Generator's decode steps, kernels.fused_cache_write): one launch for a layer's key and value.
+CACHE_WRITE = {"on": False}
+
+
+def write_token(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                column: torch.Tensor) -> None:
+    """keys[:, :, column] = key and values[:, :, column] = value in one launch (index_copy_ along the columns).
+    keys/values (C, Hk, M, D) contiguous caches of one dtype and shape; key/value (C, Hk, 1, D) any strides with a
+    unit last stride; column (1,) long on the device."""
+    from .gemv import _element_offset
+
+    triton, _, _, kernel = _kernels()
+    C, HK, _, D = key.shape
+    if key.stride(-1) != 1 or value.stride(-1) != 1 or keys.stride() != values.stride():
+        raise ValueError("write_token needs unit last strides and caches of one layout")
+    with on_device(keys):
+        kernel[(C * HK, 2)](key, keys, column, _element_offset(value, key), _element_offset(values, keys), HK,
+                            key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+                            keys.stride(0), keys.stride(1), keys.stride(2), D=D, BLOCK=triton.next_power_of_2(D),
+                            num_warps=1)
 
 
 def available() -> bool:
@@ -124,7 +163,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     -> (C, 1, H, D): softmax(q k^T * scale + mask) v per head, query head i reading key/value head i // (H / Hk)."""
     import triton
 
-    _, partial_kernel, combine_kernel = _kernels()
+    _, partial_kernel, combine_kernel, _ = _kernels()
     C, H, _, D = query.shape
     Hk, M = key.shape[1], key.shape[2]
     G = H // Hk
@@ -148,8 +187,8 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             value.stride(0), value.stride(1), value.stride(2),
             mk.stride(0) if mask is not None else 0, mk.stride(-1) if mask is not None else 0,
             HAS_MASK=mask is not None, GP=GP, D=D, BM=BLOCK_M, IEEE=query.dtype == torch.float32, num_warps=4)
-        combine_kernel[(programs,)](m, l, acc, out, S, Hk, G, out.stride(0), out.stride(2),
-                                    GP=GP, D=D, SP=max(2, triton.next_power_of_2(S)), num_warps=4)
+        combine_kernel[(programs, G)](m, l, acc, out, S, Hk, G, out.stride(0), out.stride(2),
+                                      GP=GP, D=D, SP=max(2, triton.next_power_of_2(S)), BS=8, num_warps=1)
     return out
 
 

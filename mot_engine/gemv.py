@@ -72,6 +72,44 @@ def _glu_kernel():
     return triton, glu_kernel
 
 
+@functools.cache
+def _qkv_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def qkv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, off_wk, off_wv, off_bk, off_bv, NQ, NK, NV, K, stride_xm, stride_ym,
+                   HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Three products x W^T of one input in one launch: programs [0, bq) serve q's rows, the next bk k's, the rest
+        # v's. The weights stay where they are (element offsets from q's, no copy); y holds [q | k | v] per row.
+        pid = tl.program_id(0)
+        m = tl.program_id(1)
+        bq = tl.cdiv(NQ, BLOCK_N)
+        bk = tl.cdiv(NK, BLOCK_N)
+        is_q = pid < bq
+        is_k = (pid >= bq) & (pid < bq + bk)
+        first = tl.where(is_q, 0, tl.where(is_k, bq, bq + bk))  # this weight's first program
+        N = tl.where(is_q, NQ, tl.where(is_k, NK, NV))
+        w_off = tl.where(is_q, 0, tl.where(is_k, off_wk, off_wv))
+        col0 = tl.where(is_q, 0, tl.where(is_k, NQ, NQ + NK))  # its first column of y
+        rn = (pid - first) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features of this program
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):  # the same blocks and order as gemv_kernel: the same sums, bit for bit
+            kk = k0 + rk
+            w = tl.load(w_ptr + w_off + rn[:, None] * K + kk[None, :],
+                        mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)  # (BLOCK_N, BLOCK_K)
+            x = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0)  # (BLOCK_K,)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)  # (BLOCK_N,)
+        if HAS_BIAS:
+            b_off = tl.where(is_q, 0, tl.where(is_k, off_bk, off_bv))
+            y += tl.load(b_ptr + b_off + rn, mask=rn < N, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + col0 + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
+
+    return triton, qkv_kernel
+
+
 def on_device(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it t's (experts may sit on several GPUs)."""
     return contextlib.nullcontext() if t.device.index == torch.cuda.current_device() else torch.cuda.device(t.device)
@@ -86,10 +124,15 @@ def available() -> bool:
 
 
 def default_blocks(n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for an (n, k) weight, from benchmarks/bench_gemv.py's sweep on an H200 (the
-    Qwen2.5-Coder-1.5B shapes: 1.33 ms of products per token against cuBLAS's 1.61 ms, weights streamed from memory)."""
+    """(BLOCK_N, BLOCK_K, num_warps) for an (n, k) weight, from benchmarks/bench_gemv.py's sweeps (Qwen2.5-Coder-1.5B
+    shapes, weights streamed from memory). Narrow outputs get one row per program — many small programs keep more
+    loads in flight: on an H100 the 1536 x 8960 down projection took 11.7 µs against 14.2 with four rows and four
+    warps, the 1536 x 1536 ones 3.6 against 4.1. BLOCK_K depends on k alone below n = 4096, so `gemv_qkv` sums like
+    `gemv` for each of its weights."""
     if n <= 4096:
-        return 4, 512 if k >= 512 else 128, 4
+        if k >= 4096:
+            return 1, 1024, 4
+        return 1, 512 if k >= 512 else 128, 1
     return 8, 256 if k <= 2048 and n <= 65536 else 512, 4
 
 
@@ -165,3 +208,38 @@ def gemv_glu_reference(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) ->
     """The same function in plain torch (float32 maths, one rounding): tests and CPU."""
     xf = x.float()
     return (torch.nn.functional.silu(xf @ gate.float().T) * (xf @ up.float().T)).to(x.dtype)
+
+
+def _element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
+    """t's address relative to base's, in elements (the kernel reaches k's and v's weights from q's pointer)."""
+    diff = t.data_ptr() - base.data_ptr()
+    assert diff % t.element_size() == 0, "allocations are element-aligned"
+    return diff // t.element_size()
+
+
+def gemv_qkv(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             biases: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+             blocks: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x W_q^T (+ b_q), x W_k^T (+ b_k), x W_v^T (+ b_v) in one launch: an attention's three input projections.
+    x (..., K) with few rows; weights (N_q, K), (N_k, K), (N_v, K) contiguous, of one dtype and device; biases all
+    three or None. Returns three (..., N) views of one output, each equal bit for bit to `gemv` of its weight with the
+    same blocks (the default blocks of q's shape)."""
+    triton, kernel = _qkv_kernel()
+    wq, wk, wv = weights
+    (nq, K), nk, nv = wq.shape, wk.shape[0], wv.shape[0]
+    x2, y = _rows(x, nq + nk + nv)
+    block_n, block_k, warps = blocks or default_blocks(nq, K)
+    bq, bk, bv = biases if biases is not None else (wq, wq, wq)
+    grid = (triton.cdiv(nq, block_n) + triton.cdiv(nk, block_n) + triton.cdiv(nv, block_n), x2.shape[0])
+    with on_device(x):
+        kernel[grid](x2, wq, bq, y, _element_offset(wk, wq), _element_offset(wv, wq), _element_offset(bk, bq),
+                     _element_offset(bv, bq), nq, nk, nv, K, x2.stride(0), y.stride(0), HAS_BIAS=biases is not None,
+                     BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+    y = y.view(*x.shape[:-1], nq + nk + nv)
+    return y[..., :nq], y[..., nq:nq + nk], y[..., nq + nk:]
+
+
+def gemv_qkv_reference(x: torch.Tensor, weights, biases=None) -> tuple[torch.Tensor, ...]:
+    """The same three products with `F.linear` (tests, CPU)."""
+    biases = biases if biases is not None else (None, None, None)
+    return tuple(torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases))

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NonFiniteError, SourceTooLong
-from .kernels import (decode_substitutions, install_decode_attention, install_fused_mlp, install_fused_norms,
+from .kernels import (decode_substitutions, install_decode_attention, install_fused_cache_write,
+                      install_fused_interaction, install_fused_mlp, install_fused_norms, install_fused_qkv,
                       install_fused_rotary, install_triton_gemv)
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
@@ -155,16 +156,22 @@ class Generator:
         # Decode steps on CUDA also run Triton kernels in place of the experts' small ones (mot_engine/kernels.py),
         # each installed where a probe shows the same function and switched off by its variable (=0):
         # MOT_TRITON_GEMV: one-row linear layers (cuBLAS runs M=1 products well below the bandwidth);
+        # MOT_FUSED_QKV: an attention's q, k and v products in one launch;
         # MOT_FUSED_MLP: a gated MLP's gate and up products, SiLU and product in one kernel;
         # MOT_FUSED_ROTARY: the rotary embedding, one kernel per tensor (ten small ones per layer otherwise);
-        # MOT_DECODE_ATTENTION: one-query attention over the cache, split across its columns (else torch's SDPA).
+        # MOT_DECODE_ATTENTION: one-query attention over the cache, split across its columns (else torch's SDPA);
+        # MOT_FUSED_CACHE_WRITE: a slab layer's key and value written into the cache in one launch;
+        # MOT_FUSED_INTERACTION: the interaction's attention to the memory, and its gated residual, one kernel each.
         def triton_kernel(variable: str, install) -> bool:
             return mot.device.type == "cuda" and os.environ.get(variable, "1") != "0" and install(mot) > 0
 
         self.triton_gemv = triton_kernel("MOT_TRITON_GEMV", install_triton_gemv)
+        self.fused_qkv = triton_kernel("MOT_FUSED_QKV", install_fused_qkv)
         self.fused_mlp = triton_kernel("MOT_FUSED_MLP", install_fused_mlp)
         self.fused_rotary = triton_kernel("MOT_FUSED_ROTARY", install_fused_rotary)
         self.decode_attention = triton_kernel("MOT_DECODE_ATTENTION", install_decode_attention)
+        self.fused_cache_write = triton_kernel("MOT_FUSED_CACHE_WRITE", install_fused_cache_write)
+        self.fused_interaction = triton_kernel("MOT_FUSED_INTERACTION", install_fused_interaction)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -217,16 +224,21 @@ class Generator:
             return "dynamic-cache cohorts (requests admitted together decode together)"
         parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
         parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
-                                        ("fused gated MLP", self.fused_mlp), ("fused rotary", self.fused_rotary),
+                                        ("fused q/k/v", self.fused_qkv), ("fused gated MLP", self.fused_mlp),
+                                        ("fused rotary", self.fused_rotary),
                                         ("split-K decode attention", self.decode_attention),
+                                        ("one-launch cache write", self.fused_cache_write),
+                                        ("fused interaction", self.fused_interaction),
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
 
     def substitutions(self, decoding: bool = True):
         """The kernel substitutions this engine uses, on for a decode step (mot_engine/kernels.py)."""
         return decode_substitutions(self.mot, norms=self.fused_norms and decoding, gemv=self.triton_gemv and decoding,
-                                    mlp=self.fused_mlp and decoding, rotary=self.fused_rotary and decoding,
-                                    attention=self.decode_attention and decoding)
+                                    qkv=self.fused_qkv and decoding, mlp=self.fused_mlp and decoding,
+                                    rotary=self.fused_rotary and decoding, attention=self.decode_attention and decoding,
+                                    cache_write=self.fused_cache_write and decoding,
+                                    interaction=self.fused_interaction and decoding)
 
     @property
     def num_waiting(self) -> int:

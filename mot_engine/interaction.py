@@ -79,6 +79,22 @@ class InteractionLayer(nn.Module):
         delta = primary_weight.view(B, 1, 1) * delta
         return delta.clamp(-self.clamp, self.clamp)
 
+    def decode_update(
+        self, expert: int, hidden: torch.Tensor, slots: list[MemorySlot], primary_weight: torch.Tensor,
+        nonfinite: torch.Tensor, attend, residual, linear,
+    ) -> torch.Tensor:
+        """`hidden + update(...)` for a decode step's few positions, in hidden's dtype, with fewer kernels: `attend`
+        computes the slots' weighted attention, `residual` the gated, clamped residual add (and sets the bool scalar
+        `nonfinite` where the update is NaN) and `linear` the projections — mot_engine/interaction_kernels.py,
+        Triton or its references."""
+        B, T, _ = hidden.shape
+        norm, proj = self.query_in[expert]
+        q = linear(linear(norm(hidden.float()), proj.weight, proj.bias), self.q_proj.weight, self.q_proj.bias)
+        mixed = attend(self._heads(q), slots)  # (B, H, T, hd)
+        mixed = linear(mixed.transpose(1, 2).reshape(B, T, -1), self.o_proj.weight, self.o_proj.bias)  # (B, T, C)
+        y = linear(mixed, self.out[expert].weight, self.out[expert].bias)  # (B, T, d_i)
+        return residual(hidden, y, self.out_norm[expert], self.gate[expert], primary_weight, self.clamp, nonfinite)
+
 
 SMALL_QUERY = 16
 

@@ -29,7 +29,14 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .gemv import available, gemv, gemv_glu, gemv_op
+from .decode_attention import CACHE_WRITE
+from .gemv import available, gemv, gemv_glu, gemv_op, gemv_qkv
+from .rms_norm import MAX_ROWS
+
+# The environment variables that switch each decode-step substitution off (=0), in the order they were added (the
+# benchmarks turn them on one by one). The Generator reads them (mot_engine/generation.py).
+SWITCHES = ("MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_QKV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP",
+            "MOT_DECODE_ATTENTION", "MOT_FUSED_CACHE_WRITE", "MOT_FUSED_INTERACTION")
 
 
 def _norm_eps(module: torch.nn.Module) -> float | None:
@@ -63,16 +70,34 @@ def computes_rms_norm(module: torch.nn.Module) -> bool:
     return bool(torch.allclose(fused, reference, rtol=tol, atol=tol))
 
 
-def _dispatch(flag_owner, module: torch.nn.Module) -> None:
+def _dispatch(flag_owner, module: torch.nn.Module, rows_kernel) -> None:
     eager = module.forward
     shape, weight, eps = (module.weight.numel(),), module.weight, _norm_eps(module)
 
     def forward(hidden_states, *args, **kwargs):
         if flag_owner._use_fused_norms and not args and not kwargs and hidden_states.dtype == weight.dtype:
+            if (rows_kernel is not None and hidden_states.is_cuda and hidden_states.numel() <= MAX_ROWS * shape[0]
+                    and not torch.compiler.is_compiling()):
+                return rows_kernel(hidden_states, weight, eps)  # a decode step's few rows: one program each
             return F.rms_norm(hidden_states, shape, weight, eps)
         return eager(hidden_states, *args, **kwargs)
 
     module.forward = forward
+
+
+@torch.no_grad()
+def rows_kernel(weight: torch.Tensor):
+    """mot_engine/rms_norm.py's kernel for a few rows on this weight's GPU, if Triton is there and a probe shows it
+    equal to `F.rms_norm`; else None (torch's kernel serves all shapes)."""
+    from . import rms_norm
+
+    if not weight.is_cuda or not rms_norm.available():
+        return None
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(2, 1, weight.numel(), generator=gen).to(weight.device, weight.dtype)
+    want = F.rms_norm(x, (weight.numel(),), weight, 1e-6).float()
+    tol = 1e-5 if weight.dtype == torch.float32 else 2e-2
+    return rms_norm.rms_norm if torch.allclose(rms_norm.rms_norm(x, weight, 1e-6).float(), want, rtol=tol, atol=tol) else None
 
 
 def install_fused_norms(mot) -> int:
@@ -87,7 +112,7 @@ def install_fused_norms(mot) -> int:
     for model in mot.experts:
         for module in model.modules():
             if _is_candidate(module) and computes_rms_norm(module):
-                _dispatch(mot, module)
+                _dispatch(mot, module, rows_kernel(module.weight))
                 count += 1
     mot._fused_norms_installed = count
     return count
@@ -157,6 +182,103 @@ class triton_gemv(_Substitution):
     """Within this block the installed linear layers run one-row inputs through the Triton GEMV."""
 
     flag, installed = "_use_triton_gemv", "_triton_gemv_installed"
+
+
+# ---------------------------------------------------------------------------------------------------- q/k/v projections
+
+# An attention's forward calls q_proj, k_proj and v_proj one after another on the same normed hidden states
+# (transformers' Llama/Qwen2/Mistral/Starcoder2 attention). Inside `fused_qkv`, q_proj's dispatcher computes all
+# three in one launch and keeps k's and v's results keyed by that very input tensor; k_proj and v_proj return them
+# only when called with the same tensor object, and compute their own otherwise (another order, another input).
+# The result is the same function by construction; the probe checks the kernel itself.
+
+
+def _is_qkv_attention(module: torch.nn.Module) -> bool:
+    layers = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+    if not all(type(layer) is torch.nn.Linear for layer in layers):
+        return False
+    weights = [layer.weight for layer in layers]
+    biases = [layer.bias for layer in layers]
+    return (len({(w.shape[1], w.dtype, w.device) for w in weights}) == 1 and all(w.is_contiguous() for w in weights)
+            and (all(b is None for b in biases) or all(b is not None and b.dtype == weights[0].dtype for b in biases)))
+
+
+def _qkv_params(attention) -> tuple[tuple, tuple | None]:
+    layers = attention.q_proj, attention.k_proj, attention.v_proj
+    weights = tuple(layer.weight for layer in layers)
+    biases = tuple(layer.bias for layer in layers) if layers[0].bias is not None else None
+    return weights, biases
+
+
+@torch.no_grad()
+def computes_qkv(attention: torch.nn.Module, kernel) -> bool:
+    """Do the kernel's three outputs equal q_proj(x), k_proj(x), v_proj(x) on a probe row?"""
+    weights, biases = _qkv_params(attention)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(1, 1, weights[0].shape[1], generator=gen).to(weights[0].device, weights[0].dtype)
+    want = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)]
+    got = kernel(x, weights, biases)
+    tol = 1e-4 if weights[0].dtype == torch.float32 else 2e-2
+    return all(g.shape == w.shape and torch.allclose(g.float(), w.float(), rtol=tol, atol=tol) for g, w in zip(got, want))
+
+
+def _dispatch_qkv(flag_owner, attention: torch.nn.Module, kernel, needs_cuda: bool) -> None:
+    q_layer, k_layer, v_layer = attention.q_proj, attention.k_proj, attention.v_proj
+    q_eager, k_eager, v_eager = q_layer.forward, k_layer.forward, v_layer.forward
+    weights, biases = _qkv_params(attention)
+    kept: dict[str, torch.Tensor] = {}  # "x": the input of the last fused launch, "k"/"v": its results not yet taken
+
+    def q_forward(x, *args, **kwargs):
+        kept.clear()
+        if (flag_owner._use_fused_qkv and not args and not kwargs and (x.is_cuda or not needs_cuda)
+                and x.dtype == weights[0].dtype and x.numel() == x.shape[-1] and not torch.compiler.is_compiling()):
+            q, kept["k"], kept["v"] = kernel(x, weights, biases)
+            kept["x"] = x
+            return q
+        return q_eager(x, *args, **kwargs)
+
+    def taker(name, eager):
+        def forward(x, *args, **kwargs):
+            if not args and not kwargs and kept.get("x") is x and name in kept:
+                out = kept.pop(name)
+                if "k" not in kept and "v" not in kept:
+                    kept.clear()  # both taken: hold no tensor between steps
+                return out
+            return eager(x, *args, **kwargs)
+        return forward
+
+    q_layer.forward = q_forward
+    k_layer.forward = taker("k", k_eager)
+    v_layer.forward = taker("v", v_eager)
+
+
+def install_fused_qkv(mot, kernel=None) -> int:
+    """Give every attention whose q, k and v projections are plain linear layers of one input a dispatching trio:
+    one-row inputs inside `fused_qkv(mot)` run the three products in one launch (mot_engine/gemv.py's `gemv_qkv`).
+    Idempotent; returns how many attentions dispatch (0 without Triton or a GPU, unless a `kernel` is given — tests)."""
+    if getattr(mot, "_fused_qkv_installed", None) is not None:
+        return mot._fused_qkv_installed
+    mot._use_fused_qkv = False
+    needs_cuda = kernel is None
+    if kernel is None and not available():
+        mot._fused_qkv_installed = 0
+        return 0
+    kernel = kernel or gemv_qkv
+    count = 0
+    for model in mot.experts:
+        for module in model.modules():
+            if (_is_qkv_attention(module) and (module.q_proj.weight.is_cuda or not needs_cuda)
+                    and computes_qkv(module, kernel)):
+                _dispatch_qkv(mot, module, kernel, needs_cuda)
+                count += 1
+    mot._fused_qkv_installed = count
+    return count
+
+
+class fused_qkv(_Substitution):
+    """Within this block the installed attentions compute one-row q, k and v projections in one launch."""
+
+    flag, installed = "_use_fused_qkv", "_fused_qkv_installed"
 
 
 # ---------------------------------------------------------------------------------------------------- gated MLPs
@@ -247,10 +369,10 @@ def _rotary_applies(q, k, cos, sin, args, kwargs) -> bool:
             and not torch.compiler.is_compiling())  # compiled layers: inductor fuses the original itself
 
 
-def _rotary_dispatcher(original, kernel, needs_cuda: bool):
+def _rotary_dispatcher(original, pair, needs_cuda: bool):
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
         if (q.is_cuda or not needs_cuda) and _rotary_applies(q, k, cos, sin, args, kwargs):
-            return kernel(q, cos, sin), kernel(k, cos, sin)
+            return pair(q, k, cos, sin)
         return original(q, k, cos, sin, *args, **kwargs)
 
     apply_rotary_pos_emb.mot_original = original
@@ -258,39 +380,39 @@ def _rotary_dispatcher(original, kernel, needs_cuda: bool):
 
 
 @torch.no_grad()
-def computes_rotary(original, kernel, device, dtype) -> bool:
-    """Does the family's `apply_rotary_pos_emb` equal the kernel on a probe (decode shapes, 2 rows)?"""
+def computes_rotary(original, pair, device, dtype) -> bool:
+    """Does the family's `apply_rotary_pos_emb` equal the (q, k) kernel `pair` on a probe (decode shapes, 2 rows)?"""
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k = (torch.randn(2, 1, h, 64, generator=gen).to(device, dtype).transpose(1, 2) for h in (4, 2))  # as q_proj's view
     cos, sin = (torch.randn(2, 1, 64, generator=gen).to(device, dtype) for _ in range(2))
     try:
-        want_q, want_k = original(q, k, cos, sin)
+        want = original(q, k, cos, sin)
     except (TypeError, ValueError, RuntimeError):  # another signature or layout: not this function
         return False
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    return all(torch.allclose(kernel(x, cos, sin).float(), want.float(), rtol=tol, atol=tol)
-               for x, want in ((q, want_q), (k, want_k)))
+    return all(g.shape == w.shape and torch.allclose(g.float(), w.float(), rtol=tol, atol=tol)
+               for g, w in zip(pair(q, k, cos, sin), want))
 
 
 def install_fused_rotary(mot, kernel=None) -> int:
-    """Dispatch the rotary embedding of every expert family whose function a probe shows equal to the kernel.
-    Returns how many experts use it (0 without Triton or a GPU, unless a `kernel` is given — tests). Idempotent."""
+    """Dispatch the rotary embedding of every expert family whose function a probe shows equal to the kernel (q's
+    and k's heads in one launch: mot_engine/rotary.py's `rotary_pair`; a given one-tensor `kernel` runs twice —
+    tests). Returns how many experts use it (0 without Triton or a GPU, unless a `kernel` is given). Idempotent."""
     import sys
 
     from .experts import find_decoder_layers
-    from .rotary import available, rotary
+    from .rotary import as_pair, available, rotary_pair
 
     if getattr(mot, "_fused_rotary_installed", None) is not None:
         return mot._fused_rotary_installed
-    if kernel is None:
-        if not available():
-            mot._fused_rotary_installed = 0
-            return 0
-        kernel = rotary
+    if kernel is None and not available():
+        mot._fused_rotary_installed = 0
+        return 0
+    pair = rotary_pair if kernel is None else as_pair(kernel)
     count = 0
     for model in mot.experts:
         param = next(model.parameters())
-        if kernel is rotary and not param.is_cuda:
+        if kernel is None and not param.is_cuda:
             continue
         attention = getattr(find_decoder_layers(model)[0], "self_attn", None)
         module = sys.modules.get(type(attention).__module__) if attention is not None else None
@@ -298,10 +420,10 @@ def install_fused_rotary(mot, kernel=None) -> int:
         if current is None:
             continue
         original = getattr(current, "mot_original", current)
-        if not computes_rotary(original, kernel, param.device, param.dtype):
+        if not computes_rotary(original, pair, param.device, param.dtype):
             continue
         if current is original:
-            module.apply_rotary_pos_emb = _rotary_dispatcher(original, kernel, needs_cuda=kernel is rotary)
+            module.apply_rotary_pos_emb = _rotary_dispatcher(original, pair, needs_cuda=kernel is None)
         count += 1
     mot._fused_rotary_installed = count
     return count
@@ -413,9 +535,98 @@ class decode_attention_on(_GlobalSwitch):
     state = _ATTENTION
 
 
+# ---------------------------------------------------------------------------------------------------- cache write
+
+def install_fused_cache_write(mot) -> int:
+    """The slabs' cache layers (mot_engine/slabs.py) write a token's key and value in one launch
+    (decode_attention.write_token) inside `fused_cache_write`: 1 where Triton and a GPU are there, else 0."""
+    from .decode_attention import available as triton_available
+
+    return int(mot.device.type == "cuda" and triton_available())
+
+
+class fused_cache_write(_GlobalSwitch):
+    """Within this block, slab cache layers on CUDA write each token's key and value with one kernel."""
+
+    state = CACHE_WRITE
+
+
+# ---------------------------------------------------------------------------------------------------- interaction
+
+@torch.no_grad()
+def computes_interaction(mot, attend, residual, linear) -> bool:
+    """Do the kernels equal their references on probe inputs of this MoT's shapes, device and dtypes (a gate that is
+    not zero, padded memory, one and two slots, one row through the projections)?"""
+    from types import SimpleNamespace
+
+    from .interaction import MemorySlot
+    from .interaction_kernels import gated_residual_reference, memory_attention_reference
+
+    layer, device = mot.interaction[0], mot.device
+    dtype = next(mot.experts[0].parameters()).dtype
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    H, hd, S = layer.num_heads, layer.head_dim, 70
+    q = randn(2, H, 1, hd)
+    slots = []
+    for r in range(2):
+        mask = torch.ones(2, 1, 1, S, dtype=torch.bool)
+        mask[0, ..., 40 - 20 * r:] = False  # padded memory
+        slots.append(MemorySlot(key=randn(2, H, S, hd), value=randn(2, H, S, hd), mask=mask.to(device),
+                                weight=randn(2).abs()))
+    tol = 1e-4
+    d = mot.hidden_sizes[0]
+    x, weight, bias = randn(1, 1, H * hd), randn(d, H * hd) / 30, randn(d)  # the shared space -> the primary's
+    if not torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), rtol=tol, atol=tol):
+        return False
+    for used in (slots[:1], slots):
+        if not torch.allclose(attend(q, used), memory_attention_reference(q, used), rtol=tol, atol=tol):
+            return False
+    norm = SimpleNamespace(weight=randn(d), bias=randn(d), eps=1e-5, normalized_shape=(d,))
+    hidden, y, gate, weight = randn(2, 1, d).to(dtype), randn(2, 1, d) * 3, randn(d), randn(2).abs()
+    flags = [torch.zeros((), dtype=torch.bool, device=device) for _ in range(2)]
+    got = residual(hidden, y, norm, gate, weight, 2.0, flags[0])
+    want = gated_residual_reference(hidden, y, norm, gate, weight, 2.0, flags[1])
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol) or bool(flags[0]) or bool(flags[1]):
+        return False
+    y[1, 0, 3] = float("nan")  # a NaN in the update must set the step's flag
+    residual(hidden, y, norm, gate, weight, 2.0, flags[0])
+    return bool(flags[0])
+
+
+def install_fused_interaction(mot, kernels: tuple | None = None) -> int:
+    """Let decode steps run the interaction's fused path (InteractionLayer.decode_update) with the Triton kernels of
+    mot_engine/interaction_kernels.py — or the given (attend, residual, linear) (tests) — if a probe shows them
+    equal to their references. Returns 1 if installed, 0 otherwise (no Triton, no GPU). Idempotent."""
+    from . import interaction_kernels
+
+    if mot._interaction_kernels is not None:
+        return 1
+    if kernels is None:
+        if mot.device.type != "cuda" or not interaction_kernels.available():
+            return 0
+        kernels = (interaction_kernels.memory_attention, interaction_kernels.gated_residual, interaction_kernels.linear)
+    if not computes_interaction(mot, *kernels):
+        return 0
+    mot._interaction_kernels = kernels
+    return 1
+
+
+class fused_interaction(_Substitution):
+    """Within this block, decode steps run the interaction's fused path (InteractionLayer.decode_update)."""
+
+    flag, installed = "_use_fused_interaction", "_interaction_kernels"
+
+
 @contextlib.contextmanager
-def decode_substitutions(mot, *, norms: bool, gemv: bool, mlp: bool, rotary: bool, attention: bool):
+def decode_substitutions(mot, *, norms: bool, gemv: bool, qkv: bool, mlp: bool, rotary: bool, attention: bool,
+                         cache_write: bool, interaction: bool):
     """Every installed substitution switched as asked, for one decode step (or prefill, all off)."""
-    with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_mlp(mot, mlp), fused_rotary(rotary), \
-            decode_attention_on(attention):
+    with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_qkv(mot, qkv), fused_mlp(mot, mlp), \
+            fused_rotary(rotary), decode_attention_on(attention), fused_cache_write(cache_write), \
+            fused_interaction(mot, interaction):
         yield

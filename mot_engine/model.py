@@ -26,7 +26,7 @@ from . import losses
 from .config import MoTConfig
 from .errors import SourceTooLong
 from .experts import cache_kwarg_name, find_decoder_layers, hidden_size_of, split_into_stacks
-from .interaction import InteractionLayer, MemorySlot
+from .interaction import SMALL_QUERY, InteractionLayer, MemorySlot
 from .router import Router, Routing, SentenceEncoder
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,10 @@ class MixtureOfThoughts(nn.Module):
         self._capture: dict[int, list] | None = None  # set while secondaries run over prompts
         self._use_compiled_layers = False  # set by the Generator's compiled decode steps (generation.py)
         self._compiled_update = None
+        # Decode steps may run the interaction's fused path (InteractionLayer.decode_update): the kernels are set by
+        # kernels.install_fused_interaction, the flag by kernels.fused_interaction (the Generator's decode steps).
+        self._use_fused_interaction = False
+        self._interaction_kernels: tuple | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -191,6 +195,13 @@ class MixtureOfThoughts(nn.Module):
         ctx = self._ctx
         if ctx is None or ctx.primary != e or not ctx.slots[s]:
             return None
+        if (self._use_fused_interaction and not torch.is_grad_enabled() and h.shape[1] <= SMALL_QUERY
+                and h.device == self.device and h.is_contiguous()):  # a decode step: the fused path, same function
+            if ctx.nonfinite is None:
+                ctx.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+            h = self.interaction[s].decode_update(e, h, ctx.slots[s], ctx.primary_weight, ctx.nonfinite,
+                                                  *self._interaction_kernels)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
         update = self._compiled_update if self._use_compiled_layers else InteractionLayer.update
         delta = update(self.interaction[s], e, h.to(self.device), ctx.slots[s], ctx.primary_weight)
         bad = ~torch.isfinite(delta).all()

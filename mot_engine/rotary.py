@@ -1,9 +1,9 @@
-"""Rotary position embedding for decode steps as one Triton kernel per tensor (queries, keys).
+"""Rotary position embedding for decode steps as one Triton kernel for queries and keys together.
 
 transformers' `apply_rotary_pos_emb` (Llama, Qwen2, Mistral, Starcoder2, ...) is ten small kernels per layer —
 two multiplies, a negation, a concatenation and an add for each of q and k — each launched for a few hundred
 bytes at batch 1. This kernel reads x, cos and sin once and writes x * cos + rotate_half(x) * sin, in float32
-with one rounding at the end. Optional: it needs Triton (shipped with CUDA builds of PyTorch).
+with one rounding at the end; `rotary_pair` does it for q's and k's heads in one launch. Optional: it needs Triton (shipped with CUDA builds of PyTorch).
 """
 
 from __future__ import annotations
@@ -43,7 +43,35 @@ def _kernel():
         tl.store(y + d, (x1 * c1 - x2 * s1).to(y_ptr.dtype.element_ty), mask=m)
         tl.store(y + HALF + d, (x2 * c2 + x1 * s2).to(y_ptr.dtype.element_ty), mask=m)
 
-    return triton, rotary_kernel
+    @triton.jit
+    def rotary_pair_kernel(q_ptr, cos_ptr, sin_ptr, yq_ptr, k_off, yk_off, HQ, HK, T, sqb, sqh, sqt, skb, skh, skt,
+                           scb, sct, ssb, sst, HALF: tl.constexpr, BLOCK: tl.constexpr):
+        # Programs [0, HQ) of axis 1 rotate q's heads, the rest k's: one launch for both. k and its output are
+        # reached from q's pointers by element offsets (no copy).
+        bt = tl.program_id(0)  # b * T + t
+        hh = tl.program_id(1)
+        is_q = hh < HQ
+        h = tl.where(is_q, hh, hh - HQ)
+        H = tl.where(is_q, HQ, HK)
+        b = bt // T
+        t = bt % T
+        d = tl.arange(0, BLOCK)
+        m = d < HALF
+        x = (q_ptr + tl.where(is_q, 0, k_off) + b * tl.where(is_q, sqb, skb) + h * tl.where(is_q, sqh, skh)
+             + t * tl.where(is_q, sqt, skt))
+        x1 = tl.load(x + d, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(x + HALF + d, mask=m, other=0.0).to(tl.float32)
+        c = cos_ptr + b * scb + t * sct
+        s = sin_ptr + b * ssb + t * sst
+        c1 = tl.load(c + d, mask=m, other=0.0).to(tl.float32)
+        c2 = tl.load(c + HALF + d, mask=m, other=0.0).to(tl.float32)
+        s1 = tl.load(s + d, mask=m, other=0.0).to(tl.float32)
+        s2 = tl.load(s + HALF + d, mask=m, other=0.0).to(tl.float32)
+        y = yq_ptr + tl.where(is_q, 0, yk_off) + ((b * H + h) * T + t) * (2 * HALF)  # outputs contiguous (B, H, T, D)
+        tl.store(y + d, (x1 * c1 - x2 * s1).to(yq_ptr.dtype.element_ty), mask=m)
+        tl.store(y + HALF + d, (x2 * c2 + x1 * s2).to(yq_ptr.dtype.element_ty), mask=m)
+
+    return triton, rotary_kernel, rotary_pair_kernel
 
 
 def available() -> bool:
@@ -52,13 +80,40 @@ def available() -> bool:
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, H, T, D) any strides with a unit last stride; cos, sin (B, T, D) -> contiguous (B, H, T, D)."""
-    triton, kernel = _kernel()
+    triton, kernel, _ = _kernel()
     B, H, T, D = x.shape
     y = torch.empty(B, H, T, D, dtype=x.dtype, device=x.device)
     with on_device(x):
         kernel[(B * T, H)](x, cos, sin, y, H, T, x.stride(0), x.stride(1), x.stride(2), cos.stride(0), cos.stride(1),
                            sin.stride(0), sin.stride(1), HALF=D // 2, BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
     return y
+
+
+def rotary_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rotary(q, cos, sin), rotary(k, cos, sin)` in one launch (the same maths). q (B, Hq, T, D), k (B, Hk, T, D)
+    of one dtype, any strides with a unit last stride."""
+    from .gemv import _element_offset
+
+    triton, _, kernel = _kernel()
+    B, HQ, T, D = q.shape
+    HK = k.shape[1]
+    yq = torch.empty(B, HQ, T, D, dtype=q.dtype, device=q.device)
+    yk = torch.empty(B, HK, T, D, dtype=k.dtype, device=k.device)
+    with on_device(q):
+        kernel[(B * T, HQ + HK)](q, cos, sin, yq, _element_offset(k, q), _element_offset(yk, yq), HQ, HK, T,
+                                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                                 cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), HALF=D // 2,
+                                 BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
+    return yq, yk
+
+
+def as_pair(kernel):
+    """A one-tensor rotary kernel as a (q, k) one, two calls: the references (tests, CPU)."""
+
+    def pair(q, k, cos, sin):
+        return kernel(q, cos, sin), kernel(k, cos, sin)
+
+    return pair
 
 
 def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

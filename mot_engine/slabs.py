@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .decode_attention import CACHE_WRITE, write_token
 from .interaction import MemorySlot
 from .model import MemoryContext
 
@@ -116,8 +117,11 @@ def _slab_layer_class():
                 self.lazy_initialization(key_states, value_states)
             if key_states.shape[-2] != 1:
                 raise ValueError(f"a slab cache layer takes one token per step, got {key_states.shape[-2]}")
-            self.keys.index_copy_(2, self.cumulative_length, key_states)
-            self.values.index_copy_(2, self.cumulative_length, value_states)
+            if CACHE_WRITE["on"] and key_states.is_cuda and key_states.dtype == self.keys.dtype:
+                write_token(self.keys, self.values, key_states, value_states, self.cumulative_length)  # one launch
+            else:
+                self.keys.index_copy_(2, self.cumulative_length, key_states)
+                self.values.index_copy_(2, self.cumulative_length, value_states)
             return self.keys, self.values
 
     return SlabLayer

@@ -140,13 +140,15 @@ def test_rotary_reference_equals_the_family_function(model_type):
     import importlib
 
     from mot_engine.kernels import computes_rotary
-    from mot_engine.rotary import rotary_reference
+    from mot_engine.rotary import as_pair, rotary_reference
 
     family = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
     original = getattr(family.apply_rotary_pos_emb, "mot_original", family.apply_rotary_pos_emb)
-    assert computes_rotary(original, rotary_reference, torch.device("cpu"), torch.float32)
+    assert computes_rotary(original, as_pair(rotary_reference), torch.device("cpu"), torch.float32)
     wrong = lambda x, cos, sin: rotary_reference(x, cos, -sin)  # noqa: E731 — the probe must tell them apart
-    assert not computes_rotary(original, wrong, torch.device("cpu"), torch.float32)
+    assert not computes_rotary(original, as_pair(wrong), torch.device("cpu"), torch.float32)
+    swapped = lambda q, k, cos, sin: as_pair(rotary_reference)(k, q, cos, sin)  # noqa: E731
+    assert not computes_rotary(original, swapped, torch.device("cpu"), torch.float32)
 
 
 def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
@@ -173,7 +175,7 @@ def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton rotary kernel needs a CUDA GPU")
 def test_triton_rotary_equals_the_reference_on_gpu():
-    from mot_engine.rotary import available, rotary, rotary_reference
+    from mot_engine.rotary import available, rotary, rotary_pair, rotary_reference
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -183,6 +185,9 @@ def test_triton_rotary_equals_the_reference_on_gpu():
             cos, sin = (torch.randn(B, T, D, device="cuda", dtype=dtype) for _ in range(2))
             tol = 1e-6 if dtype == torch.float32 else 1e-2
             torch.testing.assert_close(rotary(x, cos, sin), rotary_reference(x, cos, sin), rtol=tol, atol=tol)
+            k = torch.randn(B, T, max(1, H // 6), D, device="cuda", dtype=dtype).transpose(1, 2)  # grouped k heads
+            yq, yk = rotary_pair(x, k, cos, sin)
+            assert torch.equal(yq, rotary(x, cos, sin)) and torch.equal(yk, rotary(k, cos, sin))
 
 
 def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
@@ -236,12 +241,12 @@ def test_triton_gated_gemv_equals_the_reference_on_gpu():
 
 def test_rotary_probe_refuses_a_function_with_another_signature():
     from mot_engine.kernels import computes_rotary
-    from mot_engine.rotary import rotary_reference
+    from mot_engine.rotary import as_pair, rotary_reference
 
     def needs_positions(q, k, cos, sin, position_ids):  # an older family signature: not ours to replace
         raise AssertionError("never called with four arguments")
 
-    assert not computes_rotary(needs_positions, rotary_reference, torch.device("cpu"), torch.float32)
+    assert not computes_rotary(needs_positions, as_pair(rotary_reference), torch.device("cpu"), torch.float32)
 
 
 def _decode_inputs(C=3, H=6, Hk=2, M=70, D=32, dtype=torch.float32, device="cpu"):
@@ -321,3 +326,217 @@ def test_triton_decode_attention_equals_the_reference_on_gpu():
             for m in (mask, None):
                 torch.testing.assert_close(decode_attention(q, k, v, m, D**-0.5).float(),
                                            decode_attention_reference(q, k, v, m, D**-0.5).float(), rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------- q/k/v in one launch
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])  # q/k/v with biases (Qwen2) and without (Llama)
+def test_qkv_dispatch_runs_one_launch_per_attention_only_inside_the_block(model_type):
+    from mot_engine.gemv import gemv_qkv_reference
+    from mot_engine.kernels import fused_qkv, install_fused_qkv
+
+    model = _tiny_causal_lm(model_type)
+    owner = _Owner([model])
+    keys_before = list(model.state_dict())
+    calls = []
+    assert install_fused_qkv(owner, kernel=_counting(gemv_qkv_reference, calls)) == 2  # one per attention
+    assert install_fused_qkv(owner, kernel=_counting(gemv_qkv_reference, calls)) == 2
+    assert list(model.state_dict()) == keys_before
+    calls.clear()  # the install probes' calls
+    one, two = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1))
+    before = [model(one).logits, model(two).logits]
+    assert not calls
+    with fused_qkv(owner):
+        inside = model(one).logits  # one row: one launch for the three products of each layer
+        assert len(calls) == 2
+        assert torch.equal(model(two).logits, before[1]) and len(calls) == 2  # two rows: each layer's own forward
+        attention = model.model.layers[0].self_attn
+        x, other = torch.randn(1, 1, 32), torch.randn(1, 1, 32)
+        q = attention.q_proj(x)
+        # k_proj called on another tensor than q_proj's computes its own; v_proj on the same one takes the kept result
+        torch.testing.assert_close(attention.k_proj(other), F.linear(other, attention.k_proj.weight,
+                                                                     attention.k_proj.bias), rtol=0, atol=0)
+        torch.testing.assert_close(attention.v_proj(x), F.linear(x, attention.v_proj.weight, attention.v_proj.bias),
+                                   rtol=0, atol=0)
+        assert len(calls) == 3 and q.shape[-1] == attention.q_proj.out_features
+    torch.testing.assert_close(inside, before[0], rtol=0, atol=0)
+    with fused_qkv(owner, on=False):
+        model(one)
+    assert len(calls) == 3
+
+
+def test_qkv_probe_rejects_a_kernel_that_swaps_outputs():
+    from mot_engine.gemv import gemv_qkv_reference
+    from mot_engine.kernels import computes_qkv
+
+    attention = _tiny_causal_lm("qwen2").model.layers[0].self_attn
+    assert computes_qkv(attention, gemv_qkv_reference)
+    assert not computes_qkv(attention, lambda x, w, b: (lambda q, k, v: (q, v, k))(*gemv_qkv_reference(x, w, b)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_qkv_equals_three_gemvs_on_gpu():
+    from mot_engine.gemv import available, default_blocks, gemv, gemv_qkv, gemv_qkv_reference
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        for nq, nk, k, bias in [(1536, 256, 1536, True), (2048, 2048, 2048, False), (3072, 256, 3072, True),
+                                (100, 30, 300, True)]:
+            ws = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for n in (nq, nk, nk)]
+            bs = [torch.randn(n, device="cuda", dtype=dtype) for n in (nq, nk, nk)] if bias else None
+            x = torch.randn(1, 1, k, device="cuda", dtype=dtype)
+            got = gemv_qkv(x, ws, bs)
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            for g, w, b, r in zip(got, ws, bs or [None] * 3, gemv_qkv_reference(x, ws, bs)):
+                assert torch.equal(g, gemv(x, w, b, default_blocks(nq, k)))  # the same blocks, the same sums
+                torch.testing.assert_close(g.float(), r.float(), rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------- interaction
+
+
+def _memory_slots(B, H, S, D, device, n=2, seed=0):
+    from mot_engine.interaction import MemorySlot
+
+    g = torch.Generator().manual_seed(seed)
+    slots = []
+    for r in range(n):
+        mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        mask[0, ..., 10 + r:] = False  # padded memory
+        mask[-1, ..., 1:] = False  # a free slab row: one real key
+        slots.append(MemorySlot(key=torch.randn(B, H, S, D, generator=g).to(device),
+                                value=torch.randn(B, H, S, D, generator=g).to(device), mask=mask.to(device),
+                                weight=torch.rand(B, generator=g).to(device)))
+    return slots
+
+
+def test_memory_attention_reference_equals_the_interaction_attention():
+    from mot_engine.interaction import _attend
+    from mot_engine.interaction_kernels import memory_attention_reference
+
+    slots = _memory_slots(3, 4, 30, 24, "cpu")
+    q = torch.randn(3, 4, 1, 24)
+    want = sum(s.weight.view(3, 1, 1, 1) * _attend(q, s.key, s.value, s.mask) for s in slots)
+    torch.testing.assert_close(memory_attention_reference(q, slots), want, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_interaction_decoding_equals_plain_decoding(perturbed_mot):
+    """Full MoT in fp32, both cache paths: the decode steps' fused interaction path (the kernels' references here)
+    gives the same tokens as InteractionLayer.update, and runs at every stack of every decode step."""
+    import copy
+
+    from mot_engine import GenerationRequest, Generator
+    from mot_engine.interaction_kernels import gated_residual_reference, memory_attention_reference
+    from mot_engine.kernels import install_fused_interaction
+
+    mot = copy.deepcopy(perturbed_mot).eval()
+    reqs = [GenerationRequest(s, mode="full", max_new_tokens=10, stop_at_eos=False, force_active=f)
+            for s, f in (("void f(int* a, int n) { for (int i = 0; i < n; ++i) a[i] = i; }", [0, 1]),
+                         ("int g(int x) { return x * 2; }", [1, 2]))]
+    expected = [r.token_ids for r in Generator(mot, static_cache=True, cuda_graphs=False).generate(reqs)]
+    calls = []
+    assert install_fused_interaction(mot, (_counting(memory_attention_reference, calls),
+                                           _counting(gated_residual_reference, calls), F.linear)) == 1
+    calls.clear()
+    for static in (True, False):
+        gen = Generator(mot, static_cache=static, cuda_graphs=False)
+        gen.fused_interaction = True  # on CPU the Generator enables only what runs there; the references do
+        assert [r.token_ids for r in gen.generate(reqs)] == expected
+        assert len(calls) >= 2 * mot.config.num_stacks * 9  # two kernels per stack, every decode step
+        calls.clear()
+    assert not mot._use_fused_interaction  # off after decoding: training and prefill keep update()
+
+
+def test_fused_interaction_reports_nonfinite_updates(perturbed_mot):
+    import copy
+
+    from mot_engine import GenerationRequest, Generator, NonFiniteError
+    from mot_engine.interaction_kernels import gated_residual_reference, memory_attention_reference
+    from mot_engine.kernels import install_fused_interaction
+
+    mot = copy.deepcopy(perturbed_mot).eval()
+    assert install_fused_interaction(mot, (memory_attention_reference, gated_residual_reference, F.linear)) == 1
+    with torch.no_grad():
+        mot.interaction[1].gate[0].fill_(float("nan"))
+    gen = Generator(mot, static_cache=True, cuda_graphs=False)
+    gen.fused_interaction = True
+    with pytest.raises(NonFiniteError):
+        gen.generate([GenerationRequest("int g(int x) { return x; }", mode="full", max_new_tokens=4,
+                                        force_active=[0, 1])])
+
+
+def test_interaction_probe_rejects_kernels_that_differ(perturbed_mot):
+    from mot_engine.interaction_kernels import gated_residual_reference, memory_attention_reference
+    from mot_engine.kernels import computes_interaction
+
+    mot = perturbed_mot
+    assert computes_interaction(mot, memory_attention_reference, gated_residual_reference, F.linear)
+    first_slot_only = lambda q, slots: memory_attention_reference(q, slots[:1])  # noqa: E731
+    assert not computes_interaction(mot, first_slot_only, gated_residual_reference, F.linear)
+    no_bias = lambda x, w, b: F.linear(x, w)  # noqa: E731
+    assert not computes_interaction(mot, memory_attention_reference, gated_residual_reference, no_bias)
+
+    def no_flag(hidden, y, norm, gate, weight, clamp, nonfinite):
+        return gated_residual_reference(hidden, y, norm, gate, weight, clamp, torch.zeros_like(nonfinite))
+
+    assert not computes_interaction(mot, memory_attention_reference, no_flag, F.linear)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_interaction_kernels_equal_the_references_on_gpu():
+    from types import SimpleNamespace
+
+    from mot_engine.interaction_kernels import (available, gated_residual, gated_residual_reference, memory_attention,
+                                                memory_attention_reference)
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for B, H, T, S, D in [(1, 8, 1, 211, 192), (16, 8, 1, 300, 192), (3, 4, 5, 40, 24)]:
+        slots = _memory_slots(B, H, S, D, "cuda")
+        q = torch.randn(B, H, T, D, device="cuda")
+        for used in (slots[:1], slots):
+            torch.testing.assert_close(memory_attention(q, used), memory_attention_reference(q, used),
+                                       rtol=1e-4, atol=1e-4)
+    for dtype in (torch.float32, torch.bfloat16):
+        for B, T, d in [(1, 1, 1536), (16, 1, 2048), (2, 3, 3072), (2, 1, 100)]:
+            norm = SimpleNamespace(weight=torch.randn(d, device="cuda"), bias=torch.randn(d, device="cuda"), eps=1e-5,
+                                   normalized_shape=(d,))
+            hidden = torch.randn(B, T, d, device="cuda").to(dtype)
+            y, gate, weight = torch.randn(B, T, d, device="cuda") * 3, torch.randn(d, device="cuda"), torch.rand(B, device="cuda")
+            flags = [torch.zeros((), dtype=torch.bool, device="cuda") for _ in range(2)]
+            got = gated_residual(hidden, y, norm, gate, weight, 2.0, flags[0])
+            want = gated_residual_reference(hidden, y, norm, gate, weight, 2.0, flags[1])
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+            assert not flags[0] and not flags[1]
+            y[-1, -1, 7] = float("nan")
+            gated_residual(hidden, y, norm, gate, weight, 2.0, flags[0])
+            assert flags[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_rms_norm_cache_write_and_float32_gemv_on_gpu():
+    from mot_engine.decode_attention import write_token
+    from mot_engine.interaction_kernels import linear
+    from mot_engine.rms_norm import available, rms_norm
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        for shape in [(1, 1, 1536), (16, 1, 2048), (2, 3, 3072), (1, 1, 100)]:
+            x, w = torch.randn(*shape, device="cuda", dtype=dtype), torch.randn(shape[-1], device="cuda", dtype=dtype)
+            torch.testing.assert_close(rms_norm(x, w, 1e-6).float(), F.rms_norm(x, shape[-1:], w, 1e-6).float(),
+                                       rtol=tol, atol=tol)
+        for C, Hk, M, D in [(1, 2, 300, 128), (16, 16, 40, 64)]:
+            keys, values = (torch.randn(C, Hk, M, D, device="cuda", dtype=dtype) for _ in range(2))
+            k = torch.randn(C, Hk, 1, D, device="cuda", dtype=dtype)
+            v = torch.randn(C, 1, Hk, D, device="cuda", dtype=dtype).transpose(1, 2)  # v_proj's view
+            column = torch.tensor([M - 3], device="cuda")
+            want_k, want_v = keys.clone().index_copy_(2, column, k), values.clone().index_copy_(2, column, v)
+            write_token(keys, values, k, v, column)
+            assert torch.equal(keys, want_k) and torch.equal(values, want_v)
+    x, w, b = torch.randn(1, 1, 1536, device="cuda"), torch.randn(2048, 1536, device="cuda") / 40, torch.randn(2048, device="cuda")
+    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
