@@ -117,7 +117,8 @@ def _slab_layer_class():
                 self.lazy_initialization(key_states, value_states)
             if key_states.shape[-2] != 1:
                 raise ValueError(f"a slab cache layer takes one token per step, got {key_states.shape[-2]}")
-            if CACHE_WRITE["on"] and key_states.is_cuda and key_states.dtype == self.keys.dtype:
+            if (CACHE_WRITE["on"] and key_states.is_cuda and key_states.dtype == self.keys.dtype
+                    and not torch.compiler.is_compiling()):  # compiled layers (MOT_COMPILE=1): inductor's own copy
                 write_token(self.keys, self.values, key_states, value_states, self.cumulative_length)  # one launch
             else:
                 self.keys.index_copy_(2, self.cumulative_length, key_states)
