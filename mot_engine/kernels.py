@@ -118,6 +118,28 @@ def install_fused_norms(mot) -> int:
     return count
 
 
+def _install_per_module(mot, name: str, kernel, triton_kernel, eligible, weight_of, probe, dispatch) -> int:
+    """The install loop of a per-module substitution: every eligible module of the experts whose probe passes gets
+    `dispatch(mot, module, kernel, needs_cuda)`. `kernel` None means the Triton one (GPU modules only; none without
+    Triton); a given kernel (tests) also serves CPU modules. Sets mot._use_{name} (off) and mot._{name}_installed
+    (the count, returned). Idempotent."""
+    installed = f"_{name}_installed"
+    if getattr(mot, installed, None) is not None:
+        return getattr(mot, installed)
+    setattr(mot, f"_use_{name}", False)
+    needs_cuda = kernel is None
+    count = 0
+    if kernel is not None or available():
+        kernel = kernel or triton_kernel
+        for model in mot.experts:
+            for module in model.modules():
+                if eligible(module) and (weight_of(module).is_cuda or not needs_cuda) and probe(module, kernel):
+                    dispatch(mot, module, kernel, needs_cuda)
+                    count += 1
+    setattr(mot, installed, count)
+    return count
+
+
 class _Substitution:
     """Turns one installed substitution on (or off) for the duration of a block; restores the previous state."""
 
@@ -256,23 +278,8 @@ def install_fused_qkv(mot, kernel=None) -> int:
     """Give every attention whose q, k and v projections are plain linear layers of one input a dispatching trio:
     one-row inputs inside `fused_qkv(mot)` run the three products in one launch (mot_engine/gemv.py's `gemv_qkv`).
     Idempotent; returns how many attentions dispatch (0 without Triton or a GPU, unless a `kernel` is given — tests)."""
-    if getattr(mot, "_fused_qkv_installed", None) is not None:
-        return mot._fused_qkv_installed
-    mot._use_fused_qkv = False
-    needs_cuda = kernel is None
-    if kernel is None and not available():
-        mot._fused_qkv_installed = 0
-        return 0
-    kernel = kernel or gemv_qkv
-    count = 0
-    for model in mot.experts:
-        for module in model.modules():
-            if (_is_qkv_attention(module) and (module.q_proj.weight.is_cuda or not needs_cuda)
-                    and computes_qkv(module, kernel)):
-                _dispatch_qkv(mot, module, kernel, needs_cuda)
-                count += 1
-    mot._fused_qkv_installed = count
-    return count
+    return _install_per_module(mot, "fused_qkv", kernel, gemv_qkv, _is_qkv_attention, lambda m: m.q_proj.weight,
+                               computes_qkv, _dispatch_qkv)
 
 
 class fused_qkv(_Substitution):
@@ -328,23 +335,8 @@ def install_fused_mlp(mot, kernel=None) -> int:
     `fused_mlp(mot)` compute silu(gate) * up in one pass over both weights (mot_engine/gemv.py's `gemv_glu`), then
     down_proj. Four kernels (two products, SiLU, multiply) become one. Idempotent; returns how many dispatch (0
     without Triton or a GPU, unless a `kernel` is given — tests)."""
-    if getattr(mot, "_fused_mlp_installed", None) is not None:
-        return mot._fused_mlp_installed
-    mot._use_fused_mlp = False
-    needs_cuda = kernel is None
-    if kernel is None and not available():
-        mot._fused_mlp_installed = 0
-        return 0
-    kernel = kernel or gemv_glu
-    count = 0
-    for model in mot.experts:
-        for module in model.modules():
-            if (_is_gated_mlp(module) and (module.gate_proj.weight.is_cuda or not needs_cuda)
-                    and computes_gated_mlp(module, kernel)):
-                _dispatch_mlp(mot, module, kernel, needs_cuda)
-                count += 1
-    mot._fused_mlp_installed = count
-    return count
+    return _install_per_module(mot, "fused_mlp", kernel, gemv_glu, _is_gated_mlp, lambda m: m.gate_proj.weight,
+                               computes_gated_mlp, _dispatch_mlp)
 
 
 class fused_mlp(_Substitution):

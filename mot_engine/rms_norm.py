@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from .gemv import available as gemv_available
 from .gemv import on_device
 
 MAX_ROWS = 16  # more rows: torch's kernel (it parallelises within rows too)
@@ -36,11 +37,7 @@ def _kernel():
 
 
 def available() -> bool:
-    try:
-        _kernel()
-    except ImportError:
-        return False
-    return True
+    return gemv_available()  # the same requirement: Triton importable
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -22,28 +22,6 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def rotary_kernel(x_ptr, cos_ptr, sin_ptr, y_ptr, H, T, sxb, sxh, sxt, scb, sct, ssb, sst,
-                      HALF: tl.constexpr, BLOCK: tl.constexpr):
-        bt = tl.program_id(0)  # b * T + t
-        h = tl.program_id(1)
-        b = bt // T
-        t = bt % T
-        d = tl.arange(0, BLOCK)
-        m = d < HALF
-        x = x_ptr + b * sxb + h * sxh + t * sxt
-        x1 = tl.load(x + d, mask=m, other=0.0).to(tl.float32)
-        x2 = tl.load(x + HALF + d, mask=m, other=0.0).to(tl.float32)
-        c = cos_ptr + b * scb + t * sct
-        s = sin_ptr + b * ssb + t * sst
-        c1 = tl.load(c + d, mask=m, other=0.0).to(tl.float32)
-        c2 = tl.load(c + HALF + d, mask=m, other=0.0).to(tl.float32)
-        s1 = tl.load(s + d, mask=m, other=0.0).to(tl.float32)
-        s2 = tl.load(s + HALF + d, mask=m, other=0.0).to(tl.float32)
-        y = y_ptr + ((b * H + h) * T + t) * (2 * HALF)  # y is contiguous (B, H, T, D)
-        tl.store(y + d, (x1 * c1 - x2 * s1).to(y_ptr.dtype.element_ty), mask=m)
-        tl.store(y + HALF + d, (x2 * c2 + x1 * s2).to(y_ptr.dtype.element_ty), mask=m)
-
-    @triton.jit
     def rotary_pair_kernel(q_ptr, cos_ptr, sin_ptr, yq_ptr, k_off, yk_off, HQ, HK, T, sqb, sqh, sqt, skb, skh, skt,
                            scb, sct, ssb, sst, HALF: tl.constexpr, BLOCK: tl.constexpr):
         # Programs [0, HQ) of axis 1 rotate q's heads, the rest k's: one launch for both. k and its output are
@@ -71,7 +49,7 @@ def _kernel():
         tl.store(y + d, (x1 * c1 - x2 * s1).to(yq_ptr.dtype.element_ty), mask=m)
         tl.store(y + HALF + d, (x2 * c2 + x1 * s2).to(yq_ptr.dtype.element_ty), mask=m)
 
-    return triton, rotary_kernel, rotary_pair_kernel
+    return triton, rotary_pair_kernel
 
 
 def available() -> bool:
@@ -80,28 +58,27 @@ def available() -> bool:
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, H, T, D) any strides with a unit last stride; cos, sin (B, T, D) -> contiguous (B, H, T, D)."""
-    triton, kernel, _ = _kernel()
-    B, H, T, D = x.shape
-    y = torch.empty(B, H, T, D, dtype=x.dtype, device=x.device)
-    with on_device(x):
-        kernel[(B * T, H)](x, cos, sin, y, H, T, x.stride(0), x.stride(1), x.stride(2), cos.stride(0), cos.stride(1),
-                           sin.stride(0), sin.stride(1), HALF=D // 2, BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
-    return y
+    return _launch(x, None, cos, sin)[0]
 
 
 def rotary_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`rotary(q, cos, sin), rotary(k, cos, sin)` in one launch (the same maths). q (B, Hq, T, D), k (B, Hk, T, D)
     of one dtype, any strides with a unit last stride."""
+    return _launch(q, k, cos, sin)
+
+
+def _launch(q, k, cos, sin):
     from .gemv import _element_offset
 
-    triton, _, kernel = _kernel()
+    triton, kernel = _kernel()
     B, HQ, T, D = q.shape
-    HK = k.shape[1]
+    HK = k.shape[1] if k is not None else 0
     yq = torch.empty(B, HQ, T, D, dtype=q.dtype, device=q.device)
-    yk = torch.empty(B, HK, T, D, dtype=k.dtype, device=k.device)
+    yk = torch.empty(B, HK, T, D, dtype=q.dtype, device=q.device) if k is not None else None
+    kk, yy = (k, yk) if k is not None else (q, yq)  # no k: its offsets and strides are never used
     with on_device(q):
-        kernel[(B * T, HQ + HK)](q, cos, sin, yq, _element_offset(k, q), _element_offset(yk, yq), HQ, HK, T,
-                                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        kernel[(B * T, HQ + HK)](q, cos, sin, yq, _element_offset(kk, q), _element_offset(yy, yq), HQ, HK, T,
+                                 q.stride(0), q.stride(1), q.stride(2), kk.stride(0), kk.stride(1), kk.stride(2),
                                  cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), HALF=D // 2,
                                  BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
     return yq, yk
