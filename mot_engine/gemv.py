@@ -111,8 +111,11 @@ def _qkv_kernel():
 
 
 def on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it t's (experts may sit on several GPUs)."""
-    return contextlib.nullcontext() if t.device.index == torch.cuda.current_device() else torch.cuda.device(t.device)
+    """Triton launches on the current CUDA device: make it t's (experts may sit on several GPUs). CPU tensors (Triton's
+    interpreter, TRITON_INTERPRET=1: the CPU tests) need no device."""
+    if t.device.type != "cuda" or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
 
 
 def available() -> bool:

@@ -1,9 +1,9 @@
 """Triton kernels for the interaction's decode step (mot_engine/interaction.py, `InteractionLayer.decode_update`).
 
 At a decode step the primary's few new positions read the secondaries' prompt memory at every stack boundary. In
-plain torch that update is ~28 small kernels per stack (casts, two LayerNorms, five products, a masked softmax, the
+plain torch that update is ~28 small kernels per stack (casts, two LayerNorms, six products, a masked softmax, the
 slot weights, the gate, the clamp, the non-finite check and the residual add), each far below a microsecond of
-work. Here it is eight:
+work. Here it is nine a stack (top-2): the cast and LayerNorm of the query input, and
 
 - `memory_attention`: softmax(q k^T / sqrt(hd) + mask) v over one slot's memory, split over chunks of keys (online
   softmax per chunk, then a combine), times the slot's router weight, written or added into `mixed` (two launches

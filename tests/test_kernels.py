@@ -540,3 +540,40 @@ def test_triton_rms_norm_cache_write_and_float32_gemv_on_gpu():
             assert torch.equal(keys, want_k) and torch.equal(values, want_v)
     x, w, b = torch.randn(1, 1, 1536, device="cuda"), torch.randn(2048, 1536, device="cuda") / 40, torch.randn(2048, device="cuda")
     torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_new_kernels_launch_on_their_tensors_gpu():
+    """Experts may sit on another GPU than the current one: each kernel launches where its tensors are."""
+    from types import SimpleNamespace
+
+    from mot_engine.decode_attention import write_token
+    from mot_engine.gemv import gemv_qkv, gemv_qkv_reference
+    from mot_engine.interaction_kernels import (gated_residual, gated_residual_reference, memory_attention,
+                                                memory_attention_reference)
+    from mot_engine.rms_norm import rms_norm
+    from mot_engine.rotary import rotary_pair, rotary_reference
+
+    dev = "cuda:1"
+    assert torch.cuda.current_device() == 0
+    ws, bs, x = [torch.randn(n, 64, device=dev) for n in (64, 16, 16)], [torch.randn(n, device=dev) for n in (64, 16, 16)], torch.randn(1, 64, device=dev)
+    for got, want in zip(gemv_qkv(x, ws, bs), gemv_qkv_reference(x, ws, bs)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    q, k = torch.randn(1, 4, 1, 32, device=dev), torch.randn(1, 2, 1, 32, device=dev)
+    cos, sin = torch.randn(1, 1, 32, device=dev), torch.randn(1, 1, 32, device=dev)
+    for got, t in zip(rotary_pair(q, k, cos, sin), (q, k)):
+        torch.testing.assert_close(got, rotary_reference(t, cos, sin), rtol=1e-5, atol=1e-5)
+    w = torch.randn(64, device=dev)
+    torch.testing.assert_close(rms_norm(x, w, 1e-6), F.rms_norm(x, (64,), w, 1e-6), rtol=1e-5, atol=1e-5)
+    keys, values = torch.zeros(1, 2, 8, 32, device=dev), torch.zeros(1, 2, 8, 32, device=dev)
+    write_token(keys, values, k, k, torch.tensor([3], device=dev))
+    assert torch.equal(keys[:, :, 3:4], k) and torch.equal(values[:, :, 3:4], k)
+    slots = _memory_slots(2, 4, 30, 24, dev)
+    qm = torch.randn(2, 4, 1, 24, device=dev)
+    torch.testing.assert_close(memory_attention(qm, slots), memory_attention_reference(qm, slots), rtol=1e-4, atol=1e-4)
+    norm = SimpleNamespace(weight=torch.randn(64, device=dev), bias=torch.randn(64, device=dev), eps=1e-5,
+                           normalized_shape=(64,))
+    h, y, gate, pw = torch.randn(2, 1, 64, device=dev), torch.randn(2, 1, 64, device=dev), torch.randn(64, device=dev), torch.rand(2, device=dev)
+    flags = [torch.zeros((), dtype=torch.bool, device=dev) for _ in range(2)]
+    torch.testing.assert_close(gated_residual(h, y, norm, gate, pw, 2.0, flags[0]),
+                               gated_residual_reference(h, y, norm, gate, pw, 2.0, flags[1]), rtol=1e-4, atol=1e-4)
