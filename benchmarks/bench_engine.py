@@ -363,6 +363,9 @@ def main(argv=None) -> int:
         print(f"compile warm-up (first generation) fast {results['detail']['fast_compiled']['warm_up_s']:.0f} s, "
               f"full {results['detail']['full_compiled']['warm_up_s']:.0f} s")
     print(f"full MoT vs our fast mode: {rows['ours_full_mot'] / fast:.2f}x")
+    ladder = results["detail"]["ladder"]
+    print("first token (routing + prefill) ms, fast / full: " + ", ".join(
+        f"{name} {1e3 * r['fast']['first_token_s']:.1f} / {1e3 * r['full']['first_token_s']:.1f}" for name, r in ladder.items()))
     print(f"batch {args.batch} (fast) vs batch 1: {rows[f'ours_fast_batch{args.batch}_total'] / fast:.1f}x; "
           f"(full) {rows[f'ours_full_batch{args.batch}_total'] / rows['ours_full_mot']:.1f}x")
     print(f"routing p50/p95 ms: tiny encoder {results['routing_tiny_encoder_ms']}, deberta-v3-large shape "

@@ -233,10 +233,12 @@ class Generator:
         return ", ".join(parts)
 
     def substitutions(self, decoding: bool = True):
-        """The kernel substitutions this engine uses, on for a decode step (mot_engine/kernels.py)."""
-        return decode_substitutions(self.mot, norms=self.fused_norms and decoding, gemv=self.triton_gemv and decoding,
+        """The kernel substitutions this engine uses (mot_engine/kernels.py): all of them for a decode step; for a
+        prefill (the primary's prompt, the secondaries' prompts) the fused norms and rotary, which take any number
+        of positions — an eager prefill is bound by launching kernels, and they launch ~1/3 fewer."""
+        return decode_substitutions(self.mot, norms=self.fused_norms, gemv=self.triton_gemv and decoding,
                                     qkv=self.fused_qkv and decoding, mlp=self.fused_mlp and decoding,
-                                    rotary=self.fused_rotary and decoding, attention=self.decode_attention and decoding,
+                                    rotary=self.fused_rotary, attention=self.decode_attention and decoding,
                                     cache_write=self.fused_cache_write and decoding,
                                     interaction=self.fused_interaction and decoding)
 
@@ -372,10 +374,11 @@ class Generator:
             ctx = None
             if mode == "full":
                 routing = _stack_routings([(r, b) for _, r, b in members])
-                ctx = mot.memory_context(
-                    [s.request.source for s, _, _ in members], routing,
-                    prompts=[s.prompt_ids for s, _, _ in members],
-                )
+                with self.substitutions(decoding=False):  # the secondaries' prompts: a prefill
+                    ctx = mot.memory_context(
+                        [s.request.source for s, _, _ in members], routing,
+                        prompts=[s.prompt_ids for s, _, _ in members],
+                    )
             seqs = [s for s, _, _ in members]
             for s in seqs:
                 s.rng = _rng(s.request.seed, mot.experts[primary])

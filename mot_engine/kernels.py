@@ -617,7 +617,8 @@ class fused_interaction(_Substitution):
 @contextlib.contextmanager
 def decode_substitutions(mot, *, norms: bool, gemv: bool, qkv: bool, mlp: bool, rotary: bool, attention: bool,
                          cache_write: bool, interaction: bool):
-    """Every installed substitution switched as asked, for one decode step (or prefill, all off)."""
+    """Every installed substitution switched as asked, for one of the Generator's forwards (a decode step or a
+    prefill); training and scoring run outside, with every substitution off."""
     with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_qkv(mot, qkv), fused_mlp(mot, mlp), \
             fused_rotary(rotary), decode_attention_on(attention), fused_cache_write(cache_write), \
             fused_interaction(mot, interaction):
