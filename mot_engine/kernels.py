@@ -356,6 +356,8 @@ _ROTARY = {"on": False}
 def _rotary_applies(q, k, cos, sin, args, kwargs) -> bool:
     return (_ROTARY["on"] and not args and not kwargs and q.dim() == 4 and k.dim() == 4
             and cos.dim() == 3 and cos.shape == sin.shape and cos.shape[-1] == q.shape[-1] == k.shape[-1]
+            and cos.shape[0] in (1, q.shape[0]) and cos.shape[1] == q.shape[2] == k.shape[2]  # a prefill's cos: (1, T, D)
+            and k.shape[0] == q.shape[0]
             and q.shape[-1] % 2 == 0 and q.dtype == k.dtype == cos.dtype == sin.dtype
             and q.stride(-1) == k.stride(-1) == cos.stride(-1) == sin.stride(-1) == 1
             and not torch.compiler.is_compiling())  # compiled layers: inductor fuses the original itself

@@ -57,7 +57,7 @@ def available() -> bool:
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) any strides with a unit last stride; cos, sin (B, T, D) -> contiguous (B, H, T, D)."""
+    """x (B, H, T, D) any strides with a unit last stride; cos, sin (B or 1, T, D) -> contiguous (B, H, T, D)."""
     return _launch(x, None, cos, sin)[0]
 
 
@@ -79,9 +79,17 @@ def _launch(q, k, cos, sin):
     with on_device(q):
         kernel[(B * T, HQ + HK)](q, cos, sin, yq, _element_offset(kk, q), _element_offset(yy, yq), HQ, HK, T,
                                  q.stride(0), q.stride(1), q.stride(2), kk.stride(0), kk.stride(1), kk.stride(2),
-                                 cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), HALF=D // 2,
+                                 *_row_strides(cos, B), *_row_strides(sin, B), HALF=D // 2,
                                  BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
     return yq, yk
+
+
+def _row_strides(t: torch.Tensor, rows: int) -> tuple[int, int]:
+    """Strides of cos/sin (B or 1, T, D) over rows and positions: one row serves every row of x (stride 0), as the
+    family function broadcasts it (a prefill without position ids)."""
+    if t.shape[0] not in (1, rows):
+        raise ValueError(f"rotary: cos/sin rows {t.shape[0]} fit neither 1 nor x's {rows}")
+    return (t.stride(0) if t.shape[0] == rows else 0), t.stride(1)
 
 
 def as_pair(kernel):

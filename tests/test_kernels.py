@@ -188,6 +188,8 @@ def test_triton_rotary_equals_the_reference_on_gpu():
             k = torch.randn(B, T, max(1, H // 6), D, device="cuda", dtype=dtype).transpose(1, 2)  # grouped k heads
             yq, yk = rotary_pair(x, k, cos, sin)
             assert torch.equal(yq, rotary(x, cos, sin)) and torch.equal(yk, rotary(k, cos, sin))
+            yq, _ = rotary_pair(x, k, cos[:1], sin[:1])  # a batched prefill's cos/sin: one row for all
+            torch.testing.assert_close(yq, rotary_reference(x, cos[:1], sin[:1]), rtol=tol, atol=tol)
 
 
 def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():

@@ -82,6 +82,10 @@ def test_rotary_pair(dtype):
         torch.testing.assert_close(yq, rotary.rotary_reference(q, cos, sin), **_tol(dtype))
         torch.testing.assert_close(yk, rotary.rotary_reference(k, cos, sin), **_tol(dtype))
         assert torch.equal(yk, rotary.rotary(k, cos, sin))
+        # a batched prefill without position ids: one row of cos/sin for every row of q and k
+        yq, yk = rotary.rotary_pair(q, k, cos[:1], sin[:1])
+        torch.testing.assert_close(yq, rotary.rotary_reference(q, cos[:1], sin[:1]), **_tol(dtype))
+        torch.testing.assert_close(yk, rotary.rotary_reference(k, cos[:1], sin[:1]), **_tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
