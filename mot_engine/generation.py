@@ -148,8 +148,8 @@ class Generator:
         self.compile_layers = self.cuda_graphs and os.environ.get("MOT_COMPILE", "0") == "1"
         if self.compile_layers:
             _install_compiled_layers(mot)
-        # Decode steps run the experts' RMSNorms as one fused kernel each (mot_engine/kernels.py: ~1/3 fewer kernels
-        # per token); prefill, training and scoring keep the experts' own forward. MOT_FUSED_NORMS=0 turns it off.
+        # Decode steps and prefills run the experts' RMSNorms as one fused kernel each (mot_engine/kernels.py: ~1/3
+        # fewer kernels per token); training and scoring keep the experts' own forward. MOT_FUSED_NORMS=0: off.
         self.fused_norms = os.environ.get("MOT_FUSED_NORMS", "1") != "0"
         if self.fused_norms:
             install_fused_norms(mot)
