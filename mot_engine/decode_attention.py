@@ -14,7 +14,8 @@ import functools
 
 import torch
 
-from .gemv import on_device
+from .gemv import available as gemv_available
+from .gemv import element_offset, on_device
 
 BLOCK_M = 64  # cache columns per program and iteration
 
@@ -126,25 +127,19 @@ def write_token(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, val
     """keys[:, :, column] = key and values[:, :, column] = value in one launch (index_copy_ along the columns).
     keys/values (C, Hk, M, D) contiguous caches of one dtype and shape; key/value (C, Hk, 1, D) any strides with a
     unit last stride; column (1,) long on the device."""
-    from .gemv import _element_offset
-
     triton, _, _, kernel = _kernels()
     C, HK, _, D = key.shape
     if key.stride(-1) != 1 or value.stride(-1) != 1 or keys.stride() != values.stride():
         raise ValueError("write_token needs unit last strides and caches of one layout")
     with on_device(keys):
-        kernel[(C * HK, 2)](key, keys, column, _element_offset(value, key), _element_offset(values, keys), HK,
+        kernel[(C * HK, 2)](key, keys, column, element_offset(value, key), element_offset(values, keys), HK,
                             key.stride(0), key.stride(1), value.stride(0), value.stride(1),
                             keys.stride(0), keys.stride(1), keys.stride(2), D=D, BLOCK=triton.next_power_of_2(D),
                             num_warps=1)
 
 
 def available() -> bool:
-    try:
-        _kernels()
-    except ImportError:
-        return False
-    return True
+    return gemv_available()  # the same requirement: Triton importable
 
 
 def supported(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:

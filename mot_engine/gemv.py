@@ -213,8 +213,9 @@ def gemv_glu_reference(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) ->
     return (torch.nn.functional.silu(xf @ gate.float().T) * (xf @ up.float().T)).to(x.dtype)
 
 
-def _element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
-    """t's address relative to base's, in elements (the kernel reaches k's and v's weights from q's pointer)."""
+def element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
+    """t's address relative to base's, in elements: kernels that serve several tensors in one launch (q/k/v, the
+    rotary pair, the cache write) reach the others from one pointer."""
     diff = t.data_ptr() - base.data_ptr()
     assert diff % t.element_size() == 0, "allocations are element-aligned"
     return diff // t.element_size()
@@ -235,8 +236,8 @@ def gemv_qkv(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor, torch.T
     bq, bk, bv = biases if biases is not None else (wq, wq, wq)
     grid = (triton.cdiv(nq, block_n) + triton.cdiv(nk, block_n) + triton.cdiv(nv, block_n), x2.shape[0])
     with on_device(x):
-        kernel[grid](x2, wq, bq, y, _element_offset(wk, wq), _element_offset(wv, wq), _element_offset(bk, bq),
-                     _element_offset(bv, bq), nq, nk, nv, K, x2.stride(0), y.stride(0), HAS_BIAS=biases is not None,
+        kernel[grid](x2, wq, bq, y, element_offset(wk, wq), element_offset(wv, wq), element_offset(bk, bq),
+                     element_offset(bv, bq), nq, nk, nv, K, x2.stride(0), y.stride(0), HAS_BIAS=biases is not None,
                      BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
     y = y.view(*x.shape[:-1], nq + nk + nv)
     return y[..., :nq], y[..., nq:nq + nk], y[..., nq + nk:]

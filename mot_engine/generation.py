@@ -153,12 +153,12 @@ class Generator:
         self.fused_norms = os.environ.get("MOT_FUSED_NORMS", "1") != "0"
         if self.fused_norms:
             install_fused_norms(mot)
-        # Decode steps on CUDA also run Triton kernels in place of the experts' small ones (mot_engine/kernels.py),
+        # Decode steps (and, for the rotary, prefills) on CUDA also run Triton kernels in place of the experts' small ones (mot_engine/kernels.py),
         # each installed where a probe shows the same function and switched off by its variable (=0):
         # MOT_TRITON_GEMV: one-row linear layers (cuBLAS runs M=1 products well below the bandwidth);
         # MOT_FUSED_QKV: an attention's q, k and v products in one launch;
         # MOT_FUSED_MLP: a gated MLP's gate and up products, SiLU and product in one kernel;
-        # MOT_FUSED_ROTARY: the rotary embedding, one kernel per tensor (ten small ones per layer otherwise);
+        # MOT_FUSED_ROTARY: the rotary embedding of q and k in one launch (ten small kernels per layer otherwise);
         # MOT_DECODE_ATTENTION: one-query attention over the cache, split across its columns (else torch's SDPA);
         # MOT_FUSED_CACHE_WRITE: a slab layer's key and value written into the cache in one launch;
         # MOT_FUSED_INTERACTION: the interaction's attention to the memory, and its gated residual, one kernel each.

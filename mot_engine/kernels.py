@@ -1,8 +1,10 @@
-"""Decode-step kernel substitutions, same maths: a fused RMSNorm for the frozen experts' norms, the Triton
-matrix-vector kernel (mot_engine/gemv.py) for their one-row linear layers, one kernel for a gated MLP's gate and up
-products with the SiLU and the product, one kernel per tensor for the rotary embedding (mot_engine/rotary.py), and
-split-K attention of the one new token over the cache (mot_engine/decode_attention.py). `decode_substitutions`
-switches them all for one decode step.
+"""Kernel substitutions for the Generator's forwards, same maths: a fused RMSNorm for the frozen experts' norms
+(mot_engine/rms_norm.py for a few rows), the Triton matrix-vector kernel (mot_engine/gemv.py) for their one-row
+linear layers, one launch for an attention's q/k/v products, one kernel for a gated MLP's gate and up products with
+the SiLU and the product, one launch for q's and k's rotary embedding (mot_engine/rotary.py), split-K attention of
+the one new token over the cache and a one-launch cache write (mot_engine/decode_attention.py), and the
+interaction's fused decode path (mot_engine/interaction_kernels.py). `decode_substitutions` switches them for one
+forward: all of them in a decode step, the norms and rotary in a prefill.
 
 Batch-1 decoding of a 1-3B expert runs far below the GPU's bandwidth: many small kernels and M=1 matrix products
 (BENCHMARKS.md, "Where the time goes"). transformers' RMSNorm of the Llama family (Llama, Qwen2, Mistral, ...) is eight elementwise and
@@ -25,6 +27,7 @@ value). The engine's parity checks compare paths in float32 (see gpu-decoding no
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +88,6 @@ def _dispatch(flag_owner, module: torch.nn.Module, rows_kernel) -> None:
     module.forward = forward
 
 
-@torch.no_grad()
 def rows_kernel(weight: torch.Tensor):
     """mot_engine/rms_norm.py's kernel for a few rows on this weight's GPU, if Triton is there and a probe shows it
     equal to `F.rms_norm`; else None (torch's kernel serves all shapes)."""
@@ -93,10 +95,20 @@ def rows_kernel(weight: torch.Tensor):
 
     if not weight.is_cuda or not rms_norm.available():
         return None
+    return _rows_kernel_probe(weight.device, weight.dtype, weight.numel())
+
+
+@functools.cache
+@torch.no_grad()
+def _rows_kernel_probe(device: torch.device, dtype: torch.dtype, n: int):
+    """The kernel's maths does not depend on the weight's values: one probe per (device, dtype, width) serves every
+    norm of that shape (an expert has ~60)."""
+    from . import rms_norm
+
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(2, 1, weight.numel(), generator=gen).to(weight.device, weight.dtype)
-    want = F.rms_norm(x, (weight.numel(),), weight, 1e-6).float()
-    tol = 1e-5 if weight.dtype == torch.float32 else 2e-2
+    x, weight = (t.to(device, dtype) for t in (torch.randn(2, 1, n, generator=gen), torch.randn(n, generator=gen)))
+    want = F.rms_norm(x, (n,), weight, 1e-6).float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
     return rms_norm.rms_norm if torch.allclose(rms_norm.rms_norm(x, weight, 1e-6).float(), want, rtol=tol, atol=tol) else None
 
 
@@ -157,7 +169,8 @@ class _Substitution:
 
 
 class fused_norms(_Substitution):
-    """Within this block the installed norms run `F.rms_norm` (one kernel); outside it, their own forward."""
+    """Within this block the installed norms run one fused kernel (few rows: mot_engine/rms_norm.py, else
+    `F.rms_norm`); outside it, their own forward."""
 
     flag, installed = "_use_fused_norms", "_fused_norms_installed"
 
@@ -441,7 +454,7 @@ class _GlobalSwitch:
 
 
 class fused_rotary(_GlobalSwitch):
-    """Within this block, installed families compute the rotary embedding with one kernel per tensor."""
+    """Within this block, installed families rotate q and k with one launch."""
 
     state = _ROTARY
 

@@ -13,7 +13,7 @@ import functools
 import torch
 
 from .gemv import available as gemv_available
-from .gemv import on_device
+from .gemv import element_offset, on_device
 
 
 @functools.cache
@@ -68,8 +68,6 @@ def rotary_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.
 
 
 def _launch(q, k, cos, sin):
-    from .gemv import _element_offset
-
     triton, kernel = _kernel()
     B, HQ, T, D = q.shape
     HK = k.shape[1] if k is not None else 0
@@ -77,7 +75,7 @@ def _launch(q, k, cos, sin):
     yk = torch.empty(B, HK, T, D, dtype=q.dtype, device=q.device) if k is not None else None
     kk, yy = (k, yk) if k is not None else (q, yq)  # no k: its offsets and strides are never used
     with on_device(q):
-        kernel[(B * T, HQ + HK)](q, cos, sin, yq, _element_offset(kk, q), _element_offset(yy, yq), HQ, HK, T,
+        kernel[(B * T, HQ + HK)](q, cos, sin, yq, element_offset(kk, q), element_offset(yy, yq), HQ, HK, T,
                                  q.stride(0), q.stride(1), q.stride(2), kk.stride(0), kk.stride(1), kk.stride(2),
                                  *_row_strides(cos, B), *_row_strides(sin, B), HALF=D // 2,
                                  BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
