@@ -22,8 +22,8 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def gemv_kernel(x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_n = tl.program_id(0)
         m = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features of this program
@@ -38,6 +38,9 @@ def _kernel():
         y = tl.sum(acc, axis=1)  # (BLOCK_N,)
         if HAS_BIAS:
             y += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:  # r + round(y): the product rounded first, then the add, as two torch ops would do it
+            r = tl.load(r_ptr + m * stride_rm + rn, mask=rn < N, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
 
     return triton, gemv_kernel
@@ -154,8 +157,9 @@ def gemv_op():
         y = torch.empty(M, N, dtype=x.dtype, device=x.device)
         block_n, block_k, warps = default_blocks(N, K)
         wrap_triton(kernel)[(triton.cdiv(N, block_n), M)](
-            x, weight, bias if bias is not None else weight, y, N, K, x.stride(0), weight.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+            x, weight, bias if bias is not None else weight, y, y, N, K, x.stride(0), weight.stride(0), y.stride(0),
+            y.stride(0), HAS_BIAS=bias is not None, HAS_RESIDUAL=False, BLOCK_N=block_n, BLOCK_K=block_k,
+            num_warps=warps)
         return y
 
     _gemv.__annotations__ = {"x": torch.Tensor, "weight": torch.Tensor, "bias": Optional[torch.Tensor],
@@ -164,18 +168,36 @@ def gemv_op():
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """x (..., K) with few rows, weight (N, K) contiguous, bias (N,) or None -> (..., N) in x's dtype."""
+         blocks: tuple[int, int, int] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) with few rows, weight (N, K) contiguous, bias (N,) or None -> (..., N) in x's dtype.
+    With `residual` (..., N) in x's dtype: residual + (x W^T + b), bit for bit the two torch ops (a decoder layer's
+    second residual add folded into its down projection: the fused-residual substitution, mot_engine/kernels.py)."""
     triton, kernel = _kernel()
     N, K = weight.shape
     x2, y = _rows(x, N)
     M = x2.shape[0]
+    if residual is not None:
+        if residual.shape != (*x.shape[:-1], N) or residual.dtype != x.dtype:
+            raise ValueError(f"the residual must be {(*x.shape[:-1], N)} in {x.dtype}, got {tuple(residual.shape)} "
+                             f"in {residual.dtype}")
+        r2 = residual.reshape(M, N)
+        if r2.stride(-1) != 1:
+            r2 = r2.contiguous()
     block_n, block_k, warps = blocks or default_blocks(N, K)
     grid = (triton.cdiv(N, block_n), M)
     with on_device(x):
-        kernel[grid](x2, weight, bias if bias is not None else weight, y, N, K, x2.stride(0), weight.stride(0),
-                     y.stride(0), HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        kernel[grid](x2, weight, bias if bias is not None else weight, r2 if residual is not None else y, y, N, K,
+                     x2.stride(0), weight.stride(0), r2.stride(0) if residual is not None else 0, y.stride(0),
+                     HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+                     num_warps=warps)
     return y.view(*x.shape[:-1], N)
+
+
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   blocks: tuple[int, int, int] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The same function as `gemv` with `F.linear` and torch's add (tests, CPU)."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    return y if residual is None else residual + y
 
 
 def _rows(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

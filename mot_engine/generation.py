@@ -26,7 +26,7 @@ import torch
 from .errors import NonFiniteError, SourceTooLong
 from .kernels import (decode_substitutions, install_decode_attention, install_fused_cache_write,
                       install_fused_interaction, install_fused_mlp, install_fused_norms, install_fused_qkv,
-                      install_fused_rotary, install_triton_gemv)
+                      install_fused_residual, install_fused_rotary, install_triton_gemv)
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
@@ -161,7 +161,9 @@ class Generator:
         # MOT_FUSED_ROTARY: the rotary embedding of q and k in one launch (ten small kernels per layer otherwise);
         # MOT_DECODE_ATTENTION: one-query attention over the cache, split across its columns (else torch's SDPA);
         # MOT_FUSED_CACHE_WRITE: a slab layer's key and value written into the cache in one launch;
-        # MOT_FUSED_INTERACTION: the interaction's attention to the memory, and its gated residual, one kernel each.
+        # MOT_FUSED_INTERACTION: the interaction's attention to the memory, and its gated residual, one kernel each;
+        # MOT_FUSED_RESIDUAL: a Llama-family layer's two residual adds folded into its post-attention norm and its
+        # down projection (not with compiled layers: inductor fuses them itself).
         def triton_kernel(variable: str, install) -> bool:
             return mot.device.type == "cuda" and os.environ.get(variable, "1") != "0" and install(mot) > 0
 
@@ -172,6 +174,7 @@ class Generator:
         self.decode_attention = triton_kernel("MOT_DECODE_ATTENTION", install_decode_attention)
         self.fused_cache_write = triton_kernel("MOT_FUSED_CACHE_WRITE", install_fused_cache_write)
         self.fused_interaction = triton_kernel("MOT_FUSED_INTERACTION", install_fused_interaction)
+        self.fused_residual = not self.compile_layers and triton_kernel("MOT_FUSED_RESIDUAL", install_fused_residual)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -229,6 +232,7 @@ class Generator:
                                         ("split-K decode attention", self.decode_attention),
                                         ("one-launch cache write", self.fused_cache_write),
                                         ("fused interaction", self.fused_interaction),
+                                        ("residual adds folded", self.fused_residual),
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
 
@@ -240,7 +244,8 @@ class Generator:
                                     qkv=self.fused_qkv and decoding, mlp=self.fused_mlp and decoding,
                                     rotary=self.fused_rotary, attention=self.decode_attention and decoding,
                                     cache_write=self.fused_cache_write and decoding,
-                                    interaction=self.fused_interaction and decoding)
+                                    interaction=self.fused_interaction and decoding,
+                                    residual=self.fused_residual and decoding)
 
     @property
     def num_waiting(self) -> int:
@@ -522,9 +527,9 @@ class Generator:
         pending, slab.pending = slab.pending, None
         if pending is not None and all(_ends_with_pending(slab, r, pending) for r in slab.live):
             return self._collect(slab, pending)
-        logits = slab.decode()  # (C, V)
-        next_ids, finite = self._next_tokens(slab.rows, logits, slab.nonfinite)
-        slab.input_ids.copy_(next_ids.view(-1, 1))
+        logits, next_ids, finite = slab.decode()  # (C, V), (C,) greedy ids already fed back, (C,)
+        for b in self._sample_live(slab.rows, logits, next_ids):
+            slab.feed(b, next_ids[b])
         slab.pending = slab.stage(next_ids, finite)
         return self._collect(slab, pending) if pending is not None else []
 
@@ -563,12 +568,20 @@ class Generator:
         """(next ids (B,), finite (B,)) on the device: greedy, or each live row's own sampler and generator."""
         finite = torch.isfinite(logits).all(-1)  # (B,)
         next_ids = logits.argmax(-1)  # greedy rows (and free rows, ignored)
-        for b, s in enumerate(rows):
-            if s is not None and s.finish_reason is None and s.request.temperature != 0:
-                next_ids[b] = _sample(logits[b], s.request, s.rng)
+        Generator._sample_live(rows, logits, next_ids)
         if flag is not None:
             finite = finite & ~flag
         return next_ids, finite
+
+    @staticmethod
+    def _sample_live(rows: list, logits: torch.Tensor, next_ids: torch.Tensor) -> list[int]:
+        """Each live sampling row's greedy id in `next_ids` replaced by its own sampler's draw; returns those rows."""
+        sampled = []
+        for b, s in enumerate(rows):
+            if s is not None and s.finish_reason is None and s.request.temperature != 0:
+                next_ids[b] = _sample(logits[b], s.request, s.rng)
+                sampled.append(b)
+        return sampled
 
     def _emit(self, primary: int, rows: list, next_list: list[int], finite_list: list[bool]) -> list[StepOutput]:
         """Append each live row's token to its request, finish requests (EOS, length, NaN/Inf), stream text."""

@@ -164,8 +164,7 @@ class DecodeSlab:
         self.ctx = self._memory_buffers(mot) if shape.mode == "full" else None
         self.graph = None
         self.eager_steps = 0
-        self.logits_out = None
-        self.nonfinite = None
+        self.outputs = None  # the captured step's (logits, next ids, finite)
         # Two host buffers (ids, finite) per row, alternating: the host reads one step's while the next one's lands.
         pin = dev.type == "cuda"
         self._staging = [torch.zeros(2, C, dtype=torch.long, pin_memory=pin) for _ in range(2)]
@@ -359,25 +358,40 @@ class DecodeSlab:
             )
         return out.logits[:, -1, :].float(), (self.ctx.nonfinite if self.ctx is not None else None)  # (C, V)
 
-    def decode(self) -> torch.Tensor:
-        """One token for every row (free rows included, ignored by the caller): (C, V) float32 logits."""
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole decode step on the device, all of it in the slab's graph: the write column opens, the model runs,
+        the greedy next ids become the next inputs, and the column and positions advance. Nothing here depends on
+        the host, so the step launches as one graph replay."""
+        self.step_mask.index_fill_(3, self.write_column, 0.0)  # every row sees the column it writes now
+        self.key_valid.index_fill_(1, self.write_column, True)  # (free rows stay finite)
+        logits, nonfinite = self._run()  # (C, V) float32
+        finite = torch.isfinite(logits).all(-1)  # (C,)
+        if nonfinite is not None:  # the interaction's updates this step
+            finite &= ~nonfinite
+        next_ids = logits.argmax(-1)  # (C,) greedy; the host overwrites sampled rows (`feed`)
+        self.input_ids.copy_(next_ids.view(-1, 1))
+        self.write_column.add_(1)
+        self.position_ids.add_(1)
+        return logits, next_ids, finite
+
+    def decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token for every row (free rows included, ignored by the caller): (C, V) float32 logits, (C,) greedy
+        next ids — already the next step's inputs — and (C,) finite flags (logits and the interaction's updates)."""
         c = self.column
         if c >= self.shape.columns:
             raise RuntimeError(f"slab of {self.shape.columns} columns is full")  # target_column() prevents this
-        self.step_mask[:, 0, 0, c] = 0.0  # every row sees the column it writes now (free rows stay finite)
-        self.key_valid[:, c] = True
         self.column += 1
         if not self.gen.cuda_graphs or (self.graph is None and self.eager_steps == 0):
             self.eager_steps += 1  # the first step runs eagerly: kernel selection, lazy buffers
-            logits, self.nonfinite = self._run()
-        else:
-            if self.graph is None:
-                torch.cuda.synchronize()
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self.logits_out, self.nonfinite = self._run()
-            self.graph.replay()
-            logits = self.logits_out
-        self.write_column.add_(1)
-        self.position_ids.add_(1)
-        return logits
+            return self._step()
+        if self.graph is None:
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = self._step()
+        self.graph.replay()
+        return self.outputs
+
+    def feed(self, r: int, token: torch.Tensor) -> None:
+        """Row r's next input is `token` (a sampled row), not its greedy one."""
+        self.input_ids[r, 0] = token

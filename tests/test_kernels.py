@@ -579,3 +579,119 @@ def test_new_kernels_launch_on_their_tensors_gpu():
     flags = [torch.zeros((), dtype=torch.bool, device=dev) for _ in range(2)]
     torch.testing.assert_close(gated_residual(h, y, norm, gate, pw, 2.0, flags[0]),
                                gated_residual_reference(h, y, norm, gate, pw, 2.0, flags[1]), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- residual adds
+
+def _residual_kernels(calls: dict):
+    from mot_engine.gemv import gemv_glu_reference, gemv_reference
+    from mot_engine.rms_norm import add_rms_norm_reference
+
+    def counted(name, kernel):
+        def run(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return kernel(*args, **kwargs)
+        return run
+
+    return counted("add_norm", add_rms_norm_reference), gemv_glu_reference, counted("down", gemv_reference)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_fused_residual_dispatch_folds_both_adds_only_inside_the_block(model_type):
+    from mot_engine.gemv import gemv_glu_reference
+    from mot_engine.kernels import fused_mlp, fused_residual, install_fused_mlp, install_fused_residual
+
+    model, starcoder = _tiny_causal_lm(model_type), _tiny_causal_lm("starcoder2")  # starcoder2: LayerNorms
+    owner = _Owner([model, starcoder])
+    keys_before = list(model.state_dict())
+    calls: dict = {}
+    assert install_fused_mlp(owner, kernel=gemv_glu_reference) == 2
+    assert install_fused_residual(owner, kernels=_residual_kernels(calls)) == 2  # the two layers of one expert
+    assert install_fused_residual(owner) == 2 and list(model.state_dict()) == keys_before
+    calls.clear()  # the install probes' calls
+    one, two, prompt = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1)), torch.randint(0, 64, (1, 5))
+    before = [model(ids).logits for ids in (one, two, prompt)]
+    assert not calls
+    with fused_residual(owner), fused_mlp(owner):
+        inside = model(one).logits  # one row: both adds folded
+        assert calls == {"add_norm": 2, "down": 2}
+        torch.testing.assert_close(model(two).logits, before[1], rtol=1e-5, atol=1e-5)  # two rows: the MLP's own
+        assert calls == {"add_norm": 4, "down": 2}
+        assert torch.equal(model(prompt).logits, before[2]) and calls == {"add_norm": 4, "down": 2}  # a prefill
+    torch.testing.assert_close(inside, before[0], rtol=1e-5, atol=1e-5)
+    with fused_residual(owner):  # the gated MLP not fused: its module runs, and the second add stays
+        torch.testing.assert_close(model(one).logits, before[0], rtol=1e-5, atol=1e-5)
+        assert calls == {"add_norm": 6, "down": 2}
+    model(one)
+    assert calls == {"add_norm": 6, "down": 2}  # outside the block: the layers' own forward
+
+
+def test_fused_residual_probe_rejects_other_layer_structures():
+    from mot_engine.kernels import computes_layer
+
+    model = _tiny_causal_lm("qwen2")
+    layer = model.model.layers[0]
+    kernels = _residual_kernels({})
+    assert computes_layer(layer, kernels, mlp_fused=True) and computes_layer(layer, kernels, mlp_fused=False)
+    base = type(layer)
+
+    class ParallelResidual(base):  # GPT-J style: attention and MLP both read the layer's input
+        def forward(self, hidden_states, **kwargs):
+            x = self.input_layernorm(hidden_states)
+            return hidden_states + self.self_attn(hidden_states=x, **kwargs)[0] + self.mlp(x)
+
+    class MoreAttentionArguments(base):  # the attention gets an argument the fused forward would not pass
+        def forward(self, hidden_states, **kwargs):
+            return base.forward(self, hidden_states, output_attentions=False, **kwargs)
+
+    for cls in (ParallelResidual, MoreAttentionArguments):
+        layer.__class__ = cls
+        assert not computes_layer(layer, kernels, mlp_fused=True), cls.__name__
+    layer.__class__ = base
+    assert computes_layer(layer, kernels, mlp_fused=True)  # (the MLP's own function: computes_gated_mlp's probe)
+
+
+def test_fused_residual_decoding_equals_plain_decoding(perturbed_mot):
+    """Both modes in fp32, both cache paths: decode steps through the folded adds (the references here) give the
+    tokens of the layers' own forward, and run at every layer of every decode step."""
+    import copy
+
+    from mot_engine import GenerationRequest, Generator
+    from mot_engine.gemv import gemv_glu_reference
+    from mot_engine.kernels import install_fused_mlp, install_fused_residual
+
+    mot = copy.deepcopy(perturbed_mot).eval()
+    reqs = [GenerationRequest(s, mode=m, max_new_tokens=10, stop_at_eos=False, force_active=f)
+            for s, m, f in (("void f(int* a, int n) { for (int i = 0; i < n; ++i) a[i] = i; }", "full", [0, 1]),
+                            ("int g(int x) { return x * 2; }", "fast", [1, 2]),
+                            ("int h(int x) { return x - 1; }", "full", [1, 0]))]
+    expected = [r.token_ids for r in Generator(mot, static_cache=True, cuda_graphs=False).generate(reqs)]
+    calls: dict = {}
+    install_fused_mlp(mot, kernel=gemv_glu_reference)
+    installed = install_fused_residual(mot, kernels=_residual_kernels(calls))
+    assert installed >= 4  # the Llama-family experts' layers (starcoder2's LayerNorm layers keep their forward)
+    for static in (True, False):
+        calls.clear()
+        gen = Generator(mot, static_cache=static, cuda_graphs=False)
+        gen.fused_residual = gen.fused_mlp = True  # on CPU the Generator enables only what runs there
+        assert [r.token_ids for r in gen.generate(reqs)] == expected
+        assert calls["add_norm"] >= 9 * 2 and calls["down"] >= 9 * 2  # every layer of every decode step
+    assert not mot._use_fused_residual  # off after decoding: training and prefill keep the layers' forward
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_residual_folds_equal_the_two_ops_bit_for_bit_on_gpu():
+    from mot_engine.gemv import available, gemv
+    from mot_engine.rms_norm import add_rms_norm, rms_norm
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in [(1, 1, 1536), (16, 1, 2048), (3, 1, 100)]:
+            x, r, w = (torch.randn(*s, device="cuda", dtype=dtype) for s in (shape, shape, shape[-1:]))
+            y, s = add_rms_norm(x, r, w, 1e-6)
+            assert torch.equal(s, r + x) and torch.equal(y, rms_norm(r + x, w, 1e-6))
+        for n, k in [(1536, 8960), (2048, 5504), (100, 300)]:
+            x, w = torch.randn(1, 1, k, device="cuda", dtype=dtype), torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+            r = torch.randn(1, 1, n, device="cuda", dtype=dtype)
+            assert torch.equal(gemv(x, w, residual=r), r + gemv(x, w))

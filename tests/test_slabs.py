@@ -133,6 +133,20 @@ def test_sampling_per_row_is_reproducible_in_a_slab(perturbed_mot, temperature):
     assert got == expected
 
 
+def test_a_sampled_token_is_the_next_input_in_a_slab(perturbed_mot):
+    """A slab step feeds its greedy ids back on the device; a sampled row's own draw must replace its greedy id as
+    the next input: the slab path gives the tokens of the dynamic-cache path, which feeds what it samples."""
+    mot = perturbed_mot
+    reqs = [GenerationRequest(UNIT, mode=mode, max_new_tokens=10, temperature=1.5, seed=3, stop_at_eos=False,
+                              force_active=[0, 1]) for mode in ("fast", "full")]
+    cohorts = [r.token_ids for r in Generator(mot, static_cache=False).generate(reqs)]
+    greedy = [r.token_ids for r in Generator(mot, static_cache=False).generate(
+        [GenerationRequest(UNIT, mode=r.mode, max_new_tokens=10, stop_at_eos=False, force_active=[0, 1])
+         for r in reqs])]
+    assert cohorts != greedy  # the draws leave the greedy path
+    assert [r.token_ids for r in Generator(mot, static_cache=True, cuda_graphs=False).generate(reqs)] == cohorts
+
+
 def test_tokens_in_flight_reach_the_right_request_when_rows_end_by_eos_and_are_retaken(perturbed_mot, monkeypatch):
     """The host reads a slab step's tokens one step late (the GPU runs ahead). A request that ends by EOS gets one
     extra row-step, which must be ignored — also when a newcomer takes its row in the same step — and every

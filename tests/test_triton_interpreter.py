@@ -117,6 +117,27 @@ def test_rms_norm(dtype):
                                    **_tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_folds_equal_the_two_ops(dtype):
+    """The add before the post-attention norm and the one after the down projection: bit for bit the two ops in
+    float32. In bfloat16 only to one ulp: the interpreter casts float32 to bfloat16 toward zero (1 + 2^-8 + 2^-10
+    becomes 1.0, not 1 + 2^-7), where torch and the compiled kernels round to nearest (the GPU test is bit for bit)."""
+
+    def same(got, want):
+        if dtype == torch.float32:
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
+
+    for shape in [(1, 1, 40), (3, 1, 100)]:
+        x, r, w = (torch.randn(*s).to(dtype) for s in (shape, shape, shape[-1:]))
+        y, s = rms_norm.add_rms_norm(x, r, w, 1e-6)
+        same(s, r + x)
+        same(y, rms_norm.rms_norm(r + x, w, 1e-6))
+    x, w, b, r = torch.randn(1, 1, 33).to(dtype), torch.randn(30, 33).to(dtype), torch.randn(30).to(dtype), torch.randn(1, 1, 30).to(dtype)
+    same(gemv.gemv(x, w, b, (4, 16, 1), residual=r), r + gemv.gemv(x, w, b, (4, 16, 1)))
+
+
 def _slots(B, H, S, D, n=2):
     g = torch.Generator().manual_seed(1)
     slots = []
