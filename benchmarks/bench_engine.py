@@ -31,7 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import GenerationRequest, Generator, build_mot  # noqa: E402
-from mot_engine.kernels import SWITCHES as SUBSTITUTIONS  # noqa: E402
+from mot_engine.kernels import SWITCHES  # noqa: E402
+
+# The decode-step substitutions in the order they were added, then the prefill graphs (a request's first token):
+# the ladder turns them on one by one; its last row is the default engine.
+SUBSTITUTIONS = SWITCHES + ("MOT_PREFILL_GRAPHS",)
 
 SOURCE_UNIT = (
     "void saxpy(int n, float alpha, const float* x, float* y) {\n"

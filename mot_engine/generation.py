@@ -28,6 +28,7 @@ from .kernels import (decode_substitutions, install_decode_attention, install_fu
                       install_fused_interaction, install_fused_mlp, install_fused_norms, install_fused_qkv,
                       install_fused_residual, install_fused_rotary, install_triton_gemv)
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
+from .prefill_graphs import PrefillGraphs
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
 MODES = ("fast", "full")
@@ -175,6 +176,11 @@ class Generator:
         self.fused_cache_write = triton_kernel("MOT_FUSED_CACHE_WRITE", install_fused_cache_write)
         self.fused_interaction = triton_kernel("MOT_FUSED_INTERACTION", install_fused_interaction)
         self.fused_residual = not self.compile_layers and triton_kernel("MOT_FUSED_RESIDUAL", install_fused_residual)
+        # A request admitted alone prefills by CUDA-graph replay (its secondaries' prompts, then its primary's), one
+        # graph per prompt-length bucket (mot_engine/prefill_graphs.py): the first token is otherwise bound by
+        # launching the experts' kernels from Python. MOT_PREFILL_GRAPHS=0: off.
+        self.prefill_graphs = (PrefillGraphs(self) if self.cuda_graphs and not self.compile_layers
+                               and os.environ.get("MOT_PREFILL_GRAPHS", "1") != "0" else None)
         self.waiting: list[_Sequence] = []
         self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -233,6 +239,7 @@ class Generator:
                                         ("one-launch cache write", self.fused_cache_write),
                                         ("fused interaction", self.fused_interaction),
                                         ("residual adds folded", self.fused_residual),
+                                        ("prefill graphs", self.prefill_graphs is not None),
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
 
@@ -379,10 +386,12 @@ class Generator:
             ctx = None
             if mode == "full":
                 routing = _stack_routings([(r, b) for _, r, b in members])
+                alone = self.prefill_graphs is not None and len(members) == 1
                 with self.substitutions(decoding=False):  # the secondaries' prompts: a prefill
                     ctx = mot.memory_context(
                         [s.request.source for s, _, _ in members], routing,
                         prompts=[s.prompt_ids for s, _, _ in members],
+                        prompt_runner=self.prefill_graphs.prompt_states if alone else None,
                     )
             seqs = [s for s, _, _ in members]
             for s in seqs:
@@ -410,21 +419,34 @@ class Generator:
         model = mot.experts[p]
         dev = next(model.parameters()).device
         prompts = [s.prompt_ids[p] for s in cohort.seqs]
-        # left padding: every row's next token lands at the same column
-        ids, mask = pad_batch(prompts, mot.tokenizers[p].pad_token_id, dev, left=True)
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-        cohort.attention_mask = mask
-        cohort.cache = DynamicCache(config=model.config)
-        logits = self._forward(cohort, ids, position_ids)
-        cohort.positions = position_ids[:, -1:] + 1
+        columns = max(len(pr) for pr in prompts) + max(s.request.max_new_tokens for s in cohort.seqs)
+        to_slab = self._slab_path(p) and supports(model, bucket(columns, MIN_COLUMNS))
+        out = None
+        if to_slab and self.prefill_graphs is not None and len(prompts) == 1:
+            out = self.prefill_graphs.prefill(p, cohort.mode, prompts[0], cohort.ctx)
+        if out is not None:  # one prompt, right-padded in the graph: its first L cache columns are the prompt's
+            L = len(prompts[0])
+            cohort.attention_mask = torch.ones(1, L, dtype=torch.long, device=dev)
+            cohort.cache = _PrefilledCache([k[:, :, :L] for k in out.keys], [v[:, :, :L] for v in out.values])
+            cohort.positions = torch.full((1, 1), L, dtype=torch.long, device=dev)
+            if cohort.ctx is not None:
+                cohort.ctx.nonfinite = out.nonfinite
+            logits = out.logits
+        else:
+            # left padding: every row's next token lands at the same column
+            ids, mask = pad_batch(prompts, mot.tokenizers[p].pad_token_id, dev, left=True)
+            position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+            cohort.attention_mask = mask
+            cohort.cache = DynamicCache(config=model.config)
+            logits = self._forward(cohort, ids, position_ids)
+            cohort.positions = position_ids[:, -1:] + 1
         now = time.perf_counter()
         for s in cohort.seqs:
             s.t_first = now
-        columns = max(len(pr) for pr in prompts) + max(s.request.max_new_tokens for s in cohort.seqs)
         outputs = self._sample_and_advance(cohort, logits)  # finished rows leave the cohort (and its cache)
         if not cohort.seqs:
             return outputs
-        if self._slab_path(p) and supports(model, bucket(columns, MIN_COLUMNS)):
+        if to_slab:  # the joiners copy the prompt's keys and values now, before any other prefill replays
             outputs += self._place((p, cohort.mode), self._joiners(cohort))
         else:
             self.cohorts.append(cohort)
@@ -627,6 +649,15 @@ class Generator:
             cohort.next_input = cohort.next_input.index_select(0, idx)
         if cohort.ctx is not None:
             cohort.ctx = cohort.ctx.select(idx.to(self.mot.device))
+
+
+class _PrefilledCache:
+    """A graph prefill's cache, cut to the prompt: what `_joiners` reads (per layer (1, Hk, L, D) keys and values)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        from types import SimpleNamespace
+
+        self.layers = [SimpleNamespace(keys=k, values=v) for k, v in zip(keys, values)]
 
 
 def _detokenize_incrementally(tok, s: _Sequence) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -253,27 +254,38 @@ class MixtureOfThoughts(nn.Module):
 
     # ------------------------------------------------------------------ interaction memory
 
-    def _run_prompts(self, e: int, prompts: list[list[int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Expert e's (frozen) states at each stack boundary over right-padded prompts."""
-        model = self.experts[e]
-        dev = next(model.parameters()).device
-        ids, mask = pad_batch(prompts, self.tokenizers[e].pad_token_id, dev)
+    def prompt_states(self, e: int, ids: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Expert e's (frozen) states at each stack boundary over right-padded prompt ids (B, L): [stack] (B, L, d_e).
+        `mask` (B, L) marks real tokens; None (prompts padded at the end, batch 1) gives every real position the
+        same states, since attention is causal."""
         self._capture = {e: [None] * self.config.num_stacks}
         try:
             with torch.no_grad():
-                model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
-            states = self._capture[e]
+                self.experts[e].get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+            return self._capture[e]
         finally:
             self._capture = None
-        return states, mask.bool()
+
+    def _run_prompts(self, e: int, prompts: list[list[int]], runner: Callable | None = None) -> list[torch.Tensor]:
+        """Expert e's states at each stack boundary over right-padded prompts: [stack] (B, >= L, d_e), the first
+        len(prompts[b]) positions of row b being its prompt's. `runner(e, prompt)` (the Generator's prefill graphs)
+        serves a batch of one where it can; it returns None where it cannot."""
+        if runner is not None and len(prompts) == 1 and not torch.is_grad_enabled():
+            states = runner(e, prompts[0])
+            if states is not None:
+                return states
+        dev = next(self.experts[e].parameters()).device
+        ids, mask = pad_batch(prompts, self.tokenizers[e].pad_token_id, dev)
+        return self.prompt_states(e, ids, mask)
 
     def memory_context(
         self, sources: list[str], routing: Routing, prompts: list[list[list[int]]] | None = None,
-        template: str | None = None,
+        template: str | None = None, prompt_runner: Callable | None = None,
     ) -> MemoryContext | None:
         """Keys/values of every sample's secondaries (over their prompts), for a group sharing one primary.
 
-        `prompts[b][e]`, if given, are sample b's prompt ids for expert e (else tokenized here).
+        `prompts[b][e]`, if given, are sample b's prompt ids for expert e (else tokenized here). `prompt_runner`:
+        see `_run_prompts`.
         """
         primary = int(routing.active[0, 0])
         assert bool((routing.active[:, 0] == primary).all()), "memory_context takes a group with one primary"
@@ -289,7 +301,7 @@ class MixtureOfThoughts(nn.Module):
         kv: dict[tuple[int, int], list] = {}  # (expert, sample) -> [stack] -> (k, v, len)
         for j, rows in per_expert.items():
             prompt_j = [prompts[b][j] if prompts is not None else self.prompt_ids(j, sources[b], template) for b in rows]
-            states, mask = self._run_prompts(j, prompt_j)
+            states = self._run_prompts(j, prompt_j, prompt_runner)
             for s in range(self.config.num_stacks):
                 key, value = self.interaction[s].memory(j, states[s].to(self.device))  # (n, H, S, hd)
                 for n, b in enumerate(rows):
@@ -421,6 +433,26 @@ class MixtureOfThoughts(nn.Module):
         )
         result = Generator(self).generate([req])[0]
         return result.text, result.routing["primary_expert"]
+
+
+def memory_buffers(mot: "MixtureOfThoughts", primary: int, rows: int, length: int) -> MemoryContext | None:
+    """Zeroed memory of `rows` samples and `length` keys for `primary` (every mask False, weights 0): the static
+    buffers a captured graph reads (slabs, prefill graphs); None without secondaries (top_k 1)."""
+    k = mot.config.top_k
+    if k == 1:
+        return None
+    heads = mot.config.interaction_heads
+    hd = mot.shared_dim // heads
+    dev = mot.device
+
+    def slot():
+        return MemorySlot(key=torch.zeros(rows, heads, length, hd, device=dev),
+                          value=torch.zeros(rows, heads, length, hd, device=dev),
+                          mask=torch.zeros(rows, 1, 1, length, dtype=torch.bool, device=dev),
+                          weight=torch.zeros(rows, device=dev))
+
+    return MemoryContext(primary=primary, primary_weight=torch.zeros(rows, device=dev),
+                         slots=[[slot() for _ in range(k - 1)] for _ in range(mot.config.num_stacks)])
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, device, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

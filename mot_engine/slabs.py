@@ -35,8 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from .decode_attention import CACHE_WRITE, write_token
-from .interaction import MemorySlot
-from .model import MemoryContext
+from .model import MemoryContext, memory_buffers
 
 MIN_COLUMNS = 256
 MIN_MEMORY = 64
@@ -175,25 +174,12 @@ class DecodeSlab:
     # ------------------------------------------------------------------ buffers
 
     def _memory_buffers(self, mot) -> MemoryContext | None:
-        k = mot.config.top_k
-        if k == 1:
-            return None
-        C, S = self.shape.rows, self.shape.memory
-        heads = mot.config.interaction_heads
-        hd = mot.shared_dim // heads
-        dev = mot.device
-        slots = []
-        for _ in range(mot.config.num_stacks):
-            stack = []
-            for _ in range(k - 1):
-                mask = torch.zeros(C, 1, 1, S, dtype=torch.bool, device=dev)
-                mask[:, 0, 0, 0] = True  # a free row attends to one zero key: finite, and weighted by 0
-                stack.append(MemorySlot(
-                    key=torch.zeros(C, heads, S, hd, device=dev), value=torch.zeros(C, heads, S, hd, device=dev),
-                    mask=mask, weight=torch.zeros(C, device=dev),
-                ))
-            slots.append(stack)
-        return MemoryContext(primary=self.shape.primary, primary_weight=torch.zeros(C, device=dev), slots=slots)
+        ctx = memory_buffers(mot, self.shape.primary, self.shape.rows, self.shape.memory)
+        if ctx is not None:
+            for stack in ctx.slots:
+                for slot in stack:
+                    slot.mask[:, 0, 0, 0] = True  # a free row attends to one zero key: finite, and weighted by 0
+        return ctx
 
     def _layers(self):
         return self.cache.layers

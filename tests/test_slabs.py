@@ -194,3 +194,86 @@ def test_a_request_that_ends_by_length_launches_no_extra_step(perturbed_mot, mon
     assert len(res[0].token_ids) == 9
     assert len(steps) == 8
     assert not gen.slabs
+
+
+def test_padded_prefill_path_gives_the_tokens_of_the_plain_prefill(perturbed_mot):
+    """The prefill graphs' path (mot_engine/prefill_graphs.py), run eagerly on CPU: a request admitted alone is
+    right-padded to its bucket, its logits taken at its last real token, its first L cache columns joined, and in
+    full mode its secondaries' prompts padded too and its memory copied into padded static buffers. Same tokens as
+    the plain prefill, both modes, prompts of several lengths (fp32)."""
+    from mot_engine.prefill_graphs import PrefillGraphs
+
+    mot = perturbed_mot
+    reqs = [GenerationRequest(src, mode=mode, max_new_tokens=6, stop_at_eos=False, force_active=active)
+            for src in (SHORT, UNIT * 3) for mode in ("fast", "full") for active in ([0, 1], [1, 2])]
+    expected = [Generator(mot, static_cache=True, cuda_graphs=False).generate([r])[0].token_ids for r in reqs]
+    gen = Generator(mot, static_cache=True, cuda_graphs=False)
+    gen.prefill_graphs = PrefillGraphs(gen, capture=False)
+    assert [gen.generate([r])[0].token_ids for r in reqs] == expected
+    kinds = {key[0] for key in gen.prefill_graphs.entries}
+    assert kinds == {"states", "prefill"} and len({key[3] for key in gen.prefill_graphs.entries if key[0] == "prefill"}) == 2
+    assert all(key[2] == "full" or key[4] == 0 for key in gen.prefill_graphs.entries if key[0] == "prefill")
+
+
+def test_padded_prefill_equals_the_plain_prefill_in_logits_cache_and_memory(perturbed_mot):
+    """The same path, piece by piece: the padded secondaries' memory, and the primary's last-token logits and cache
+    columns, against the unpadded forward (fp32); the interaction really acts (its memory moves the logits)."""
+    import torch
+    from transformers import DynamicCache
+
+    from mot_engine.prefill_graphs import PrefillGraphs, prompt_bucket
+
+    mot = perturbed_mot
+    graphs = PrefillGraphs(Generator(mot, static_cache=True, cuda_graphs=False), capture=False)
+    routing = mot.route([SHORT], noise=False, force_active=[[0, 1]])
+    prompt = mot.prompt_ids(0, SHORT)
+    assert prompt_bucket(len(prompt)) > len(prompt)  # really padded
+    with torch.no_grad():
+        ctx = mot.memory_context([SHORT], routing)
+        padded_ctx = mot.memory_context([SHORT], routing, prompt_runner=graphs.prompt_states)
+        for stack, padded in zip(ctx.slots, padded_ctx.slots):
+            for slot, pslot in zip(stack, padded):
+                torch.testing.assert_close(pslot.key, slot.key, rtol=1e-5, atol=1e-5)
+                assert torch.equal(pslot.mask, slot.mask)
+        logits = {}
+        for name, memory in (("fast", None), ("full", ctx)):
+            cache = DynamicCache(config=mot.experts[0].config)
+            with mot.interacting(memory):
+                plain = mot.experts[0](input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1,
+                                       **{mot.cache_kwarg[0]: cache})
+            out = graphs.prefill(0, name, prompt, padded_ctx if memory is not None else None)
+            torch.testing.assert_close(out.logits, plain.logits[:, -1].float(), rtol=1e-5, atol=1e-5)
+            for layer, keys, values in zip(cache.layers, out.keys, out.values):
+                torch.testing.assert_close(keys[:, :, : len(prompt)], layer.keys, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(values[:, :, : len(prompt)], layer.values, rtol=1e-5, atol=1e-5)
+            assert (out.nonfinite is None) == (memory is None) and not (out.nonfinite is not None and out.nonfinite)
+            logits[name] = out.logits
+    assert (logits["full"] - logits["fast"]).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_prefill_graphs_replay_the_plain_prefill_on_gpu(monkeypatch):
+    """fp32 on a GPU: requests admitted alone prefill by graph replay (captured once per shape, replayed after)
+    and give the tokens of eager prefills, both modes; a batch of two prefills eagerly."""
+    import torch
+    from conftest import perturb
+
+    from mot_engine import build_mot
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    mot = build_mot("tiny", device="cuda", dtype="float32")
+    perturb(mot)
+    reqs = [GenerationRequest(src, mode=mode, max_new_tokens=8, stop_at_eos=False, force_active=[0, 1])
+            for src in (SHORT, UNIT * 3) for mode in ("fast", "full")]
+    monkeypatch.setenv("MOT_PREFILL_GRAPHS", "0")
+    plain = Generator(mot)
+    assert plain.prefill_graphs is None
+    expected = [plain.generate([r])[0].token_ids for r in reqs]
+    monkeypatch.delenv("MOT_PREFILL_GRAPHS")
+    gen = Generator(mot)
+    for _ in range(2):  # captured, then replayed
+        assert [gen.generate([r])[0].token_ids for r in reqs] == expected
+    graphs = gen.prefill_graphs
+    assert graphs.broken is None and len(graphs.entries) == 6  # 2 prompt buckets x (fast, full, secondary states)
+    assert all(entry.graph is not None for entry in graphs.entries.values())
+    assert [r.token_ids for r in gen.generate(reqs[:2])] == expected[:2]  # admitted together: eager prefill
