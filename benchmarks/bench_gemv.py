@@ -1,11 +1,12 @@
 """Matrix-vector products of a batch-1 decode step: cuBLAS (F.linear) against mot_engine/gemv.py's Triton kernel.
 
-    python benchmarks/bench_gemv.py            (a CUDA GPU with Triton)
+    python benchmarks/bench_gemv.py [--slab-only]     (a CUDA GPU with Triton)
 
 The linear shapes of the Qwen2.5-Coder-1.5B expert (and its lm_head), bf16, one row. Each product is timed inside a
 CUDA graph of 48 calls (as decode steps run) that cycle over copies of the weight too large together for the L2
 cache, reported in µs and as bytes moved per second; then the gated MLP's gate/up pair, unfused against the fused
-kernel. Correctness first: every configuration's output must be allclose to the reference.
+kernel; then a slab's 16 rows (the rows kernels against cuBLAS) and the interaction's memory attention at batch 1
+and 16. Correctness first: every configuration's output must be allclose to the reference.
 """
 
 from __future__ import annotations
@@ -57,9 +58,18 @@ def graph_us(fn, reps: int = 48, weights: int = 1) -> float:
 
 
 def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--slab-only", action="store_true", help="only a slab's rows kernels and the memory attention")
+    args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
     print(torch.cuda.get_device_name(0), torch.__version__)
+    if args.slab_only:
+        bench_rows(dev)
+        bench_memory_attention(dev)
+        return 0
     print("| layer | N x K | MB | cuBLAS µs | cuBLAS TB/s | Triton default µs | best Triton (BN, BK, warps) µs | best TB/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     totals = {"cublas": 0.0, "default": 0.0, "best": 0.0}
@@ -92,7 +102,79 @@ def main() -> int:
     print(f"\nper decode step (28 layers: q,o,k,v,gate,up,down + lm_head): cuBLAS {totals['cublas'] / 1e3:.2f} ms, "
           f"Triton default {totals['default'] / 1e3:.2f} ms, best per shape {totals['best'] / 1e3:.2f} ms")
     bench_glu(dev)
+    bench_rows(dev)
+    bench_memory_attention(dev)
     return 0
+
+
+def bench_rows(dev: str, rows: int = 16) -> None:
+    """A slab's `rows` rows: cuBLAS (three q/k/v products; gate, up, SiLU, multiply) against the rows kernels, over a
+    sweep of their blocks."""
+    from mot_engine.gemv import ROWS_BLOCKS, ROWS_GLU_BLOCKS, gemv_qkv, gemv_qkv_reference
+
+    k = 1536
+    x = torch.randn(rows, 1, k, device=dev, dtype=torch.bfloat16)
+    configs = [(bn, bk, w) for bn in (16, 32, 64) for bk in (64, 128, 256) for w in (2, 4, 8)]
+    cases = {}
+    ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) / 40 for n in (1536, 256, 256)]
+    bs = [torch.randn(n, device=dev, dtype=torch.bfloat16) for n in (1536, 256, 256)]
+    sets = copies(torch.cat(ws))  # q, k, v of one layer: consecutive rows of one copy
+    split = [[c[:1536], c[1536:1792], c[1792:]] for c in sets]
+    want = gemv_qkv_reference(x, ws, bs)
+    cases["q/k/v"] = (lambda i, cfg: gemv_qkv(x, split[i], bs, cfg), lambda i: [F.linear(x, w, b) for w, b in zip(split[i], bs)],
+                      len(split), (2048 * k * 2) / 1e6, lambda cfg: gemv_qkv(x, ws, bs, cfg), want, ROWS_BLOCKS)
+    g, u = (torch.randn(8960, k, device=dev, dtype=torch.bfloat16) / 40 for _ in range(2))
+    gs, us = copies(g), copies(u)
+    cases["gate/up"] = (lambda i, cfg: gemv_glu(x, gs[i], us[i], cfg), lambda i: F.silu(F.linear(x, gs[i])) * F.linear(x, us[i]),
+                        len(gs), 2 * 8960 * k * 2 / 1e6, lambda cfg: gemv_glu(x, g, u, cfg), gemv_glu_reference(x, g, u),
+                        ROWS_GLU_BLOCKS)
+    print(f"\n{rows} rows (a slab's decode step):")
+    for name, (ours, cublas, n, mb, once, ref, default) in cases.items():
+        results = {}
+        for cfg in configs:
+            got = once(cfg)
+            got, ref_ = (got, ref) if isinstance(got, torch.Tensor) else (torch.cat(got, -1), torch.cat(ref, -1))
+            if not torch.allclose(got.float(), ref_.float(), rtol=2e-2, atol=2e-2):
+                raise SystemExit(f"rows {name} {cfg}: differs from the reference by {(got.float() - ref_.float()).abs().max():.3g}")
+            results[cfg] = graph_us(lambda i, cfg=cfg: ours(i, cfg), weights=n)
+        t_cublas = graph_us(cublas, weights=n)
+        best = sorted(results, key=results.get)[:3]
+        print(f"  {name} ({mb:.1f} MB): cuBLAS {t_cublas:.1f} µs; rows kernel default {default} "
+              f"{results.get(default, float('nan')):.1f} µs; fastest " + ", ".join(f"{c} {results[c]:.1f} µs" for c in best))
+
+
+def bench_memory_attention(dev: str) -> None:
+    """The interaction's attention to a slot's memory at a decode step (8 heads of 192, 256 keys, float32), one request
+    and a slab of 16: keys per program (chunk) and per iteration (block_s)."""
+    from types import SimpleNamespace
+
+    from mot_engine.interaction_kernels import memory_attention, memory_attention_reference, memory_chunk
+
+    H, S, D = 8, 256, 192
+    for B in (1, 16):
+        q = torch.randn(B, H, 1, D, device=dev)
+        slot_sets = []
+        for _ in range(max(1, -(-3 * L2_BYTES // (2 * B * H * S * D * 4)))):
+            mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device=dev)
+            mask[..., 220:] = False
+            slot_sets.append([SimpleNamespace(key=torch.randn(B, H, S, D, device=dev), value=torch.randn(B, H, S, D, device=dev),
+                                              mask=mask, weight=torch.ones(B, device=dev))])
+        want = memory_attention_reference(q, slot_sets[0])
+        results = {}
+        for chunk in (16, 32, 64, 128):
+            for block_s in (16, 32, 64):
+                if block_s > chunk:
+                    continue
+                got = memory_attention(q, slot_sets[0], chunk, block_s)
+                if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                    raise SystemExit(f"memory attention chunk {chunk} block_s {block_s}: wrong")
+                results[(chunk, block_s)] = graph_us(lambda i, c=chunk, b=block_s: memory_attention(q, slot_sets[i], c, b),
+                                                     weights=len(slot_sets))
+        mb = 2 * B * H * S * D * 4 / 1e6
+        default = (memory_chunk(B * H, S), 16)
+        best = sorted(results, key=results.get)[:4]
+        print(f"memory attention B={B} ({mb:.1f} MB): default {default} {results.get(default, float('nan')):.1f} µs; "
+              "fastest " + ", ".join(f"{c} {results[c]:.1f} µs ({mb / results[c]:.2f} TB/s)" for c in best))
 
 
 def bench_glu(dev: str) -> None:

@@ -20,8 +20,10 @@ from mot_engine.kernels import SWITCHES  # noqa: E402
 SRC = "void saxpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i]; }\n" * 8
 
 
-def replay_ms(gen: Generator, mode: str, n: int = 100) -> tuple[float, float]:
-    gen.add_request("p", GenerationRequest(SRC, mode=mode, max_new_tokens=n + 8, stop_at_eos=False, force_active=[0, 1]))
+def replay_ms(gen: Generator, mode: str, n: int = 100, batch: int = 1) -> tuple[float, float]:
+    for b in range(batch):
+        gen.add_request(f"p{b}", GenerationRequest(SRC, mode=mode, max_new_tokens=n + 8, stop_at_eos=False,
+                                                   force_active=[0, 1]))
     for _ in range(4):  # prefill, eager decode, capture, one replay
         gen.step()
     (slab,) = gen.slabs.values()
@@ -41,19 +43,22 @@ def replay_ms(gen: Generator, mode: str, n: int = 100) -> tuple[float, float]:
         gen.step()
     torch.cuda.synchronize()
     step = (time.perf_counter() - t) / 20 * 1e3
-    gen.abort("p")
+    for b in range(batch):
+        gen.abort(f"p{b}")
     while gen.has_unfinished():
         gen.step()
     gen.results.clear()
     return replay, step
 
 
-def kernels_per_step(mot, mode: str, top: int = 0) -> int:
+def kernels_per_step(mot, mode: str, top: int = 0, batch: int = 1) -> int:
     """Kernels of one decode step of the static-cache path, run eagerly (what a graph captures)."""
     from torch.profiler import ProfilerActivity, profile
 
-    gen = Generator(mot, cuda_graphs=False, static_cache=True)
-    gen.add_request("k", GenerationRequest(SRC, mode=mode, max_new_tokens=20, stop_at_eos=False, force_active=[0, 1]))
+    gen = Generator(mot, cuda_graphs=False, static_cache=True, max_batch_size=max(16, batch))
+    for b in range(batch):
+        gen.add_request(f"k{b}", GenerationRequest(SRC, mode=mode, max_new_tokens=20, stop_at_eos=False,
+                                                   force_active=[0, 1]))
     gen.step()  # prefill
     gen.step()  # first decode step (lazy buffers, kernel selection)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -67,7 +72,8 @@ def kernels_per_step(mot, mode: str, top: int = 0) -> int:
               f"(GPU time {total / 1e3:.2f} ms; count, µs in all, µs each):")
         for e in sorted(kernels, key=lambda e: -e.device_time_total)[:top]:
             print(f"    {e.count:5d} {e.device_time_total:8.1f} {e.device_time_total / e.count:7.2f}  {e.key[:100]}")
-    gen.abort("k")
+    for b in range(batch):
+        gen.abort(f"k{b}")
     while gen.has_unfinished():
         gen.step()
     return n
@@ -78,27 +84,31 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
+    ap.add_argument("--batch", type=int, default=1, help="requests decoding together (one slab)")
+    ap.add_argument("--default-only", action="store_true", help="only the default engine (every substitution)")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
     flags = ("MOT_COMPILE",) + SWITCHES
     n = len(SWITCHES)  # the substitutions turned on one by one, then (--compile) compiled layers with all of them
     configs = ["0" + "1" * i + "0" * (n - i) for i in range(n + 1)] + (["1" * (n + 1)] if args.compile else [])
+    if args.default_only:
+        configs = ["0" + "1" * n]
     rows = []
     for config in configs:
         os.environ.update(zip(flags, config))
         on = [f[4:].lower() for f, v in zip(flags[1:], config[1:]) if v == "1"]  # each row adds one substitution
         name = "compiled, all" if config[0] == "1" else ("+ " + on[-1] if on else "plain (graphs only)")
-        gen = Generator(mot)
+        gen = Generator(mot, max_batch_size=max(16, args.batch))
         for mode in ("fast", "full"):
             t0 = time.perf_counter()
-            replay_ms(gen, mode, 40)  # warm-up (compilation)
+            replay_ms(gen, mode, 40, args.batch)  # warm-up (compilation)
             warm = time.perf_counter() - t0
-            r, s = replay_ms(gen, mode)
-            k = kernels_per_step(mot, mode, top=14 if config == configs[n] else 0)
+            r, s = replay_ms(gen, mode, batch=args.batch)
+            k = kernels_per_step(mot, mode, top=14 if config == "0" + "1" * n else 0, batch=args.batch)
             rows.append((f"{name} {mode}", warm, r, s, k))
             print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
                   f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)
-    print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}, batch {args.batch}")
     print("| path | warm-up s | graph replay ms | engine step ms | tok/s | host ms | kernels/token |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, warm, r, s, k in rows:

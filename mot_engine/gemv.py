@@ -113,6 +113,111 @@ def _qkv_kernel():
     return triton, qkv_kernel
 
 
+# ---------------------------------------------------------------------------------------------------- a few rows
+
+# A slab of requests decoding together (2..MAX_ROWS rows) has skinny products: cuBLAS runs q, k and v as three
+# launches of ~5 µs each, and gate and up as two plus a SiLU and a multiply (BENCHMARKS.md, batch 16). The rows
+# kernels read each weight tile once for every row with one tensor-core product (rows padded to BLOCK_M = 16), in the
+# layouts of the one-row kernels: an attention's three weights of one input in one launch (`gemv_qkv`), and the
+# gate/up pair with its SiLU and product (`gemv_glu`). float32 runs the product in IEEE float32 (no TF32), as the
+# references do. bench_gemv.py --slab-only, H100, 16 rows: q/k/v 5.7 µs (cuBLAS, three launches: 15.8), gate/up
+# 21.5 µs (cuBLAS + SiLU + multiply: 28.4). Plain linear layers keep cuBLAS at several rows: with few output
+# features the rows kernel has too few programs (and float32 products are slower than cuBLAS's).
+MAX_ROWS = 16
+ROWS_BLOCKS = (16, 256, 2)  # (BLOCK_N, BLOCK_K, num_warps) for q/k/v: small programs, many of them
+ROWS_GLU_BLOCKS = (32, 128, 4)
+
+
+@functools.cache
+def _rows_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, off_w1, off_w2, off_b1, off_b2, N0, N1, N2, M, K, stride_xm,
+                    stride_ym, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Up to three products x W_i^T of one input (q/k/v; N1 = N2 = 0 for one weight): programs [0, b0) serve
+        # W_0's rows, the next b1 W_1's, the rest W_2's. The weights stay where they are (element offsets from W_0's);
+        # y holds [y_0 | y_1 | y_2] per row.
+        pid = tl.program_id(0)
+        b0 = tl.cdiv(N0, BLOCK_N)
+        b1 = tl.cdiv(N1, BLOCK_N)
+        in0 = pid < b0
+        in1 = (pid >= b0) & (pid < b0 + b1)
+        first = tl.where(in0, 0, tl.where(in1, b0, b0 + b1))
+        N = tl.where(in0, N0, tl.where(in1, N1, N2))
+        w_off = tl.where(in0, 0, tl.where(in1, off_w1, off_w2))
+        col0 = tl.where(in0, 0, tl.where(in1, N0, N0 + N1))
+        rm = tl.arange(0, BLOCK_M)
+        rn = (pid - first) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
+                        other=0.0)  # (BLOCK_M, BLOCK_K)
+            w = tl.load(w_ptr + w_off + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K),
+                        other=0.0)  # (BLOCK_N, BLOCK_K)
+            if IEEE:
+                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+            else:
+                acc += tl.dot(x, tl.trans(w))
+        if HAS_BIAS:
+            b_off = tl.where(in0, 0, tl.where(in1, off_b1, off_b2))
+            acc += tl.load(b_ptr + b_off + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_ym + col0 + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    @triton.jit
+    def rows_glu_kernel(x_ptr, g_ptr, u_ptr, y_ptr, M, N, K, stride_xm, stride_ym, IEEE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # rows of both the gate and the up weight
+        rk = tl.arange(0, BLOCK_K)
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
+                        other=0.0)
+            wmask = (rn[:, None] < N) & (kk[None, :] < K)
+            offs = rn[:, None] * K + kk[None, :]
+            g = tl.load(g_ptr + offs, mask=wmask, other=0.0)
+            u = tl.load(u_ptr + offs, mask=wmask, other=0.0)
+            if IEEE:
+                acc_g += tl.dot(x, tl.trans(g), input_precision="ieee")
+                acc_u += tl.dot(x, tl.trans(u), input_precision="ieee")
+            else:
+                acc_g += tl.dot(x, tl.trans(g))
+                acc_u += tl.dot(x, tl.trans(u))
+        y = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # silu(gate) * up
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    return triton, rows_kernel, rows_glu_kernel
+
+
+def _launch_rows(x2: torch.Tensor, weights, biases, y: torch.Tensor, blocks) -> None:
+    """y (M, sum N_i) = x2 (M, K) [W_0 | W_1 | W_2]^T (+ b) for 2..MAX_ROWS rows, one launch."""
+    triton, kernel, _ = _rows_kernels()
+    M, K = x2.shape
+    if M > MAX_ROWS:
+        raise ValueError(f"the rows kernels take at most {MAX_ROWS} rows, got {M}")
+    w0 = weights[0]
+    ns = [w.shape[0] for w in weights] + [0] * (3 - len(weights))
+    offs = [element_offset(w, w0) for w in weights[1:]] + [0] * (3 - len(weights))
+    b0 = biases[0] if biases is not None else w0
+    boffs = ([element_offset(b, b0) for b in biases[1:]] + [0] * (3 - len(biases))) if biases is not None else [0, 0]
+    block_n, block_k, warps = blocks or ROWS_BLOCKS
+    grid = (sum(triton.cdiv(n, block_n) for n in ns),)
+    with on_device(x2):
+        kernel[grid](x2, w0, b0, y, offs[0], offs[1], boffs[0], boffs[1], ns[0], ns[1], ns[2], M, K, x2.stride(0),
+                     y.stride(0), HAS_BIAS=biases is not None, IEEE=x2.dtype == torch.float32, BLOCK_M=16,
+                     BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+
+
 def on_device(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it t's (experts may sit on several GPUs). CPU tensors (Triton's
     interpreter, TRITON_INTERPRET=1: the CPU tests) need no device."""
@@ -216,12 +321,23 @@ GLU_BLOCKS = (2, 512, 1)
 
 def gemv_glu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
              blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """silu(x gate^T) * (x up^T) in one pass over both weights: a gated MLP's first half for a few rows.
-    x (..., K), gate and up (N, K) contiguous -> (..., N) in x's dtype (float32 maths, one rounding)."""
-    triton, kernel = _glu_kernel()
+    """silu(x gate^T) * (x up^T) in one pass over both weights: a gated MLP's first half for up to MAX_ROWS rows
+    (one row: the GEMV layout; more: the rows kernel, `blocks` then its own). x (..., K), gate and up (N, K)
+    contiguous -> (..., N) in x's dtype (float32 maths, one rounding)."""
     N, K = gate.shape
     x2, y = _rows(x, N)
     M = x2.shape[0]
+    if M > 1:  # a slab's rows: one tensor-core pass over both weights for all of them
+        if M > MAX_ROWS:
+            raise ValueError(f"gemv_glu takes at most {MAX_ROWS} rows, got {M}")
+        triton, _, kernel = _rows_kernels()
+        block_n, block_k, warps = blocks or ROWS_GLU_BLOCKS
+        with on_device(x):
+            kernel[(triton.cdiv(N, block_n),)](x2, gate, up, y, M, N, K, x2.stride(0), y.stride(0),
+                                               IEEE=x2.dtype == torch.float32, BLOCK_M=16, BLOCK_N=block_n,
+                                               BLOCK_K=block_k, num_warps=warps)
+        return y.view(*x.shape[:-1], N)
+    triton, kernel = _glu_kernel()
     block_n, block_k, warps = blocks or GLU_BLOCKS
     with on_device(x):
         kernel[(triton.cdiv(N, block_n), M)](x2, gate, up, y, N, K, x2.stride(0), gate.stride(0), y.stride(0),
@@ -247,13 +363,17 @@ def gemv_qkv(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor, torch.T
              biases: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
              blocks: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x W_q^T (+ b_q), x W_k^T (+ b_k), x W_v^T (+ b_v) in one launch: an attention's three input projections.
-    x (..., K) with few rows; weights (N_q, K), (N_k, K), (N_v, K) contiguous, of one dtype and device; biases all
-    three or None. Returns three (..., N) views of one output, each equal bit for bit to `gemv` of its weight with the
-    same blocks (the default blocks of q's shape)."""
-    triton, kernel = _qkv_kernel()
+    x (..., K); weights (N_q, K), (N_k, K), (N_v, K) contiguous, of one dtype and device; biases all three or None.
+    Returns three (..., N) views of one output. One row: each equal bit for bit to `gemv` of its weight with the same
+    blocks (the default blocks of q's shape); 2..MAX_ROWS rows: the rows kernel (`blocks` are then its own)."""
     wq, wk, wv = weights
     (nq, K), nk, nv = wq.shape, wk.shape[0], wv.shape[0]
     x2, y = _rows(x, nq + nk + nv)
+    if x2.shape[0] > 1:  # a slab's rows: the rows kernel, one launch for the three
+        _launch_rows(x2, weights, biases, y, blocks)
+        y = y.view(*x.shape[:-1], nq + nk + nv)
+        return y[..., :nq], y[..., nq:nq + nk], y[..., nq + nk:]
+    triton, kernel = _qkv_kernel()
     block_n, block_k, warps = blocks or default_blocks(nq, K)
     bq, bk, bv = biases if biases is not None else (wq, wq, wq)
     grid = (triton.cdiv(nq, block_n) + triton.cdiv(nk, block_n) + triton.cdiv(nv, block_n), x2.shape[0])

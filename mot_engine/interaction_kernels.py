@@ -136,11 +136,20 @@ def available() -> bool:
     return gemv_available()  # the same requirement: Triton importable
 
 
-# Keys per program of memory_partial_kernel: at least MIN_CHUNK, and at most MAX_CHUNKS programs per query row.
-MIN_CHUNK, MAX_CHUNKS, BLOCK_S = 16, 64, 16
+# Keys per program of memory_partial_kernel: at least MIN_CHUNK, and at most MAX_CHUNKS programs per query row, and
+# about TARGET_PROGRAMS programs in all (a slab of 16 rows has 16x the query rows of one request).
+MIN_CHUNK, MAX_CHUNKS, BLOCK_S, TARGET_PROGRAMS = 16, 64, 16, 1024
 
 
-def memory_attention(q: torch.Tensor, slots) -> torch.Tensor:
+def memory_chunk(rows: int, S: int, target_programs: int = TARGET_PROGRAMS) -> int:
+    """Keys per program for `rows` query rows over S keys."""
+    import triton
+
+    chunks = max(1, min(MAX_CHUNKS, triton.cdiv(target_programs, rows)))
+    return max(MIN_CHUNK, triton.next_power_of_2(triton.cdiv(S, chunks)))
+
+
+def memory_attention(q: torch.Tensor, slots, chunk: int | None = None, block_s: int = BLOCK_S) -> torch.Tensor:
     """sum_r w_r softmax(q k_r^T / sqrt(hd) + mask_r) v_r in float32.
     q (B, H, T, hd) float32; each slot: key/value (B, H, S, hd) float32, mask (B, 1, 1, S) bool, weight (B,).
     -> (B, H, T, hd) float32.
@@ -158,16 +167,16 @@ def memory_attention(q: torch.Tensor, slots) -> torch.Tensor:
             if k.stride(-1) != 1 or v.stride(-1) != 1 or q.stride(-1) != 1:
                 raise ValueError("memory_attention needs a unit last stride in q, keys and values")
             S = k.shape[2]
-            chunk = max(MIN_CHUNK, triton.next_power_of_2(triton.cdiv(S, MAX_CHUNKS)))
-            C = triton.cdiv(S, chunk)
+            keys = chunk or memory_chunk(rows, S)
+            C = triton.cdiv(S, keys)
             mask = slot.mask.reshape(B, S).view(torch.uint8)  # (B, S): a view of the (B, 1, 1, S) buffer
             m = torch.empty(rows, C, dtype=torch.float32, device=q.device)
             l = torch.empty_like(m)
             acc = torch.empty(rows, C, block_d, dtype=torch.float32, device=q.device)
-            partial[(rows, C)](q, k, v, mask, m, l, acc, H, T, S, D, chunk, C, D**-0.5,
+            partial[(rows, C)](q, k, v, mask, m, l, acc, H, T, S, D, keys, C, D**-0.5,
                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                                v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
-                               BLOCK_S=BLOCK_S, BLOCK_D=block_d, num_warps=4)
+                               BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4)
             combine[(rows,)](m, l, acc, slot.weight, out, H, T, D, C, out.stride(0), out.stride(1), out.stride(2),
                              ACCUMULATE=r > 0, BLOCK_C=16, BLOCK_D=block_d, num_warps=4)
     return out
@@ -212,7 +221,8 @@ def gated_residual_reference(hidden: torch.Tensor, y: torch.Tensor, norm: torch.
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The interaction's float32 projections: one row through the Triton GEMV (cuBLAS's float32 GEMV took 6.2 µs
-    for 1536 x 1536 on an H100), more rows through `F.linear`."""
-    if x.numel() == x.shape[-1] and x.is_cuda:
+    for 1536 x 1536 on an H100), more rows through `F.linear` (for a slab's 16 rows cuBLAS took 17 µs, the rows
+    kernel's IEEE float32 product 31 µs: bench_gemv.py)."""
+    if x.numel() == x.shape[-1]:
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .decode_attention import CACHE_WRITE
+from .gemv import MAX_ROWS as GEMM_ROWS
 from .gemv import available, gemv, gemv_glu, gemv_op, gemv_qkv
 from .rms_norm import MAX_ROWS
 
@@ -250,11 +251,15 @@ def computes_qkv(attention: torch.nn.Module, kernel) -> bool:
     """Do the kernel's three outputs equal q_proj(x), k_proj(x), v_proj(x) on a probe row?"""
     weights, biases = _qkv_params(attention)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(1, 1, weights[0].shape[1], generator=gen).to(weights[0].device, weights[0].dtype)
-    want = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)]
-    got = kernel(x, weights, biases)
     tol = 1e-4 if weights[0].dtype == torch.float32 else 2e-2
-    return all(g.shape == w.shape and torch.allclose(g.float(), w.float(), rtol=tol, atol=tol) for g, w in zip(got, want))
+    for rows in (1, 3):  # a decode step of one request, and of a slab's few (the rows kernel)
+        x = torch.randn(rows, 1, weights[0].shape[1], generator=gen).to(weights[0].device, weights[0].dtype)
+        want = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)]
+        got = kernel(x, weights, biases)
+        if not all(g.shape == w.shape and torch.allclose(g.float(), w.float(), rtol=tol, atol=tol)
+                   for g, w in zip(got, want)):
+            return False
+    return True
 
 
 def _dispatch_qkv(flag_owner, attention: torch.nn.Module, kernel, needs_cuda: bool) -> None:
@@ -266,7 +271,8 @@ def _dispatch_qkv(flag_owner, attention: torch.nn.Module, kernel, needs_cuda: bo
     def q_forward(x, *args, **kwargs):
         kept.clear()
         if (flag_owner._use_fused_qkv and not args and not kwargs and (x.is_cuda or not needs_cuda)
-                and x.dtype == weights[0].dtype and x.numel() == x.shape[-1] and not torch.compiler.is_compiling()):
+                and x.dtype == weights[0].dtype and x.numel() <= GEMM_ROWS * x.shape[-1]
+                and not torch.compiler.is_compiling()):
             q, kept["k"], kept["v"] = kernel(x, weights, biases)
             kept["x"] = x
             return q
@@ -319,15 +325,18 @@ def computes_gated_mlp(module: torch.nn.Module, kernel) -> bool:
     """Does `module(x)` equal down_proj(kernel(x, gate, up)) (kernel = silu(x gate^T) * x up^T) on a probe row?"""
     gate, up, down = module.gate_proj.weight, module.up_proj.weight, module.down_proj
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(1, 1, gate.shape[1], generator=gen).to(gate.device, gate.dtype)
-    try:
-        reference = module(x).float()
-    except (TypeError, ValueError, RuntimeError):  # a module of this shape that wants other inputs: not a gated MLP
-        return False
-    fused = F.linear(kernel(x, gate, up), down.weight, down.bias).float()
-    scale = reference.abs().max().clamp_min(1e-6)
     tol = 1e-4 if gate.dtype == torch.float32 else 3e-2
-    return bool(((fused - reference).abs().max() / scale) < tol)
+    for rows in (1, 3):  # a decode step of one request, and of a slab's few (the rows kernel)
+        x = torch.randn(rows, 1, gate.shape[1], generator=gen).to(gate.device, gate.dtype)
+        try:
+            reference = module(x).float()
+        except (TypeError, ValueError, RuntimeError):  # a module of this shape that wants other inputs: not a gated MLP
+            return False
+        fused = F.linear(kernel(x, gate, up), down.weight, down.bias).float()
+        scale = reference.abs().max().clamp_min(1e-6)
+        if not bool(((fused - reference).abs().max() / scale) < tol):
+            return False
+    return True
 
 
 def _dispatch_mlp(flag_owner, module: torch.nn.Module, kernel, needs_cuda: bool) -> None:
@@ -336,7 +345,7 @@ def _dispatch_mlp(flag_owner, module: torch.nn.Module, kernel, needs_cuda: bool)
 
     def forward(x, *args, **kwargs):
         if (flag_owner._use_fused_mlp and not args and not kwargs and (x.is_cuda or not needs_cuda)
-                and x.dtype == gate.dtype and x.numel() == x.shape[-1] and not torch.compiler.is_compiling()):
+                and x.dtype == gate.dtype and x.numel() <= GEMM_ROWS * x.shape[-1] and not torch.compiler.is_compiling()):
             return down(kernel(x, gate, up))  # (..., hidden); down_proj keeps its own (dispatching) forward
         return eager(x, *args, **kwargs)
 
@@ -586,9 +595,11 @@ def computes_interaction(mot, attend, residual, linear) -> bool:
                                 weight=randn(2).abs()))
     tol = 1e-4
     d = mot.hidden_sizes[0]
-    x, weight, bias = randn(1, 1, H * hd), randn(d, H * hd) / 30, randn(d)  # the shared space -> the primary's
-    if not torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), rtol=tol, atol=tol):
-        return False
+    weight, bias = randn(d, H * hd) / 30, randn(d)  # the shared space -> the primary's
+    for rows in (1, 3):  # a decode step of one request, and of a slab's few
+        x = randn(rows, 1, H * hd)
+        if not torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), rtol=tol, atol=tol):
+            return False
     for used in (slots[:1], slots):
         if not torch.allclose(attend(q, used), memory_attention_reference(q, used), rtol=tol, atol=tol):
             return False

@@ -55,4 +55,4 @@ def perturb(mot, seed: int = 1234) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in mot.named_trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * (0.5 if ".gate." in name else 0.1))
+            p.add_(torch.randn(p.shape, generator=g).to(p.device) * (0.5 if ".gate." in name else 0.1))  # any device

@@ -159,7 +159,9 @@ def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
 
     model = _tiny_causal_lm("qwen2")
     family = sys.modules[type(model.model.layers[0].self_attn).__module__]
-    monkeypatch.setattr(family, "apply_rotary_pos_emb", family.apply_rotary_pos_emb)  # restored after the test
+    current = family.apply_rotary_pos_emb  # the family's own function for this test (a GPU engine built earlier in
+    monkeypatch.setattr(family, "apply_rotary_pos_emb", getattr(current, "mot_original", current))  # this process
+    # may have installed the Triton dispatcher); restored after the test
     owner = _Owner([model])
     ids = torch.randint(0, 64, (2, 5))
     before = model(ids).logits
@@ -204,17 +206,18 @@ def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
     assert install_fused_mlp(owner, kernel=kernel) == 2  # qwen's two layers; starcoder2's MLPs are not gated
     assert install_fused_mlp(owner, kernel=kernel) == 2 and list(qwen.state_dict()) == keys_before
     calls.clear()  # the install probes' calls
-    one, two = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1))
-    before = [qwen(one).logits, qwen(two).logits]
+    one, two, many = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1)), torch.randint(0, 64, (1, 17))
+    before = [qwen(one).logits, qwen(two).logits, qwen(many).logits]
     assert not calls
     with fused_mlp(owner):
-        inside = qwen(one).logits  # one row: fused
-        assert len(calls) == 2
-        assert torch.equal(qwen(two).logits, before[1]) and len(calls) == 2  # two rows: the module's own forward
-    torch.testing.assert_close(inside, before[0], rtol=1e-5, atol=1e-5)
+        inside = [qwen(one).logits, qwen(two).logits]  # one row, and a slab's two rows: fused
+        assert len(calls) == 4
+        assert torch.equal(qwen(many).logits, before[2]) and len(calls) == 4  # 17 rows: the module's own forward
+    for got, want in zip(inside, before):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with fused_mlp(owner, on=False):
         qwen(one)
-    assert len(calls) == 2
+    assert len(calls) == 4
 
 
 def test_gated_mlp_probe_rejects_another_activation():
@@ -285,7 +288,8 @@ def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monke
     from mot_engine.decode_attention import decode_attention_reference
     from mot_engine.kernels import decode_attention_on, install_decode_attention
 
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"])  # restored after
+    current = ALL_ATTENTION_FUNCTIONS["sdpa"]  # the original for this test (see the rotary test); restored after
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "sdpa", getattr(current, "mot_original", current))
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model("qwen2", vocab_size=64, num_hidden_layers=2, hidden_size=128, intermediate_size=64,
@@ -346,13 +350,15 @@ def test_qkv_dispatch_runs_one_launch_per_attention_only_inside_the_block(model_
     assert install_fused_qkv(owner, kernel=_counting(gemv_qkv_reference, calls)) == 2
     assert list(model.state_dict()) == keys_before
     calls.clear()  # the install probes' calls
-    one, two = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1))
-    before = [model(one).logits, model(two).logits]
+    one, two, many = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1)), torch.randint(0, 64, (1, 17))
+    before = [model(one).logits, model(two).logits, model(many).logits]
     assert not calls
     with fused_qkv(owner):
         inside = model(one).logits  # one row: one launch for the three products of each layer
         assert len(calls) == 2
-        assert torch.equal(model(two).logits, before[1]) and len(calls) == 2  # two rows: each layer's own forward
+        torch.testing.assert_close(model(two).logits, before[1], rtol=0, atol=0)  # a slab's two rows: one launch too
+        assert len(calls) == 4
+        assert torch.equal(model(many).logits, before[2]) and len(calls) == 4  # 17 rows: each layer's own forward
         attention = model.model.layers[0].self_attn
         x, other = torch.randn(1, 1, 32), torch.randn(1, 1, 32)
         q = attention.q_proj(x)
@@ -361,11 +367,11 @@ def test_qkv_dispatch_runs_one_launch_per_attention_only_inside_the_block(model_
                                                                      attention.k_proj.bias), rtol=0, atol=0)
         torch.testing.assert_close(attention.v_proj(x), F.linear(x, attention.v_proj.weight, attention.v_proj.bias),
                                    rtol=0, atol=0)
-        assert len(calls) == 3 and q.shape[-1] == attention.q_proj.out_features
+        assert len(calls) == 5 and q.shape[-1] == attention.q_proj.out_features
     torch.testing.assert_close(inside, before[0], rtol=0, atol=0)
     with fused_qkv(owner, on=False):
         model(one)
-    assert len(calls) == 3
+    assert len(calls) == 5
 
 
 def test_qkv_probe_rejects_a_kernel_that_swaps_outputs():
@@ -695,3 +701,22 @@ def test_triton_residual_folds_equal_the_two_ops_bit_for_bit_on_gpu():
             x, w = torch.randn(1, 1, k, device="cuda", dtype=dtype), torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
             r = torch.randn(1, 1, n, device="cuda", dtype=dtype)
             assert torch.equal(gemv(x, w, residual=r), r + gemv(x, w))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+def test_triton_rows_kernels_equal_the_references_on_gpu():
+    """A slab's 2..16 rows at the Qwen2.5-Coder-1.5B shapes: q/k/v with biases, and the gate/up pair."""
+    from mot_engine.gemv import available, gemv_glu, gemv_glu_reference, gemv_qkv, gemv_qkv_reference
+
+    if not available():
+        pytest.skip("Triton is not installed")
+    for dtype in (torch.float32, torch.bfloat16):
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        for rows in (2, 16):
+            x = torch.randn(rows, 1, 1536, device="cuda", dtype=dtype)
+            ws = [torch.randn(n, 1536, device="cuda", dtype=dtype) / 40 for n in (1536, 256, 256)]
+            bs = [torch.randn(n, device="cuda", dtype=dtype) for n in (1536, 256, 256)]
+            for got, want in zip(gemv_qkv(x, ws, bs), gemv_qkv_reference(x, ws, bs)):
+                torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+            g, u = (torch.randn(8960, 1536, device="cuda", dtype=dtype) / 40 for _ in range(2))
+            torch.testing.assert_close(gemv_glu(x, g, u).float(), gemv_glu_reference(x, g, u).float(), rtol=tol, atol=tol)
