@@ -32,6 +32,10 @@ from .prefill_graphs import PrefillGraphs
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
 
 MODES = ("fast", "full")
+# Requests of one (primary, mode) admitted together, up to this many, prefill one by one by graph replay (prefill
+# graphs on): on an H100 one graph prefill took 3 ms fast / 8 ms full MoT against 19 / 41 ms eager for one request
+# (run T, BENCHMARKS.md), and an eager batch costs about as much as one eager request until compute dominates.
+GRAPH_PREFILL_MAX_GROUP = 8
 SLAB_POOL_SIZE = 8  # emptied slabs kept (with their captured graphs) for reuse
 
 
@@ -381,8 +385,14 @@ class Generator:
             seq.routing = routing.info(b, mot.expert_names)
             seq.primary = seq.routing["primary_expert"]
             groups.setdefault((seq.primary, seq.request.mode), []).append((seq, routing, b))
+        batches = []
+        for key, members in groups.items():
+            if self.prefill_graphs is not None and 1 < len(members) <= GRAPH_PREFILL_MAX_GROUP:
+                batches += [(key, [member]) for member in members]  # a graph replay each beats one eager batch
+            else:
+                batches.append((key, members))
         cohorts = []
-        for (primary, mode), members in groups.items():
+        for (primary, mode), members in batches:
             ctx = None
             if mode == "full":
                 routing = _stack_routings([(r, b) for _, r, b in members])

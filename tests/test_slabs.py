@@ -277,3 +277,24 @@ def test_prefill_graphs_replay_the_plain_prefill_on_gpu(monkeypatch):
     assert graphs.broken is None and len(graphs.entries) == 6  # 2 prompt buckets x (fast, full, secondary states)
     assert all(entry.graph is not None for entry in graphs.entries.values())
     assert [r.token_ids for r in gen.generate(reqs[:2])] == expected[:2]  # admitted together: eager prefill
+
+
+def test_requests_admitted_together_prefill_one_by_one_on_the_graph_path(perturbed_mot, monkeypatch):
+    """With prefill graphs, a small group admitted in one step prefills one request at a time (each a graph replay
+    on a GPU; the padded path here): same tokens as one eager batch, every request through the padded path."""
+    from mot_engine import generation
+    from mot_engine.prefill_graphs import PrefillGraphs
+
+    mot = perturbed_mot
+    reqs = [GenerationRequest(src, mode=mode, max_new_tokens=5, stop_at_eos=False, force_active=[0, 1])
+            for src in (SHORT, UNIT, UNIT * 2) for mode in ("fast", "full")]
+    expected = [r.token_ids for r in Generator(mot, static_cache=True, cuda_graphs=False).generate(reqs)]
+    gen = Generator(mot, static_cache=True, cuda_graphs=False)
+    gen.prefill_graphs = graphs = PrefillGraphs(gen, capture=False)
+    prefills = []
+    monkeypatch.setattr(graphs, "prefill", lambda *a, real=graphs.prefill: prefills.append(a[1]) or real(*a))
+    assert [r.token_ids for r in gen.generate(reqs)] == expected
+    assert sorted(prefills) == ["fast"] * 3 + ["full"] * 3
+    monkeypatch.setattr(generation, "GRAPH_PREFILL_MAX_GROUP", 2)  # a group of three: one eager batch
+    prefills.clear()
+    assert [r.token_ids for r in gen.generate(reqs)] == expected and prefills == []
