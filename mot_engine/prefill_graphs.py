@@ -24,15 +24,13 @@ engine's plain prefill; the GPU tests and the benchmarks' parity checks run the 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .graph_capture import capture_or_explain
 from .model import MemoryContext, memory_buffers
-
-log = logging.getLogger(__name__)
 
 MIN_PROMPT = 64  # the smallest prompt bucket
 MAX_GRAPHS = 24  # shapes captured at most (each keeps its outputs); others run eagerly
@@ -154,21 +152,9 @@ class PrefillGraphs:
         if not self.capture:
             return entry.run()
         if entry.graph is None:
-            current = torch.cuda.current_stream(device)
-            try:
-                side = torch.cuda.Stream(device)
-                side.wait_stream(current)
-                with torch.cuda.stream(side):  # warm-up off the capture: lazy buffers, kernel selection
-                    for _ in range(2):
-                        entry.run()
-                current.wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    entry.outputs = entry.run()
-            except Exception as e:  # noqa: BLE001 — any capture failure means "prefill eagerly", said once
-                self.broken = f"{type(e).__name__}: {e}"
-                log.warning("a prefill cannot be captured in a CUDA graph (%s); prefills run eagerly", self.broken)
-                torch.cuda.synchronize(device)
+            graph, entry.outputs, self.broken = capture_or_explain(entry.run, device, self.pool, "a prefill",
+                                                                   "prefills run eagerly from now on")
+            if graph is None:
                 return None
             self.pool = graph.pool()
             entry.graph = graph

@@ -12,7 +12,6 @@ bound by launching ~1000 small kernels from Python.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from .graph_capture import capture_or_explain
 
 ENCODER_MIN_COLUMNS = 32
 ENCODER_MAX_GRAPHS = 16  # (rows, columns) shapes captured at most; others run eagerly
@@ -102,22 +101,11 @@ class CapturedEncoder:
         device = next(self.model.parameters()).device
         static = {k: v.to(device) if torch.is_tensor(v) else v
                   for k, v in pad_features(features, *shape, self.pad_id).items()}
-        try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # warm-up off the capture: lazy buffers, kernel selection
-                for _ in range(2):
-                    self.model(dict(static))
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self.model(dict(static))["sentence_embedding"]  # (rows, D)
-        except Exception as e:  # noqa: BLE001 — any capture failure means "run this encoder eagerly", said once
-            self.broken = f"{type(e).__name__}: {e}"
-            log.warning("the sentence encoder cannot be captured in a CUDA graph (%s); routing runs eagerly", self.broken)
-            torch.cuda.synchronize(device)
+        graph, out, self.broken = capture_or_explain(lambda: self.model(dict(static))["sentence_embedding"], device,
+                                                     self.pool, "the sentence encoder", "routing runs eagerly")
+        if graph is None:
             return None
-        self.pool = graph.pool()
+        self.pool = graph.pool()  # out: (rows, D)
         self.graphs[shape] = (graph, static, out)
         return self.graphs[shape]
 
