@@ -408,7 +408,7 @@ def test_fuzzed_frames_never_crash_or_stall_the_daemon_nor_grow_its_memory(daemo
     # Bounded, not growing: the allocator may step up once (the first valid fuzzed translation of a new shape) and
     # a single round can spike (a transient huge frame), but a leak raises the floor round after round: the lowest
     # resident size of the last 5 rounds stays within 16 MiB of the lowest of rounds 6-10. The one-off step was
-    # measured at 6 to 96 MiB (glibc's arenas, at the first or the last round, varying run to run: a fresh-clone CI
+    # measured at 5 to 96 MiB (glibc's arenas, at the first or the last round, varying run to run: a fresh-clone CI
     # run met 96.01 MiB against an earlier cap of 96), so the total cap only stops a gross allocation kept for good
     # (a lying 4 GiB length header honoured, say); the leak check is the floor's trend above.
     shown = [round(x) for x in trace]
