@@ -62,6 +62,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--slab-only", action="store_true", help="only a slab's rows kernels and the memory attention")
+    ap.add_argument("--stages", action="store_true", help="only the one-row kernels' software-pipelining depth "
+                    "(Triton's num_stages) and wider K blocks")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -69,6 +71,9 @@ def main() -> int:
     if args.slab_only:
         bench_rows(dev)
         bench_memory_attention(dev)
+        return 0
+    if args.stages:
+        bench_stages(dev)
         return 0
     print("| layer | N x K | MB | cuBLAS µs | cuBLAS TB/s | Triton default µs | best Triton (BN, BK, warps) µs | best TB/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -105,6 +110,61 @@ def main() -> int:
     bench_rows(dev)
     bench_memory_attention(dev)
     return 0
+
+
+def bench_stages(dev: str) -> None:
+    """The one-row GEMV and gate/up kernels launched with Triton's num_stages 1-4 (how far loads run ahead of the
+    loop's arithmetic) and wider K blocks, at the batch-1 shapes that dominate a decode step."""
+    from mot_engine import gemv as G
+
+    triton, gemv_kernel = G._kernel()
+    _, glu_kernel = G._glu_kernel()
+    x = {k: torch.randn(1, k, device=dev, dtype=torch.bfloat16) for k in (1536, 8960)}
+
+    def run_gemv(w, y, cfg):
+        bn, bk, warps, stages = cfg
+        n, k = w.shape
+        gemv_kernel[(triton.cdiv(n, bn), 1)](x[k], w, w, y, y, n, k, k, k, 0, n, HAS_BIAS=False, HAS_RESIDUAL=False,
+                                             BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+
+    def run_glu(g, u, y, cfg):
+        bn, bk, warps, stages = cfg
+        n, k = g.shape
+        glu_kernel[(triton.cdiv(n, bn), 1)](x[k], g, u, y, n, k, k, k, n, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                                            num_stages=stages)
+
+    print("\none row, num_stages and K blocks (µs; the engine's defaults launch with Triton's default num_stages):")
+    for name in ("down_proj", "q/o_proj"):
+        n, k = SHAPES[name]
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5
+        ws, y = copies(w), torch.empty(1, n, device=dev, dtype=torch.bfloat16)
+        ref = F.linear(x[k], w)
+        results = {}
+        for bn, bk, warps in ((1, 512, 1), (1, 1024, 2), (1, 1024, 4), (1, 2048, 4), (2, 1024, 4), (1, 256, 1)):
+            for stages in (1, 2, 3, 4):
+                cfg = (bn, bk, warps, stages)
+                run_gemv(w, y, cfg)
+                if not torch.allclose(y.float(), ref.float(), rtol=2e-2, atol=2e-2):
+                    raise SystemExit(f"gemv {cfg} differs from the reference")
+                results[cfg] = graph_us(lambda i, c=cfg: run_gemv(ws[i], y, c), weights=len(ws))
+        best = sorted(results, key=results.get)[:4]
+        print(f"  {name} {n} x {k}: default {default_blocks(n, k)} at num_stages 3 {results.get((*default_blocks(n, k), 3), float('nan')):.1f}; "
+              "fastest " + ", ".join(f"{c} {results[c]:.1f}" for c in best))
+    n, k = SHAPES["gate/up_proj"]
+    g, u = (torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5 for _ in range(2))
+    gs, us, y = copies(g), copies(u), torch.empty(1, n, device=dev, dtype=torch.bfloat16)
+    ref = gemv_glu_reference(x[k], g, u).float()
+    results = {}
+    for bn, bk, warps in ((2, 512, 1), (2, 1024, 1), (2, 1024, 2), (2, 2048, 2), (4, 512, 2), (1, 1024, 1), (1, 2048, 1)):
+        for stages in (1, 2, 3, 4):
+            cfg = (bn, bk, warps, stages)
+            run_glu(g, u, y, cfg)
+            if not torch.allclose(y.float(), ref, rtol=2e-2, atol=2e-2):
+                raise SystemExit(f"glu {cfg} differs from the reference")
+            results[cfg] = graph_us(lambda i, c=cfg: run_glu(gs[i], us[i], y, c), weights=len(gs))
+    best = sorted(results, key=results.get)[:4]
+    print(f"  gate/up {n} x {k} x 2: default {GLU_BLOCKS} at num_stages 3 {results.get((*GLU_BLOCKS, 3), float('nan')):.1f}; "
+          "fastest " + ", ".join(f"{c} {results[c]:.1f}" for c in best))
 
 
 def bench_rows(dev: str, rows: int = 16) -> None:
