@@ -29,15 +29,16 @@ def replay_ms(gen: Generator, mode: str, n: int = 100, batch: int = 1) -> tuple[
     (slab,) = gen.slabs.values()
     # The graph holds the whole step, column and positions included: replayed alone, it moves them on the device and
     # not on the host, so the slab's device state is put back before the engine steps again.
-    state = [t.clone() for t in (slab.write_column, slab.position_ids, slab.input_ids, slab.step_mask, slab.key_valid)]
+    device_state = (slab.write_column, slab.position_ids, slab.input_ids, slab.step_mask, slab.key_valid)
+    saved = [t.clone() for t in device_state]
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(20):
         slab.graph.replay()
     torch.cuda.synchronize()
     replay = (time.perf_counter() - t) / 20 * 1e3
-    for saved, live in zip(state, (slab.write_column, slab.position_ids, slab.input_ids, slab.step_mask, slab.key_valid)):
-        live.copy_(saved)
+    for live, copy in zip(device_state, saved):
+        live.copy_(copy)
     t = time.perf_counter()
     for _ in range(20):
         gen.step()

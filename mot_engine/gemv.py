@@ -137,7 +137,7 @@ def _rows_kernels():
     def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, off_w1, off_w2, off_b1, off_b2, N0, N1, N2, M, K, stride_xm,
                     stride_ym, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # Up to three products x W_i^T of one input (q/k/v; N1 = N2 = 0 for one weight): programs [0, b0) serve
+        # Three products x W_i^T of one input (q/k/v) for a few rows: programs [0, b0) serve
         # W_0's rows, the next b1 W_1's, the rest W_2's. The weights stay where they are (element offsets from W_0's);
         # y holds [y_0 | y_1 | y_2] per row.
         pid = tl.program_id(0)
@@ -200,22 +200,20 @@ def _rows_kernels():
 
 
 def _launch_rows(x2: torch.Tensor, weights, biases, y: torch.Tensor, blocks) -> None:
-    """y (M, sum N_i) = x2 (M, K) [W_0 | W_1 | W_2]^T (+ b) for 2..MAX_ROWS rows, one launch."""
+    """y (M, N_q + N_k + N_v) = x2 (M, K) [W_q | W_k | W_v]^T (+ b) for 2..MAX_ROWS rows, one launch."""
     triton, kernel, _ = _rows_kernels()
     M, K = x2.shape
     if M > MAX_ROWS:
         raise ValueError(f"the rows kernels take at most {MAX_ROWS} rows, got {M}")
-    w0 = weights[0]
-    ns = [w.shape[0] for w in weights] + [0] * (3 - len(weights))
-    offs = [element_offset(w, w0) for w in weights[1:]] + [0] * (3 - len(weights))
-    b0 = biases[0] if biases is not None else w0
-    boffs = ([element_offset(b, b0) for b in biases[1:]] + [0] * (3 - len(biases))) if biases is not None else [0, 0]
+    wq, wk, wv = weights
+    bq, bk, bv = biases if biases is not None else (wq, wq, wq)  # unused pointers without biases
     block_n, block_k, warps = blocks or ROWS_BLOCKS
-    grid = (sum(triton.cdiv(n, block_n) for n in ns),)
+    grid = (sum(triton.cdiv(w.shape[0], block_n) for w in weights),)
     with on_device(x2):
-        kernel[grid](x2, w0, b0, y, offs[0], offs[1], boffs[0], boffs[1], ns[0], ns[1], ns[2], M, K, x2.stride(0),
-                     y.stride(0), HAS_BIAS=biases is not None, IEEE=x2.dtype == torch.float32, BLOCK_M=16,
-                     BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        kernel[grid](x2, wq, bq, y, element_offset(wk, wq), element_offset(wv, wq), element_offset(bk, bq),
+                     element_offset(bv, bq), wq.shape[0], wk.shape[0], wv.shape[0], M, K, x2.stride(0), y.stride(0),
+                     HAS_BIAS=biases is not None, IEEE=x2.dtype == torch.float32, BLOCK_M=16, BLOCK_N=block_n,
+                     BLOCK_K=block_k, num_warps=warps)
 
 
 def on_device(t: torch.Tensor):
@@ -279,7 +277,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     second residual add folded into its down projection: the fused-residual substitution, mot_engine/kernels.py)."""
     triton, kernel = _kernel()
     N, K = weight.shape
-    x2, y = _rows(x, N)
+    x2, y = as_rows(x, N)
     M = x2.shape[0]
     if residual is not None:
         if residual.shape != (*x.shape[:-1], N) or residual.dtype != x.dtype:
@@ -305,7 +303,7 @@ def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y if residual is None else residual + y
 
 
-def _rows(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def as_rows(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., K) as (M, K) rows with a unit last stride, and an empty (M, n) output in x's dtype."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
@@ -325,7 +323,7 @@ def gemv_glu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
     (one row: the GEMV layout; more: the rows kernel, `blocks` then its own). x (..., K), gate and up (N, K)
     contiguous -> (..., N) in x's dtype (float32 maths, one rounding)."""
     N, K = gate.shape
-    x2, y = _rows(x, N)
+    x2, y = as_rows(x, N)
     M = x2.shape[0]
     if M > 1:  # a slab's rows: one tensor-core pass over both weights for all of them
         if M > MAX_ROWS:
@@ -368,7 +366,7 @@ def gemv_qkv(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor, torch.T
     blocks (the default blocks of q's shape); 2..MAX_ROWS rows: the rows kernel (`blocks` are then its own)."""
     wq, wk, wv = weights
     (nq, K), nk, nv = wq.shape, wk.shape[0], wv.shape[0]
-    x2, y = _rows(x, nq + nk + nv)
+    x2, y = as_rows(x, nq + nk + nv)
     if x2.shape[0] > 1:  # a slab's rows: the rows kernel, one launch for the three
         _launch_rows(x2, weights, biases, y, blocks)
         y = y.view(*x.shape[:-1], nq + nk + nv)

@@ -31,14 +31,10 @@ import torch
 
 from .graph_capture import capture_or_explain
 from .model import MemoryContext, memory_buffers
+from .slabs import bucket
 
 MIN_PROMPT = 64  # the smallest prompt bucket
 MAX_GRAPHS = 24  # shapes captured at most (each keeps its outputs); others run eagerly
-
-
-def prompt_bucket(n: int) -> int:
-    """The smallest power of two >= max(n, MIN_PROMPT)."""
-    return 1 << (max(int(n), MIN_PROMPT) - 1).bit_length()
 
 
 @dataclass
@@ -76,7 +72,7 @@ class PrefillGraphs:
         the prompt's; None where this prompt must run eagerly."""
         mot = self.gen.mot
         model = mot.experts[e]
-        Lb = prompt_bucket(len(prompt))
+        Lb = bucket(len(prompt), MIN_PROMPT)
         if not self._fits(model, Lb):
             return None
         dev = next(model.parameters()).device
@@ -95,10 +91,10 @@ class PrefillGraphs:
         """Primary p's prefill of one prompt (with `ctx`'s memory in full mode); None where it must run eagerly."""
         mot = self.gen.mot
         model = mot.experts[p]
-        Lb = prompt_bucket(len(prompt))
+        Lb = bucket(len(prompt), MIN_PROMPT)
         if not self._fits(model, Lb) or (ctx is not None and ctx.primary_weight.shape[0] != 1):
             return None
-        Sb = prompt_bucket(max(slot.key.shape[2] for stack in ctx.slots for slot in stack)) if ctx is not None else 0
+        Sb = bucket(max(slot.key.shape[2] for stack in ctx.slots for slot in stack), MIN_PROMPT) if ctx is not None else 0
         dev = next(model.parameters()).device
 
         def make():

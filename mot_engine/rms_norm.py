@@ -17,7 +17,7 @@ import functools
 import torch
 
 from .gemv import available as gemv_available
-from .gemv import on_device
+from .gemv import as_rows, on_device
 
 MAX_ROWS = 16  # more rows: torch's kernel (it parallelises within rows too)
 
@@ -50,11 +50,6 @@ def available() -> bool:
     return gemv_available()  # the same requirement: Triton importable
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
-
-
 def _launch(x2, weight, y, eps, r2=None, s2=None) -> None:
     triton, kernel = _kernel()
     N = x2.shape[-1]
@@ -68,8 +63,7 @@ def _launch(x2, weight, y, eps, r2=None, s2=None) -> None:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x (..., N) of a few rows, weight (N,) -> (..., N) in x's dtype."""
-    x2 = _rows(x)
-    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    x2, y = as_rows(x, x.shape[-1])
     _launch(x2, weight, y, eps)
     return y.view(x.shape)
 
@@ -81,8 +75,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     if residual.shape != x.shape or residual.dtype != x.dtype:
         raise ValueError(f"add_rms_norm takes x and residual of one shape and dtype, got {tuple(x.shape)} "
                          f"{x.dtype} and {tuple(residual.shape)} {residual.dtype}")
-    x2, r2 = _rows(x), _rows(residual)
-    s, y = (torch.empty(x2.shape, dtype=x.dtype, device=x.device) for _ in range(2))
+    (x2, y), (r2, s) = as_rows(x, x.shape[-1]), as_rows(residual, x.shape[-1])
     _launch(x2, weight, y, eps, r2, s)
     return y.view(x.shape), s.view(x.shape)
 

@@ -194,6 +194,13 @@ def test_triton_rotary_equals_the_reference_on_gpu():
             torch.testing.assert_close(yq, rotary_reference(x, cos[:1], sin[:1]), rtol=tol, atol=tol)
 
 
+def _one_two_many(model):
+    """A decode step of one row, a slab's two rows, and a 17-position prefill (past the rows kernels' 16), with the
+    model's logits for each before any substitution is on."""
+    inputs = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1)), torch.randint(0, 64, (1, 17))
+    return inputs, [model(ids).logits for ids in inputs]
+
+
 def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
     from mot_engine.gemv import gemv_glu_reference
     from mot_engine.kernels import fused_mlp, install_fused_mlp
@@ -206,8 +213,7 @@ def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
     assert install_fused_mlp(owner, kernel=kernel) == 2  # qwen's two layers; starcoder2's MLPs are not gated
     assert install_fused_mlp(owner, kernel=kernel) == 2 and list(qwen.state_dict()) == keys_before
     calls.clear()  # the install probes' calls
-    one, two, many = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1)), torch.randint(0, 64, (1, 17))
-    before = [qwen(one).logits, qwen(two).logits, qwen(many).logits]
+    (one, two, many), before = _one_two_many(qwen)
     assert not calls
     with fused_mlp(owner):
         inside = [qwen(one).logits, qwen(two).logits]  # one row, and a slab's two rows: fused
@@ -350,8 +356,7 @@ def test_qkv_dispatch_runs_one_launch_per_attention_only_inside_the_block(model_
     assert install_fused_qkv(owner, kernel=_counting(gemv_qkv_reference, calls)) == 2
     assert list(model.state_dict()) == keys_before
     calls.clear()  # the install probes' calls
-    one, two, many = torch.randint(0, 64, (1, 1)), torch.randint(0, 64, (2, 1)), torch.randint(0, 64, (1, 17))
-    before = [model(one).logits, model(two).logits, model(many).logits]
+    (one, two, many), before = _one_two_many(model)
     assert not calls
     with fused_qkv(owner):
         inside = model(one).logits  # one row: one launch for the three products of each layer

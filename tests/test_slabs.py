@@ -221,13 +221,14 @@ def test_padded_prefill_equals_the_plain_prefill_in_logits_cache_and_memory(pert
     import torch
     from transformers import DynamicCache
 
-    from mot_engine.prefill_graphs import PrefillGraphs, prompt_bucket
+    from mot_engine.prefill_graphs import MIN_PROMPT, PrefillGraphs
+    from mot_engine.slabs import bucket
 
     mot = perturbed_mot
     graphs = PrefillGraphs(Generator(mot, static_cache=True, cuda_graphs=False), capture=False)
     routing = mot.route([SHORT], noise=False, force_active=[[0, 1]])
     prompt = mot.prompt_ids(0, SHORT)
-    assert prompt_bucket(len(prompt)) > len(prompt)  # really padded
+    assert bucket(len(prompt), MIN_PROMPT) > len(prompt)  # really padded
     with torch.no_grad():
         ctx = mot.memory_context([SHORT], routing)
         padded_ctx = mot.memory_context([SHORT], routing, prompt_runner=graphs.prompt_states)
