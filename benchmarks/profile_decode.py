@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also profile MOT_COMPILE=1 (minutes of compilation)")
     ap.add_argument("--batch", type=int, default=1, help="requests decoding together (one slab)")
     ap.add_argument("--default-only", action="store_true", help="only the default engine (every substitution)")
+    ap.add_argument("--last", type=int, default=0, metavar="K",
+                    help="only the ladder's last K substitutions, added one by one to all the others")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
     flags = ("MOT_COMPILE",) + SWITCHES
@@ -94,6 +96,8 @@ def main() -> int:
     configs = ["0" + "1" * i + "0" * (n - i) for i in range(n + 1)] + (["1" * (n + 1)] if args.compile else [])
     if args.default_only:
         configs = ["0" + "1" * n]
+    elif args.last:
+        configs = configs[n - args.last:n + 1]
     rows = []
     for config in configs:
         os.environ.update(zip(flags, config))

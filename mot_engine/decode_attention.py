@@ -15,7 +15,7 @@ import functools
 import torch
 
 from .gemv import available as gemv_available
-from .gemv import element_offset, on_device
+from .gemv import element_offset, launch_options, on_device
 
 BLOCK_M = 64  # cache columns per program and iteration
 
@@ -29,7 +29,10 @@ def _kernels():
     def partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, scale, M, HK, G, COLS,
                        sqc, sqh, skc, skh, skm, svc, svh, svm, smc, smm,
                        HAS_MASK: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
-                       IEEE: tl.constexpr):
+                       IEEE: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         ch = tl.program_id(0)  # row c * HK + key/value head h
         split = tl.program_id(1)
         S = tl.num_programs(1)
@@ -74,7 +77,10 @@ def _kernels():
 
     @triton.jit
     def combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, S, HK, G, soc, soh,
-                       GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr, BS: tl.constexpr):
+                       GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         # Program (row c * HK + key/value head h, query head g of its group): one head's parts, combined. A program
         # per query head keeps each one's loads small (one program per group read GP x D per split, in sequence).
         ch = tl.program_id(0)
@@ -100,7 +106,10 @@ def _kernels():
 
     @triton.jit
     def write_kernel(k_ptr, keys_ptr, col_ptr, v_off, values_off, HK, skb, skh, svb, svh, scb, sch, scm,
-                     D: tl.constexpr, BLOCK: tl.constexpr):
+                     D: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         # Program (row * HK + head, 0 for the key / 1 for the value): one token's head into the cache at the slab's
         # write column (a device tensor, as index_copy_ reads it). value and its cache are reached from the key's
         # pointers by element offsets.
@@ -135,7 +144,7 @@ def write_token(keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, val
         kernel[(C * HK, 2)](key, keys, column, element_offset(value, key), element_offset(values, keys), HK,
                             key.stride(0), key.stride(1), value.stride(0), value.stride(1),
                             keys.stride(0), keys.stride(1), keys.stride(2), D=D, BLOCK=triton.next_power_of_2(D),
-                            num_warps=1)
+                            num_warps=1, **launch_options())
 
 
 def available() -> bool:
@@ -181,9 +190,11 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
             value.stride(0), value.stride(1), value.stride(2),
             mk.stride(0) if mask is not None else 0, mk.stride(-1) if mask is not None else 0,
-            HAS_MASK=mask is not None, GP=GP, D=D, BM=BLOCK_M, IEEE=query.dtype == torch.float32, num_warps=4)
+            HAS_MASK=mask is not None, GP=GP, D=D, BM=BLOCK_M, IEEE=query.dtype == torch.float32, num_warps=4,
+            **launch_options())
         combine_kernel[(programs, G)](m, l, acc, out, S, Hk, G, out.stride(0), out.stride(2),
-                                      GP=GP, D=D, SP=max(2, triton.next_power_of_2(S)), BS=8, num_warps=1)
+                                      GP=GP, D=D, SP=max(2, triton.next_power_of_2(S)), BS=8, num_warps=1,
+                                      **launch_options())
     return out
 
 

@@ -15,6 +15,19 @@ from typing import Optional
 
 import torch
 
+# Programmatic dependent launch (PDL, Hopper and newer: mot_engine/launch.py turns it on for a Generator's decode
+# steps). While on, the decode path's kernels launch with it and each calls `gdc_wait` before it reads or writes
+# anything a kernel before it touches: the next kernel's programs are scheduled, and load their weights, while this
+# one finishes, instead of after it. Off, the kernels are the same minus those two instructions.
+PROGRAMMATIC_LAUNCH = {"on": False}
+
+
+def launch_options() -> dict:
+    """A decode-path kernel launch's extra keyword arguments: its PDL constexpr, and Triton's launch_pdl while on."""
+    if PROGRAMMATIC_LAUNCH["on"]:
+        return {"PDL": True, "launch_pdl": True}
+    return {"PDL": False}
+
 
 @functools.cache
 def _kernel():
@@ -23,17 +36,27 @@ def _kernel():
 
     @triton.jit
     def gemv_kernel(x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
-                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    PDL: tl.constexpr):
         pid_n = tl.program_id(0)
         m = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features of this program
         rk = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        # The first K block is peeled: its weights load before the wait (no kernel writes them), so under PDL they
+        # are in flight while the kernel before this one finishes.
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :],
+                    mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)  # (BLOCK_N, BLOCK_K)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        x = tl.load(x_ptr + m * stride_xm + rk, mask=rk < K, other=0.0)  # (BLOCK_K,)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             kk = k0 + rk
             w = tl.load(w_ptr + rn[:, None] * stride_wn + kk[None, :],
-                        mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)  # (BLOCK_N, BLOCK_K)
-            x = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0)  # (BLOCK_K,)
+                        mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)
+            x = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)  # (BLOCK_N,)
         if HAS_BIAS:
@@ -53,14 +76,24 @@ def _glu_kernel():
 
     @triton.jit
     def glu_kernel(x_ptr, g_ptr, u_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         pid_n = tl.program_id(0)
         m = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of both the gate and the up weight
         rk = tl.arange(0, BLOCK_K)
         acc_g = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        wmask = (rn[:, None] < N) & (rk[None, :] < K)
+        offs = rn[:, None] * stride_wn + rk[None, :]
+        g = tl.load(g_ptr + offs, mask=wmask, other=0.0)  # the first K block peeled, as in gemv_kernel
+        u = tl.load(u_ptr + offs, mask=wmask, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        x = tl.load(x_ptr + m * stride_xm + rk, mask=rk < K, other=0.0).to(tl.float32)[None, :]
+        acc_g += g.to(tl.float32) * x
+        acc_u += u.to(tl.float32) * x
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             kk = k0 + rk
             wmask = (rn[:, None] < N) & (kk[None, :] < K)
             offs = rn[:, None] * stride_wn + kk[None, :]
@@ -82,7 +115,7 @@ def _qkv_kernel():
 
     @triton.jit
     def qkv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, off_wk, off_wv, off_bk, off_bv, NQ, NK, NV, K, stride_xm, stride_ym,
-                   HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         # Three products x W^T of one input in one launch: programs [0, bq) serve q's rows, the next bk k's, the rest
         # v's. The weights stay where they are (element offsets from q's, no copy); y holds [q | k | v] per row.
         pid = tl.program_id(0)
@@ -98,7 +131,16 @@ def _qkv_kernel():
         rn = (pid - first) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features of this program
         rk = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):  # the same blocks and order as gemv_kernel: the same sums, bit for bit
+        # The same blocks and order as gemv_kernel (the first K block peeled, its weights loaded before the wait):
+        # the same sums, bit for bit.
+        w = tl.load(w_ptr + w_off + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K),
+                    other=0.0)  # (BLOCK_N, BLOCK_K)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        x = tl.load(x_ptr + m * stride_xm + rk, mask=rk < K, other=0.0)  # (BLOCK_K,)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             kk = k0 + rk
             w = tl.load(w_ptr + w_off + rn[:, None] * K + kk[None, :],
                         mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)  # (BLOCK_N, BLOCK_K)
@@ -136,10 +178,13 @@ def _rows_kernels():
     @triton.jit
     def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, off_w1, off_w2, off_b1, off_b2, N0, N1, N2, M, K, stride_xm,
                     stride_ym, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         # Three products x W_i^T of one input (q/k/v) for a few rows: programs [0, b0) serve
         # W_0's rows, the next b1 W_1's, the rest W_2's. The weights stay where they are (element offsets from W_0's);
         # y holds [y_0 | y_1 | y_2] per row.
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pid = tl.program_id(0)
         b0 = tl.cdiv(N0, BLOCK_N)
         b1 = tl.cdiv(N1, BLOCK_N)
@@ -171,7 +216,10 @@ def _rows_kernels():
 
     @triton.jit
     def rows_glu_kernel(x_ptr, g_ptr, u_ptr, y_ptr, M, N, K, stride_xm, stride_ym, IEEE: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pid = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # rows of both the gate and the up weight
@@ -213,7 +261,7 @@ def _launch_rows(x2: torch.Tensor, weights, biases, y: torch.Tensor, blocks) -> 
         kernel[grid](x2, wq, bq, y, element_offset(wk, wq), element_offset(wv, wq), element_offset(bk, bq),
                      element_offset(bv, bq), wq.shape[0], wk.shape[0], wv.shape[0], M, K, x2.stride(0), y.stride(0),
                      HAS_BIAS=biases is not None, IEEE=x2.dtype == torch.float32, BLOCK_M=16, BLOCK_N=block_n,
-                     BLOCK_K=block_k, num_warps=warps)
+                     BLOCK_K=block_k, num_warps=warps, **launch_options())
 
 
 def on_device(t: torch.Tensor):
@@ -262,7 +310,7 @@ def gemv_op():
         wrap_triton(kernel)[(triton.cdiv(N, block_n), M)](
             x, weight, bias if bias is not None else weight, y, y, N, K, x.stride(0), weight.stride(0), y.stride(0),
             y.stride(0), HAS_BIAS=bias is not None, HAS_RESIDUAL=False, BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=warps)
+            PDL=False, num_warps=warps)
         return y
 
     _gemv.__annotations__ = {"x": torch.Tensor, "weight": torch.Tensor, "bias": Optional[torch.Tensor],
@@ -292,7 +340,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         kernel[grid](x2, weight, bias if bias is not None else weight, r2 if residual is not None else y, y, N, K,
                      x2.stride(0), weight.stride(0), r2.stride(0) if residual is not None else 0, y.stride(0),
                      HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-                     num_warps=warps)
+                     num_warps=warps, **launch_options())
     return y.view(*x.shape[:-1], N)
 
 
@@ -333,13 +381,14 @@ def gemv_glu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
         with on_device(x):
             kernel[(triton.cdiv(N, block_n),)](x2, gate, up, y, M, N, K, x2.stride(0), y.stride(0),
                                                IEEE=x2.dtype == torch.float32, BLOCK_M=16, BLOCK_N=block_n,
-                                               BLOCK_K=block_k, num_warps=warps)
+                                               BLOCK_K=block_k, num_warps=warps, **launch_options())
         return y.view(*x.shape[:-1], N)
     triton, kernel = _glu_kernel()
     block_n, block_k, warps = blocks or GLU_BLOCKS
     with on_device(x):
         kernel[(triton.cdiv(N, block_n), M)](x2, gate, up, y, N, K, x2.stride(0), gate.stride(0), y.stride(0),
-                                             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+                                             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+                                             **launch_options())
     return y.view(*x.shape[:-1], N)
 
 
@@ -378,7 +427,7 @@ def gemv_qkv(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor, torch.T
     with on_device(x):
         kernel[grid](x2, wq, bq, y, element_offset(wk, wq), element_offset(wv, wq), element_offset(bk, bq),
                      element_offset(bv, bq), nq, nk, nv, K, x2.stride(0), y.stride(0), HAS_BIAS=biases is not None,
-                     BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+                     BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **launch_options())
     y = y.view(*x.shape[:-1], nq + nk + nv)
     return y[..., :nq], y[..., nq:nq + nk], y[..., nq + nk:]
 

@@ -26,7 +26,7 @@ import torch
 from .errors import NonFiniteError, SourceTooLong
 from .kernels import (decode_substitutions, install_decode_attention, install_fused_cache_write,
                       install_fused_interaction, install_fused_mlp, install_fused_norms, install_fused_qkv,
-                      install_fused_residual, install_fused_rotary, install_triton_gemv)
+                      install_fused_residual, install_fused_rotary, install_programmatic_launch, install_triton_gemv)
 from .model import MemoryContext, MixtureOfThoughts, pad_batch
 from .prefill_graphs import PrefillGraphs
 from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
@@ -180,6 +180,9 @@ class Generator:
         self.fused_cache_write = triton_kernel("MOT_FUSED_CACHE_WRITE", install_fused_cache_write)
         self.fused_interaction = triton_kernel("MOT_FUSED_INTERACTION", install_fused_interaction)
         self.fused_residual = not self.compile_layers and triton_kernel("MOT_FUSED_RESIDUAL", install_fused_residual)
+        # MOT_PDL: those Triton kernels launch with programmatic dependent launch (Hopper and newer; probed): each
+        # kernel's programs are scheduled, and load their first weights, while the kernel before it finishes.
+        self.programmatic_launch = triton_kernel("MOT_PDL", install_programmatic_launch)
         # A request admitted alone prefills by CUDA-graph replay (its secondaries' prompts, then its primary's), one
         # graph per prompt-length bucket (mot_engine/prefill_graphs.py): the first token is otherwise bound by
         # launching the experts' kernels from Python. MOT_PREFILL_GRAPHS=0: off.
@@ -243,6 +246,7 @@ class Generator:
                                         ("one-launch cache write", self.fused_cache_write),
                                         ("fused interaction", self.fused_interaction),
                                         ("residual adds folded", self.fused_residual),
+                                        ("programmatic dependent launch", self.programmatic_launch),
                                         ("prefill graphs", self.prefill_graphs is not None),
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
@@ -256,7 +260,7 @@ class Generator:
                                     rotary=self.fused_rotary, attention=self.decode_attention and decoding,
                                     cache_write=self.fused_cache_write and decoding,
                                     interaction=self.fused_interaction and decoding,
-                                    residual=self.fused_residual and decoding)
+                                    residual=self.fused_residual and decoding, pdl=self.programmatic_launch)
 
     @property
     def num_waiting(self) -> int:

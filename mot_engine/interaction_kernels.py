@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .gemv import available as gemv_available
-from .gemv import gemv, on_device
+from .gemv import gemv, launch_options, on_device
 
 
 @functools.cache
@@ -34,7 +34,10 @@ def _attention_kernels():
     @triton.jit
     def memory_partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, H, T, S, D, CHUNK, C, scale,
                               sq_b, sq_h, sq_t, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sm_b,
-                              BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                              BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         # Program (query row, chunk): an online softmax over the chunk's keys; its max, sum and weighted values go
         # to the scratch buffers for memory_combine_kernel.
         row = tl.program_id(0)  # ((b * H) + h) * T + t
@@ -71,7 +74,11 @@ def _attention_kernels():
 
     @triton.jit
     def memory_combine_kernel(m_ptr, l_ptr, acc_ptr, w_ptr, out_ptr, H, T, D, C, so_b, so_h, so_t,
-                              ACCUMULATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+                              ACCUMULATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+                              PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row = tl.program_id(0)
         b = row // (H * T)
         h = (row // T) % H
@@ -109,7 +116,10 @@ def _residual_kernel():
 
     @triton.jit
     def gated_residual_kernel(h_ptr, y_ptr, ln_w_ptr, ln_b_ptr, gate_ptr, pw_ptr, out_ptr, flag_ptr, T, D, eps, clamp,
-                              BLOCK_D: tl.constexpr):
+                              BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row = tl.program_id(0)  # one position: (b, t) flattened
         rd = tl.arange(0, BLOCK_D)
         dmask = rd < D
@@ -176,9 +186,10 @@ def memory_attention(q: torch.Tensor, slots, chunk: int | None = None, block_s: 
             partial[(rows, C)](q, k, v, mask, m, l, acc, H, T, S, D, keys, C, D**-0.5,
                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                                v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
-                               BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4)
+                               BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4, **launch_options())
             combine[(rows,)](m, l, acc, slot.weight, out, H, T, D, C, out.stride(0), out.stride(1), out.stride(2),
-                             ACCUMULATE=r > 0, BLOCK_C=16, BLOCK_D=block_d, num_warps=4)
+                             ACCUMULATE=r > 0, BLOCK_C=16, BLOCK_D=block_d, num_warps=4,
+                             **launch_options())
     return out
 
 
@@ -205,7 +216,8 @@ def gated_residual(hidden: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNo
     out = torch.empty_like(hidden)
     with on_device(hidden):
         kernel[(B * T,)](hidden, y, norm.weight, norm.bias, gate, primary_weight, out, nonfinite.view(torch.uint8),
-                         T, D, norm.eps, clamp, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 2048 else 8)
+                         T, D, norm.eps, clamp, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 2048 else 8,
+                         **launch_options())
     return out
 
 

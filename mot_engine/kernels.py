@@ -28,19 +28,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
 
 from .decode_attention import CACHE_WRITE
 from .gemv import MAX_ROWS as GEMM_ROWS
+from .gemv import PROGRAMMATIC_LAUNCH
 from .gemv import available, gemv, gemv_glu, gemv_op, gemv_qkv
 from .rms_norm import MAX_ROWS
+
+log = logging.getLogger(__name__)
 
 # The environment variables that switch each decode-step substitution off (=0), in the order they were added (the
 # benchmarks turn them on one by one). The Generator reads them (mot_engine/generation.py).
 SWITCHES = ("MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_QKV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP",
-            "MOT_DECODE_ATTENTION", "MOT_FUSED_CACHE_WRITE", "MOT_FUSED_INTERACTION", "MOT_FUSED_RESIDUAL")
+            "MOT_DECODE_ATTENTION", "MOT_FUSED_CACHE_WRITE", "MOT_FUSED_INTERACTION", "MOT_FUSED_RESIDUAL",
+            "MOT_PDL")
 
 
 def _norm_eps(module: torch.nn.Module) -> float | None:
@@ -770,12 +775,77 @@ class fused_residual(_Substitution):
     flag, installed = "_use_fused_residual", "_fused_residual_installed"
 
 
+# ---------------------------------------------------------------------------------------------------- launches
+
+def programmatic_launch_supported(device: torch.device) -> bool:
+    """Can this device's Triton kernels launch with programmatic dependent launch? A Hopper or newer GPU, and a
+    Triton with the launch option and the grid-dependency instructions."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    try:
+        import triton.language.extra.cuda as tl_cuda
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return hasattr(tl_cuda, "gdc_wait") and "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+@torch.no_grad()
+def computes_with_programmatic_launch(device: torch.device) -> bool:
+    """Does a chain of the decode path's kernels, each reading the one before's output, captured in a CUDA graph with
+    programmatic launch give the eager chain's results bit for bit (the waits in place, the launch attribute
+    captured)? A failed launch or capture is a no."""
+    from .graph_capture import capture
+    from .rms_norm import add_rms_norm, rms_norm
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    n, k = 256, 512
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device, torch.bfloat16)
+
+    x, w1, w2, wg, wu, norm = randn(1, k), randn(n, k), randn(k, n), randn(n, k), randn(n, k), randn(k)
+
+    def chain():  # each kernel reads what the one before wrote; the last ones also read an older output
+        h = gemv(rms_norm(x, norm, 1e-6), w1)
+        y = gemv(gemv_glu(gemv(h, w2), wg, wu), w2, residual=x)
+        return add_rms_norm(y, x, norm, 1e-6)[0]
+
+    expected = chain()
+    try:
+        with torch.cuda.device(device), programmatic_launch():
+            graph, out = capture(chain, device)
+            out.zero_()
+            graph.replay()
+        torch.cuda.synchronize(device)
+    except Exception as e:  # noqa: BLE001 — any failure means "launch as before", said by the installer
+        log.warning("programmatic dependent launch failed its probe (%s: %s); kernels launch as before",
+                    type(e).__name__, e)
+        return False
+    return bool(torch.equal(out, expected))
+
+
+def install_programmatic_launch(mot) -> int:
+    """1 where the decode path's Triton kernels may launch with programmatic dependent launch on every GPU the MoT
+    sits on (supported, and the probe passes on each), else 0. Only the switch below turns it on."""
+    devices = {next(m.parameters()).device for m in (*mot.experts, mot.interaction)}  # indexed: cuda:0, cuda:1
+    return int(all(programmatic_launch_supported(d) and computes_with_programmatic_launch(d) for d in devices))
+
+
+class programmatic_launch(_GlobalSwitch):
+    """Within this block, the decode path's Triton kernels launch with programmatic dependent launch
+    (mot_engine/gemv.py, `launch_options`): each one's programs are scheduled while the kernel before it finishes."""
+
+    state = PROGRAMMATIC_LAUNCH
+
+
 @contextlib.contextmanager
 def decode_substitutions(mot, *, norms: bool, gemv: bool, qkv: bool, mlp: bool, rotary: bool, attention: bool,
-                         cache_write: bool, interaction: bool, residual: bool = False):
+                         cache_write: bool, interaction: bool, residual: bool = False, pdl: bool = False):
     """Every installed substitution switched as asked, for one of the Generator's forwards (a decode step or a
-    prefill); training and scoring run outside, with every substitution off."""
+    prefill); training and scoring run outside, with every substitution off. `pdl`: the Triton kernels among them
+    launch with programmatic dependent launch."""
     with fused_norms(mot, norms), triton_gemv(mot, gemv), fused_qkv(mot, qkv), fused_mlp(mot, mlp), \
             fused_rotary(rotary), decode_attention_on(attention), fused_cache_write(cache_write), \
-            fused_interaction(mot, interaction), fused_residual(mot, residual):
+            fused_interaction(mot, interaction), fused_residual(mot, residual), programmatic_launch(pdl):
         yield

@@ -17,7 +17,7 @@ import functools
 import torch
 
 from .gemv import available as gemv_available
-from .gemv import as_rows, on_device
+from .gemv import as_rows, launch_options, on_device
 
 MAX_ROWS = 16  # more rows: torch's kernel (it parallelises within rows too)
 
@@ -29,7 +29,10 @@ def _kernel():
 
     @triton.jit
     def rms_norm_kernel(x_ptr, r_ptr, s_ptr, w_ptr, y_ptr, N, eps, stride_x, stride_r, stride_s, stride_y,
-                        HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                        HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < N
@@ -58,7 +61,8 @@ def _launch(x2, weight, y, eps, r2=None, s2=None) -> None:
     r2, s2 = (r2, s2) if has_residual else (x2, y)  # unused pointers
     with on_device(x2):
         kernel[(x2.shape[0],)](x2, r2, s2, weight, y, N, eps, x2.stride(0), r2.stride(0), s2.stride(0), y.stride(0),
-                               HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+                               HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=4 if block <= 2048 else 8,
+                               **launch_options())
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

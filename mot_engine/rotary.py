@@ -13,7 +13,7 @@ import functools
 import torch
 
 from .gemv import available as gemv_available
-from .gemv import element_offset, on_device
+from .gemv import element_offset, launch_options, on_device
 
 
 @functools.cache
@@ -23,7 +23,10 @@ def _kernel():
 
     @triton.jit
     def rotary_pair_kernel(q_ptr, cos_ptr, sin_ptr, yq_ptr, k_off, yk_off, HQ, HK, T, sqb, sqh, sqt, skb, skh, skt,
-                           scb, sct, ssb, sst, HALF: tl.constexpr, BLOCK: tl.constexpr):
+                           scb, sct, ssb, sst, HALF: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         # Programs [0, HQ) of axis 1 rotate q's heads, the rest k's: one launch for both. k and its output are
         # reached from q's pointers by element offsets (no copy).
         bt = tl.program_id(0)  # b * T + t
@@ -78,7 +81,7 @@ def _launch(q, k, cos, sin):
         kernel[(B * T, HQ + HK)](q, cos, sin, yq, element_offset(kk, q), element_offset(yy, yq), HQ, HK, T,
                                  q.stride(0), q.stride(1), q.stride(2), kk.stride(0), kk.stride(1), kk.stride(2),
                                  *_row_strides(cos, B), *_row_strides(sin, B), HALF=D // 2,
-                                 BLOCK=triton.next_power_of_2(D // 2), num_warps=1)
+                                 BLOCK=triton.next_power_of_2(D // 2), num_warps=1, **launch_options())
     return yq, yk
 
 

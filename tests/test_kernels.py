@@ -725,3 +725,109 @@ def test_triton_rows_kernels_equal_the_references_on_gpu():
                 torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
             g, u = (torch.randn(8960, 1536, device="cuda", dtype=dtype) / 40 for _ in range(2))
             torch.testing.assert_close(gemv_glu(x, g, u).float(), gemv_glu_reference(x, g, u).float(), rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------- launches
+
+def test_programmatic_launch_stays_off_without_a_hopper_gpu(perturbed_mot):
+    """On a CPU (or a GPU before Hopper) the kernels launch as before: no PDL constexpr set, no launch attribute."""
+    from mot_engine import Generator
+    from mot_engine.gemv import launch_options
+    from mot_engine.kernels import programmatic_launch_supported
+
+    assert not programmatic_launch_supported(torch.device("cpu"))
+    gen = Generator(perturbed_mot, static_cache=True, cuda_graphs=False)
+    assert not gen.programmatic_launch and "programmatic" not in gen.decoding
+    with gen.substitutions():
+        assert launch_options() == {"PDL": False}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a CUDA GPU")
+def test_programmatic_launch_gives_the_tokens_of_plain_launches_on_gpu(monkeypatch):
+    """fp32 on a GPU, graph-replayed decode and prefill: one request alone and three in one slab (the rows
+    kernels), both modes, give the same tokens with programmatic dependent launch as without; the launch option is
+    on only inside the engine's forwards."""
+    from conftest import perturb
+
+    from mot_engine import GenerationRequest, Generator, build_mot
+    from mot_engine.gemv import PROGRAMMATIC_LAUNCH
+    from mot_engine.kernels import programmatic_launch_supported
+
+    if not programmatic_launch_supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a Hopper or newer GPU and a Triton that has it")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    mot = build_mot("tiny", device="cuda", dtype="float32")
+    perturb(mot)
+    src = "void axpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] += a * x[i]; }\n"
+    reqs = [GenerationRequest(src * (1 + i), mode=mode, max_new_tokens=24, stop_at_eos=False, force_active=[0, 1])
+            for mode in ("fast", "full") for i in range(3)]
+
+    def run(gen):
+        alone = [gen.generate([r])[0].token_ids for r in reqs]
+        together = [r.token_ids for r in gen.generate(reqs)]
+        return alone, together
+
+    monkeypatch.setenv("MOT_PDL", "0")
+    plain = Generator(mot)
+    assert not plain.programmatic_launch
+    expected = run(plain)
+    monkeypatch.delenv("MOT_PDL")
+    gen = Generator(mot)
+    assert gen.programmatic_launch and "programmatic dependent launch" in gen.decoding
+    assert run(gen) == expected
+    assert not PROGRAMMATIC_LAUNCH["on"]  # off again outside the engine's forwards
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a CUDA GPU")
+def test_programmatic_launch_probe_says_no_when_the_capture_fails(monkeypatch, caplog):
+    from mot_engine import graph_capture
+    from mot_engine.kernels import computes_with_programmatic_launch, programmatic_launch_supported
+
+    if not programmatic_launch_supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a Hopper or newer GPU and a Triton that has it")
+    assert computes_with_programmatic_launch(torch.device("cuda"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graph_capture, "capture", broken)
+    assert not computes_with_programmatic_launch(torch.device("cuda"))
+    assert "failed its probe" in caplog.text and "operation not permitted" in caplog.text
+
+
+def test_every_decode_kernel_waits_before_it_touches_what_a_kernel_before_it_wrote():
+    """Programmatic dependent launch lets a kernel start before the one before it has finished: each kernel of the
+    decode path must take the PDL flag, and before its `if PDL:` wait it may only load weights (which no kernel
+    writes) — no store, no load of activations, caches or scratch."""
+    import ast
+    import inspect
+    import textwrap
+
+    pytest.importorskip("triton")
+    from mot_engine import decode_attention, gemv, interaction_kernels, rms_norm, rotary
+
+    factories = [gemv._kernel, gemv._glu_kernel, gemv._qkv_kernel, gemv._rows_kernels, rotary._kernel,
+                 decode_attention._kernels, rms_norm._kernel, interaction_kernels._attention_kernels,
+                 interaction_kernels._residual_kernel]
+    weights = {"w_ptr", "g_ptr", "u_ptr"}
+    checked = []
+    for factory in factories:
+        for kernel in factory.__wrapped__()[1:]:  # built afresh: the cached kernels stay as their tests built them
+            tree = ast.parse(textwrap.dedent(inspect.getsource(kernel.fn)))
+            fn = tree.body[0]
+            assert "PDL" in [a.arg for a in fn.args.args], f"{fn.name} takes no PDL flag"
+            body = fn.body
+            waits = [i for i, st in enumerate(body) if isinstance(st, ast.If) and ast.unparse(st.test) == "PDL"]
+            assert len(waits) == 1, f"{fn.name}: one `if PDL:` block at the top level"
+            calls = [ast.unparse(st) for st in body[waits[0]].body]
+            assert calls == ["tl.extra.cuda.gdc_wait()", "tl.extra.cuda.gdc_launch_dependents()"], (fn.name, calls)
+            for st in body[:waits[0]]:
+                for node in ast.walk(st):
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                        assert not node.func.attr.startswith(("store", "atomic")), f"{fn.name} writes before its wait"
+                        if node.func.attr == "load":
+                            pointers = {n.id for n in ast.walk(node.args[0]) if isinstance(n, ast.Name)
+                                        and n.id.endswith("_ptr")}
+                            assert pointers and pointers <= weights, f"{fn.name} loads {pointers} before its wait"
+            checked.append(fn.name)
+    assert len(checked) == 13, checked
