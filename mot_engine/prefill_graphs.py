@@ -16,7 +16,7 @@ positions' states, keys and values are those of the unpadded prompt. The logits 
 static buffers padded to a power of two, the padding masked (a masked key gets exactly zero weight).
 
 A shape is captured the first time it is seen: two eager warm-up runs on a side stream, then the capture (about
-three eager prefills). Graphs share one memory pool; each keeps its outputs (its cache, at most
+three eager prefills). The graphs of one GPU share its memory pool; each keeps its outputs (its cache, at most
 2 x layers x L x kv-width values) until the engine ends. A capture that fails is logged once, and prefills run
 eagerly from then on. `capture=False` runs the same padded path eagerly: the CPU tests check it against the
 engine's plain prefill; the GPU tests and the benchmarks' parity checks run the graphs.
@@ -62,7 +62,7 @@ class PrefillGraphs:
     def __init__(self, gen, capture: bool = True):
         self.gen, self.capture = gen, capture
         self.entries: dict[tuple, _Entry] = {}
-        self.pool = None
+        self.pools: dict[torch.device, tuple] = {}  # one memory pool per GPU (a secondary may sit on another)
         self.broken: str | None = None
 
     # ------------------------------------------------------------------ the two prefills
@@ -148,11 +148,11 @@ class PrefillGraphs:
         if not self.capture:
             return entry.run()
         if entry.graph is None:
-            graph, entry.outputs, self.broken = capture_or_explain(entry.run, device, self.pool, "a prefill",
-                                                                   "prefills run eagerly from now on")
+            graph, entry.outputs, self.broken = capture_or_explain(entry.run, device, self.pools.get(device),
+                                                                   "a prefill", "prefills run eagerly from now on")
             if graph is None:
                 return None
-            self.pool = graph.pool()
+            self.pools[device] = graph.pool()  # the graphs of one GPU share its memory (replayed one at a time)
             entry.graph = graph
         entry.graph.replay()
         return entry.outputs

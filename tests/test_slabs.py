@@ -280,6 +280,35 @@ def test_prefill_graphs_replay_the_plain_prefill_on_gpu(monkeypatch):
     assert [r.token_ids for r in gen.generate(reqs[:2])] == expected[:2]  # admitted together: eager prefill
 
 
+@pytest.mark.skipif(__import__("torch").cuda.device_count() < 2, reason="needs a second GPU")
+def test_prefill_graphs_capture_a_secondary_on_another_gpu():
+    """A secondary on cuda:1 (experts split over GPUs): its prompt states are captured and replayed on its own GPU,
+    in a memory pool of that GPU, and the requests get the one-GPU engine's tokens, both modes."""
+    import torch
+    from conftest import perturb
+
+    from mot_engine import build_mot
+    from mot_engine.kernels import programmatic_launch_supported
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    mot = build_mot("tiny", device="cuda:0", dtype="float32")
+    perturb(mot)
+    reqs = [GenerationRequest(src, mode=mode, max_new_tokens=8, stop_at_eos=False, force_active=[0, 1])
+            for src in (SHORT, UNIT * 3) for mode in ("fast", "full")]
+    expected = [Generator(mot).generate([r])[0].token_ids for r in reqs]
+    mot.experts[1].to("cuda:1")
+    gen = Generator(mot)
+    for _ in range(2):  # captured, then replayed
+        assert [gen.generate([r])[0].token_ids for r in reqs] == expected
+    graphs = gen.prefill_graphs
+    assert graphs.broken is None
+    states = [key for key, entry in graphs.entries.items() if key[0] == "states" and entry.graph is not None]
+    assert {key[1] for key in states} == {1} and len(states) == 2  # expert 1's states, two prompt buckets
+    assert set(graphs.pools) == {torch.device("cuda", 0), torch.device("cuda", 1)}
+    # programmatic launch is probed on both GPUs (a capture on the second one must not land on the first's stream)
+    assert gen.programmatic_launch == programmatic_launch_supported(torch.device("cuda", 0))
+
+
 def test_requests_admitted_together_prefill_one_by_one_on_the_graph_path(perturbed_mot, monkeypatch):
     """With prefill graphs, a small group admitted in one step prefills one request at a time (each a graph replay
     on a GPU; the padded path here): same tokens as one eager batch, every request through the padded path."""
