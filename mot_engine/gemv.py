@@ -15,10 +15,13 @@ from typing import Optional
 
 import torch
 
-# Programmatic dependent launch (PDL, Hopper and newer: mot_engine/launch.py turns it on for a Generator's decode
-# steps). While on, the decode path's kernels launch with it and each calls `gdc_wait` before it reads or writes
-# anything a kernel before it touches: the next kernel's programs are scheduled, and load their weights, while this
-# one finishes, instead of after it. Off, the kernels are the same minus those two instructions.
+# Programmatic dependent launch (PDL, Hopper and newer; the Generator turns it on for its forwards through
+# kernels.programmatic_launch). While on, the decode path's kernels launch with it and each calls `gdc_wait` before
+# it reads or writes anything a kernel before it touches: the next kernel's programs are scheduled, and load their
+# first weights, while this one finishes, instead of after it. Off, the kernels are the same minus those two
+# instructions. Eager launches use it too, so the eager warm-ups before every capture compile the very variants the
+# graphs capture (a first compile inside a capture can invalidate it: a GPU run that launched PDL only while
+# capturing failed that way).
 PROGRAMMATIC_LAUNCH = {"on": False}
 
 
