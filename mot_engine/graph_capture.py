@@ -1,4 +1,4 @@
-"""One CUDA-graph capture, as the engine's captured paths do it (routing's encoder, prefills)."""
+"""One CUDA-graph capture, as the engine's captured paths do it (routing's encoder, prefills, slab decode steps)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ log = logging.getLogger(__name__)
 
 def capture(run: Callable, device: torch.device, pool=None, warm_up: int = 2):
     """`run()` captured in a CUDA graph on `device`, after `warm_up` eager runs on a side stream (lazy buffers,
-    kernel selection stay out of the graph): (graph, what `run()` returned inside it — its static outputs). Graphs
-    given one `pool` share its memory (replay them one at a time; a pool belongs to one device). Raises whatever the
-    capture raises.
+    kernel selection stay out of the graph; 0 where the caller's last eager step was that): (graph, what `run()`
+    returned inside it — its static outputs). Graphs given one `pool` share its memory (replay them one at a time; a
+    pool belongs to one device). Raises whatever the capture raises.
 
     `device` need not be the current one (a secondary expert on a second GPU): it is made current for the capture,
     and the graph is captured on a stream of its own — torch's default capture stream belongs to whichever device

@@ -829,7 +829,14 @@ def install_programmatic_launch(mot) -> int:
     """1 where the decode path's Triton kernels may launch with programmatic dependent launch on every GPU the MoT
     sits on (supported, and the probe passes on each), else 0. Only the switch below turns it on."""
     devices = {next(m.parameters()).device for m in (*mot.experts, mot.interaction)}  # indexed: cuda:0, cuda:1
-    return int(all(programmatic_launch_supported(d) and computes_with_programmatic_launch(d) for d in devices))
+    return int(all(_programmatic_launch_works(d) for d in devices))
+
+
+@functools.cache
+def _programmatic_launch_works(device: torch.device) -> bool:
+    """Supported and probed, once per GPU and process: the answer depends on the GPU and Triton, not on the MoT
+    (every Generator asks)."""
+    return programmatic_launch_supported(device) and computes_with_programmatic_launch(device)
 
 
 class programmatic_launch(_GlobalSwitch):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from .decode_attention import CACHE_WRITE, write_token
+from .graph_capture import capture
 from .model import MemoryContext, memory_buffers
 
 MIN_COLUMNS = 256
@@ -370,11 +371,8 @@ class DecodeSlab:
         if not self.gen.cuda_graphs or (self.graph is None and self.eager_steps == 0):
             self.eager_steps += 1  # the first step runs eagerly: kernel selection, lazy buffers
             return self._step()
-        if self.graph is None:
-            torch.cuda.synchronize()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.outputs = self._step()
+        if self.graph is None:  # the eager step above was the warm-up: captured with none of its own
+            self.graph, self.outputs = capture(self._step, self.device, warm_up=0)
         self.graph.replay()
         return self.outputs
 
