@@ -20,22 +20,24 @@ import argparse
 import datetime
 import gc
 import json
-import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mot_engine import GenerationRequest, Generator, build_mot  # noqa: E402
-from mot_engine.kernels import SWITCHES  # noqa: E402
+from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
+from mot_engine.envs import SUBSTITUTIONS as DECODE_SUBSTITUTIONS  # noqa: E402
 
 # The decode-step substitutions in the order they were added, then the prefill graphs (a request's first token):
 # the ladder turns them on one by one; its last row is the default engine.
-SUBSTITUTIONS = SWITCHES + ("MOT_PREFILL_GRAPHS",)
+SUBSTITUTIONS = DECODE_SUBSTITUTIONS + ("prefill_graphs",)
+# The runtime every row starts from: as the environment sets it (read once, here); rows change it by `replace`.
+BASE = RuntimeConfig.from_env()
 
 SOURCE_UNIT = (
     "void saxpy(int n, float alpha, const float* x, float* y) {\n"
@@ -92,11 +94,10 @@ def parity(results: dict, active: list[int], n_tokens: int) -> None:
     out = {}
     for mode in ("fast", "full"):
         req = GenerationRequest(src, mode=mode, max_new_tokens=n_tokens, stop_at_eos=False, force_active=active)
-        graphs = Generator(mot).generate([req])[0].token_ids  # the default: slabs, graphs, every substitution
-        plain = ("MOT_FUSED_NORMS", "MOT_TRITON_GEMV", "MOT_FUSED_ROTARY", "MOT_FUSED_MLP", "MOT_DECODE_ATTENTION")
-        os.environ.update(dict.fromkeys(plain, "0"))  # the plain eager path: the experts' own forward
-        eager = Generator(mot, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
-        os.environ.update(dict.fromkeys(plain, "1"))
+        graphs = Generator(mot, runtime=BASE).generate([req])[0].token_ids  # the default: slabs, graphs, all kernels
+        plain = replace(BASE, fused_norms=False, triton_gemv=False, fused_rotary=False, fused_mlp=False,
+                        decode_attention=False)  # the plain eager path: the experts' own forward
+        eager = Generator(mot, runtime=plain, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
         with torch.no_grad():
             if mode == "full":
                 tf = mot.target_logits(src, graphs, active_experts=active)
@@ -159,8 +160,8 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     # active expert, the encoder reads the growing text (not only the source), and the primary's full forward runs
     # the interaction at every stack against the secondaries' states over the whole text. Baseline 2 leaves these
     # out (a lower bound on the original's cost); both are reported.
-    from mot_engine.interaction import MemorySlot
-    from mot_engine.model import MemoryContext
+    from mot_engine.model.interaction import MemorySlot
+    from mot_engine.model.memory import MemoryContext
 
     tok_p = mot.tokenizers[p]
     prompt_p = mot.prompt_ids(p, src)
@@ -196,8 +197,8 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
     rows["original_no_cache_faithful"] = new_tokens / (new_tokens * (per[n_prompt] + per[n_prompt + new_tokens]) / 2)
     results["original_faithful_step_s"] = {str(k): v for k, v in per.items()}
 
-    def run(mode, **gen_kw):
-        gen = Generator(mot, **gen_kw)
+    def run(mode, runtime: RuntimeConfig, **gen_kw):
+        gen = Generator(mot, runtime=runtime, **gen_kw)
         req = GenerationRequest(src, mode=mode, max_new_tokens=new_tokens, stop_at_eos=False, force_active=active)
         _, warm = timed(gen.generate, [req])  # warm-up at the timed shapes (compilation, kernel selection)
         res, t = timed(gen.generate, [req])
@@ -206,38 +207,36 @@ def bench_generation(results: dict, active: list[int], new_tokens: int, batch: i
                 "first_token_s": r.timings["first_token_s"], "warm_up_s": warm}
 
     # The substitutions in the order they were added: each row turns one more on (the last row is the default).
-    for var in SUBSTITUTIONS:
-        os.environ[var] = "0"  # the plain paths: the experts' own forward
-    eager = run("fast", static_cache=False, cuda_graphs=False)
-    full_eager = run("full", static_cache=False, cuda_graphs=False)
+    runtime = replace(BASE, **dict.fromkeys(SUBSTITUTIONS, False))  # the plain paths: the experts' own forward
+    eager = run("fast", runtime, static_cache=False, cuda_graphs=False)
+    full_eager = run("full", runtime, static_cache=False, cuda_graphs=False)
     rows["ours_eager_dynamic_cache_fast"] = eager["tok_s_end_to_end"]
     rows["ours_full_mot_eager"] = full_eager["tok_s_end_to_end"]
     ladder = {}
-    for i, name in enumerate(("graphs_plain",) + tuple("graphs_+" + v[4:].lower() for v in SUBSTITUTIONS)):
+    for i, name in enumerate(("graphs_plain",) + tuple("graphs_+" + v for v in SUBSTITUTIONS)):
         if i:
-            os.environ[SUBSTITUTIONS[i - 1]] = "1"
-        ladder[name] = {mode: run(mode) for mode in ("fast", "full")}
+            runtime = replace(runtime, **{SUBSTITUTIONS[i - 1]: True})
+        ladder[name] = {mode: run(mode, runtime) for mode in ("fast", "full")}
         rows[f"ours_fast_{name}"] = ladder[name]["fast"]["tok_s_end_to_end"]
         rows[f"ours_full_mot_{name}"] = ladder[name]["full"]["tok_s_end_to_end"]
     fast, full = ladder[name]["fast"], ladder[name]["full"]  # every substitution on: the default
     rows["ours_fast"], rows["ours_full_mot"] = fast["tok_s_end_to_end"], full["tok_s_end_to_end"]
     fast_c = full_c = None
     if compiled:
-        os.environ["MOT_COMPILE"] = "1"  # opt-in: compiled layers (with the GEMV as a custom op) inside the graphs
-        fast_c, full_c = run("fast"), run("full")
-        os.environ["MOT_COMPILE"] = "0"
+        compiled_runtime = replace(BASE, compile_layers=True)  # opt-in: compiled layers (the GEMV a custom op)
+        fast_c, full_c = run("fast", compiled_runtime), run("full", compiled_runtime)
         rows["ours_fast_compiled"] = fast_c["tok_s_end_to_end"]
         rows["ours_full_mot_compiled"] = full_c["tok_s_end_to_end"]
     results["detail"] = {"eager": eager, "fast": fast, "full": full, "full_eager": full_eager, "fast_compiled": fast_c,
                          "full_compiled": full_c, "ladder": ladder}
 
     # 32-token full-MoT generation (the engine issue's check) and peak inference memory.
-    _, t32 = timed(Generator(mot).generate, [GenerationRequest(src, mode="full", max_new_tokens=32, stop_at_eos=False, force_active=active)])
+    _, t32 = timed(Generator(mot, runtime=BASE).generate, [GenerationRequest(src, mode="full", max_new_tokens=32, stop_at_eos=False, force_active=active)])
     results["full_mot_32_tokens_s"] = t32
 
     # Batching: `batch` requests admitted together (one cohort per (primary, mode)).
     for mode in ("fast", "full"):
-        gen = Generator(mot, max_batch_size=batch)
+        gen = Generator(mot, max_batch_size=batch, runtime=BASE)
         reqs = [GenerationRequest(src, mode=mode, max_new_tokens=new_tokens, stop_at_eos=False, force_active=active) for _ in range(batch)]
         gen.generate(reqs)  # warm-up at the timed shapes, as for batch 1 (`run`): the slab's graph, its cache width
         _, t = timed(gen.generate, reqs)
@@ -276,8 +275,8 @@ def bench_deberta_routing(results: dict):
     from sentence_transformers import SentenceTransformer, models as st_models
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
 
-    from mot_engine.router import Router, SentenceEncoder
-    from mot_engine.tiny import TINY_ENCODER, ensure_tiny
+    from mot_engine.model.router import Router, SentenceEncoder
+    from mot_engine.presets.tiny import TINY_ENCODER, ensure_tiny
 
     folder = Path(tempfile.mkdtemp())
     DebertaV2Model(DebertaV2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, vocab_size=128100)).save_pretrained(folder)

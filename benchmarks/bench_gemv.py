@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mot_engine.gemv import GLU_BLOCKS, default_blocks, gemv, gemv_glu, gemv_glu_reference  # noqa: E402
+from mot_engine.kernels.gemv import GLU_BLOCKS, default_blocks, gemv, gemv_glu, gemv_glu_reference  # noqa: E402
 
 SHAPES = {"q/o_proj": (1536, 1536), "k/v_proj": (256, 1536), "gate/up_proj": (8960, 1536), "down_proj": (1536, 8960),
           "lm_head": (151936, 1536)}
@@ -115,8 +115,7 @@ def main() -> int:
 def bench_stages(dev: str) -> None:
     """The one-row GEMV and gate/up kernels launched with Triton's num_stages 1-4 (how far loads run ahead of the
     loop's arithmetic) and wider K blocks, at the batch-1 shapes that dominate a decode step."""
-    from mot_engine import gemv as G
-
+    from mot_engine.kernels import gemv as G
     triton, gemv_kernel = G._kernel()
     _, glu_kernel = G._glu_kernel()
     x = {k: torch.randn(1, k, device=dev, dtype=torch.bfloat16) for k in (1536, 8960)}
@@ -170,7 +169,7 @@ def bench_stages(dev: str) -> None:
 def bench_rows(dev: str, rows: int = 16) -> None:
     """A slab's `rows` rows: cuBLAS (three q/k/v products; gate, up, SiLU, multiply) against the rows kernels, over a
     sweep of their blocks."""
-    from mot_engine.gemv import ROWS_BLOCKS, ROWS_GLU_BLOCKS, gemv_qkv, gemv_qkv_reference
+    from mot_engine.kernels.gemv import ROWS_BLOCKS, ROWS_GLU_BLOCKS, gemv_qkv, gemv_qkv_reference
 
     k = 1536
     x = torch.randn(rows, 1, k, device=dev, dtype=torch.bfloat16)
@@ -208,7 +207,7 @@ def bench_memory_attention(dev: str) -> None:
     and a slab of 16: keys per program (chunk) and per iteration (block_s)."""
     from types import SimpleNamespace
 
-    from mot_engine.interaction_kernels import memory_attention, memory_attention_reference, memory_chunk
+    from mot_engine.kernels.interaction_kernels import memory_attention, memory_attention_reference, memory_chunk
 
     H, S, D = 8, 256, 192
     for B in (1, 16):

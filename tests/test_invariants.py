@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mot_engine import GenerationRequest, Generator, NonFiniteError
-from mot_engine.model import MixtureOfThoughts
+from mot_engine.model.mixture import MixtureOfThoughts
 
 SOURCES = [
     "void add(const float* a, const float* b, float* c, int n) { for (int i = 0; i < n; ++i) c[i] = a[i] + b[i]; }",

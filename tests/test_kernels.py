@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mot_engine.kernels import computes_rms_norm, fused_norms, install_fused_norms
+from mot_engine import RuntimeConfig
+from mot_engine.kernels.substitutions.norms import computes_rms_norm, fused_norms, install_fused_norms
 
 
 def _tiny_causal_lm(model_type: str):
@@ -94,13 +95,11 @@ def test_fused_decoding_equals_unfused_decoding(perturbed_mot, monkeypatch):
     mot = perturbed_mot
     reqs = [GenerationRequest("void f(int* a, int n) { for (int i = 0; i < n; ++i) a[i] = i; }", mode=m,
                               max_new_tokens=12, stop_at_eos=False, force_active=[0, 1]) for m in ("fast", "full")]
-    monkeypatch.setenv("MOT_FUSED_NORMS", "0")
-    plain = Generator(mot, static_cache=True, cuda_graphs=False)
+    plain = Generator(mot, static_cache=True, cuda_graphs=False, runtime=RuntimeConfig(fused_norms=False))
     assert not plain.fused_norms
     expected = [r.token_ids for r in plain.generate(reqs)]
-    monkeypatch.delenv("MOT_FUSED_NORMS")
     for static in (True, False):
-        gen = Generator(mot, static_cache=static, cuda_graphs=False)
+        gen = Generator(mot, static_cache=static, cuda_graphs=False, runtime=RuntimeConfig())
         assert gen.fused_norms and mot._fused_norms_installed > 0
         assert [r.token_ids for r in gen.generate(reqs)] == expected
     assert not mot._use_fused_norms  # off again after decoding: training and scoring see the experts' forward
@@ -108,7 +107,7 @@ def test_fused_decoding_equals_unfused_decoding(perturbed_mot, monkeypatch):
 
 def test_small_query_attention_equals_sdpa():
     """The interaction's decode-step attention (explicit product) equals torch's fused kernel, padding included."""
-    from mot_engine.interaction import SMALL_QUERY, _attend
+    from mot_engine.model.interaction import SMALL_QUERY, _attend
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 8, t, 24, generator=g) for t in (1, 40, 40))
@@ -121,7 +120,7 @@ def test_small_query_attention_equals_sdpa():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton GEMV needs a CUDA GPU")
 def test_triton_gemv_equals_linear_on_gpu():
-    from mot_engine.gemv import available, gemv
+    from mot_engine.kernels.gemv import available, gemv
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -139,8 +138,8 @@ def test_triton_gemv_equals_linear_on_gpu():
 def test_rotary_reference_equals_the_family_function(model_type):
     import importlib
 
-    from mot_engine.kernels import computes_rotary
-    from mot_engine.rotary import as_pair, rotary_reference
+    from mot_engine.kernels.substitutions.attention import computes_rotary
+    from mot_engine.kernels.rotary import as_pair, rotary_reference
 
     family = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
     original = getattr(family.apply_rotary_pos_emb, "mot_original", family.apply_rotary_pos_emb)
@@ -154,8 +153,8 @@ def test_rotary_reference_equals_the_family_function(model_type):
 def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
     import sys
 
-    from mot_engine.kernels import fused_rotary, install_fused_rotary
-    from mot_engine.rotary import rotary_reference
+    from mot_engine.kernels.substitutions.attention import fused_rotary, install_fused_rotary
+    from mot_engine.kernels.rotary import rotary_reference
 
     model = _tiny_causal_lm("qwen2")
     family = sys.modules[type(model.model.layers[0].self_attn).__module__]
@@ -177,7 +176,7 @@ def test_rotary_dispatch_runs_the_kernel_only_inside_the_block(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton rotary kernel needs a CUDA GPU")
 def test_triton_rotary_equals_the_reference_on_gpu():
-    from mot_engine.rotary import available, rotary, rotary_pair, rotary_reference
+    from mot_engine.kernels.rotary import available, rotary, rotary_pair, rotary_reference
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -202,8 +201,8 @@ def _one_two_many(model):
 
 
 def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
-    from mot_engine.gemv import gemv_glu_reference
-    from mot_engine.kernels import fused_mlp, install_fused_mlp
+    from mot_engine.kernels.gemv import gemv_glu_reference
+    from mot_engine.kernels.substitutions.linear import fused_mlp, install_fused_mlp
 
     qwen, starcoder = _tiny_causal_lm("qwen2"), _tiny_causal_lm("starcoder2")  # starcoder2: c_fc/c_proj, not gated
     owner = _Owner([qwen, starcoder])
@@ -227,8 +226,8 @@ def test_gated_mlp_dispatch_runs_the_fused_kernel_only_inside_the_block():
 
 
 def test_gated_mlp_probe_rejects_another_activation():
-    from mot_engine.gemv import gemv_glu_reference
-    from mot_engine.kernels import computes_gated_mlp
+    from mot_engine.kernels.gemv import gemv_glu_reference
+    from mot_engine.kernels.substitutions.linear import computes_gated_mlp
 
     mlp = _tiny_causal_lm("qwen2").model.layers[0].mlp
     assert computes_gated_mlp(mlp, gemv_glu_reference)
@@ -238,7 +237,7 @@ def test_gated_mlp_probe_rejects_another_activation():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_gated_gemv_equals_the_reference_on_gpu():
-    from mot_engine.gemv import available, gemv_glu, gemv_glu_reference
+    from mot_engine.kernels.gemv import available, gemv_glu, gemv_glu_reference
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -251,8 +250,8 @@ def test_triton_gated_gemv_equals_the_reference_on_gpu():
 
 
 def test_rotary_probe_refuses_a_function_with_another_signature():
-    from mot_engine.kernels import computes_rotary
-    from mot_engine.rotary import as_pair, rotary_reference
+    from mot_engine.kernels.substitutions.attention import computes_rotary
+    from mot_engine.kernels.rotary import as_pair, rotary_reference
 
     def needs_positions(q, k, cos, sin, position_ids):  # an older family signature: not ours to replace
         raise AssertionError("never called with four arguments")
@@ -276,7 +275,7 @@ def test_decode_attention_reference_equals_transformers_sdpa():
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from mot_engine.decode_attention import decode_attention_reference
+    from mot_engine.kernels.decode_attention import decode_attention_reference
 
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
     sdpa = getattr(sdpa, "mot_original", sdpa)
@@ -291,8 +290,8 @@ def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monke
     from transformers.cache_utils import DynamicCache
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from mot_engine.decode_attention import decode_attention_reference
-    from mot_engine.kernels import decode_attention_on, install_decode_attention
+    from mot_engine.kernels.decode_attention import decode_attention_reference
+    from mot_engine.kernels.substitutions.attention import decode_attention_on, install_decode_attention
 
     current = ALL_ATTENTION_FUNCTIONS["sdpa"]  # the original for this test (see the rotary test); restored after
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "sdpa", getattr(current, "mot_original", current))
@@ -327,7 +326,7 @@ def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monke
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_decode_attention_equals_the_reference_on_gpu():
-    from mot_engine.decode_attention import available, decode_attention, decode_attention_reference
+    from mot_engine.kernels.decode_attention import available, decode_attention, decode_attention_reference
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -345,8 +344,8 @@ def test_triton_decode_attention_equals_the_reference_on_gpu():
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])  # q/k/v with biases (Qwen2) and without (Llama)
 def test_qkv_dispatch_runs_one_launch_per_attention_only_inside_the_block(model_type):
-    from mot_engine.gemv import gemv_qkv_reference
-    from mot_engine.kernels import fused_qkv, install_fused_qkv
+    from mot_engine.kernels.gemv import gemv_qkv_reference
+    from mot_engine.kernels.substitutions.linear import fused_qkv, install_fused_qkv
 
     model = _tiny_causal_lm(model_type)
     owner = _Owner([model])
@@ -380,8 +379,8 @@ def test_qkv_dispatch_runs_one_launch_per_attention_only_inside_the_block(model_
 
 
 def test_qkv_probe_rejects_a_kernel_that_swaps_outputs():
-    from mot_engine.gemv import gemv_qkv_reference
-    from mot_engine.kernels import computes_qkv
+    from mot_engine.kernels.gemv import gemv_qkv_reference
+    from mot_engine.kernels.substitutions.linear import computes_qkv
 
     attention = _tiny_causal_lm("qwen2").model.layers[0].self_attn
     assert computes_qkv(attention, gemv_qkv_reference)
@@ -390,7 +389,7 @@ def test_qkv_probe_rejects_a_kernel_that_swaps_outputs():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_qkv_equals_three_gemvs_on_gpu():
-    from mot_engine.gemv import available, default_blocks, gemv, gemv_qkv, gemv_qkv_reference
+    from mot_engine.kernels.gemv import available, default_blocks, gemv, gemv_qkv, gemv_qkv_reference
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -411,7 +410,7 @@ def test_triton_qkv_equals_three_gemvs_on_gpu():
 
 
 def _memory_slots(B, H, S, D, device, n=2, seed=0):
-    from mot_engine.interaction import MemorySlot
+    from mot_engine.model.interaction import MemorySlot
 
     g = torch.Generator().manual_seed(seed)
     slots = []
@@ -426,8 +425,8 @@ def _memory_slots(B, H, S, D, device, n=2, seed=0):
 
 
 def test_memory_attention_reference_equals_the_interaction_attention():
-    from mot_engine.interaction import _attend
-    from mot_engine.interaction_kernels import memory_attention_reference
+    from mot_engine.model.interaction import _attend
+    from mot_engine.kernels.interaction_kernels import memory_attention_reference
 
     slots = _memory_slots(3, 4, 30, 24, "cpu")
     q = torch.randn(3, 4, 1, 24)
@@ -441,8 +440,8 @@ def test_fused_interaction_decoding_equals_plain_decoding(perturbed_mot):
     import copy
 
     from mot_engine import GenerationRequest, Generator
-    from mot_engine.interaction_kernels import gated_residual_reference, memory_attention_reference
-    from mot_engine.kernels import install_fused_interaction
+    from mot_engine.kernels.interaction_kernels import gated_residual_reference, memory_attention_reference
+    from mot_engine.kernels.substitutions.interaction import install_fused_interaction
 
     mot = copy.deepcopy(perturbed_mot).eval()
     reqs = [GenerationRequest(s, mode="full", max_new_tokens=10, stop_at_eos=False, force_active=f)
@@ -466,8 +465,8 @@ def test_fused_interaction_reports_nonfinite_updates(perturbed_mot):
     import copy
 
     from mot_engine import GenerationRequest, Generator, NonFiniteError
-    from mot_engine.interaction_kernels import gated_residual_reference, memory_attention_reference
-    from mot_engine.kernels import install_fused_interaction
+    from mot_engine.kernels.interaction_kernels import gated_residual_reference, memory_attention_reference
+    from mot_engine.kernels.substitutions.interaction import install_fused_interaction
 
     mot = copy.deepcopy(perturbed_mot).eval()
     assert install_fused_interaction(mot, (memory_attention_reference, gated_residual_reference, F.linear)) == 1
@@ -481,8 +480,8 @@ def test_fused_interaction_reports_nonfinite_updates(perturbed_mot):
 
 
 def test_interaction_probe_rejects_kernels_that_differ(perturbed_mot):
-    from mot_engine.interaction_kernels import gated_residual_reference, memory_attention_reference
-    from mot_engine.kernels import computes_interaction
+    from mot_engine.kernels.interaction_kernels import gated_residual_reference, memory_attention_reference
+    from mot_engine.kernels.substitutions.interaction import computes_interaction
 
     mot = perturbed_mot
     assert computes_interaction(mot, memory_attention_reference, gated_residual_reference, F.linear)
@@ -501,7 +500,7 @@ def test_interaction_probe_rejects_kernels_that_differ(perturbed_mot):
 def test_triton_interaction_kernels_equal_the_references_on_gpu():
     from types import SimpleNamespace
 
-    from mot_engine.interaction_kernels import (available, gated_residual, gated_residual_reference, memory_attention,
+    from mot_engine.kernels.interaction_kernels import (available, gated_residual, gated_residual_reference, memory_attention,
                                                 memory_attention_reference)
 
     if not available():
@@ -531,9 +530,9 @@ def test_triton_interaction_kernels_equal_the_references_on_gpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_rms_norm_cache_write_and_float32_gemv_on_gpu():
-    from mot_engine.decode_attention import write_token
-    from mot_engine.interaction_kernels import linear
-    from mot_engine.rms_norm import available, rms_norm
+    from mot_engine.kernels.decode_attention import write_token
+    from mot_engine.kernels.interaction_kernels import linear
+    from mot_engine.kernels.rms_norm import available, rms_norm
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -560,12 +559,12 @@ def test_new_kernels_launch_on_their_tensors_gpu():
     """Experts may sit on another GPU than the current one: each kernel launches where its tensors are."""
     from types import SimpleNamespace
 
-    from mot_engine.decode_attention import write_token
-    from mot_engine.gemv import gemv_qkv, gemv_qkv_reference
-    from mot_engine.interaction_kernels import (gated_residual, gated_residual_reference, memory_attention,
+    from mot_engine.kernels.decode_attention import write_token
+    from mot_engine.kernels.gemv import gemv_qkv, gemv_qkv_reference
+    from mot_engine.kernels.interaction_kernels import (gated_residual, gated_residual_reference, memory_attention,
                                                 memory_attention_reference)
-    from mot_engine.rms_norm import rms_norm
-    from mot_engine.rotary import rotary_pair, rotary_reference
+    from mot_engine.kernels.rms_norm import rms_norm
+    from mot_engine.kernels.rotary import rotary_pair, rotary_reference
 
     dev = "cuda:1"
     assert torch.cuda.current_device() == 0
@@ -595,8 +594,8 @@ def test_new_kernels_launch_on_their_tensors_gpu():
 # ---------------------------------------------------------------------------------------------------- residual adds
 
 def _residual_kernels(calls: dict):
-    from mot_engine.gemv import gemv_glu_reference, gemv_reference
-    from mot_engine.rms_norm import add_rms_norm_reference
+    from mot_engine.kernels.gemv import gemv_glu_reference, gemv_reference
+    from mot_engine.kernels.rms_norm import add_rms_norm_reference
 
     def counted(name, kernel):
         def run(*args, **kwargs):
@@ -609,8 +608,9 @@ def _residual_kernels(calls: dict):
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_fused_residual_dispatch_folds_both_adds_only_inside_the_block(model_type):
-    from mot_engine.gemv import gemv_glu_reference
-    from mot_engine.kernels import fused_mlp, fused_residual, install_fused_mlp, install_fused_residual
+    from mot_engine.kernels.gemv import gemv_glu_reference
+    from mot_engine.kernels.substitutions.linear import fused_mlp, install_fused_mlp
+    from mot_engine.kernels.substitutions.residual import fused_residual, install_fused_residual
 
     model, starcoder = _tiny_causal_lm(model_type), _tiny_causal_lm("starcoder2")  # starcoder2: LayerNorms
     owner = _Owner([model, starcoder])
@@ -638,7 +638,7 @@ def test_fused_residual_dispatch_folds_both_adds_only_inside_the_block(model_typ
 
 
 def test_fused_residual_probe_rejects_other_layer_structures():
-    from mot_engine.kernels import computes_layer
+    from mot_engine.kernels.substitutions.residual import computes_layer
 
     model = _tiny_causal_lm("qwen2")
     layer = model.model.layers[0]
@@ -668,8 +668,9 @@ def test_fused_residual_decoding_equals_plain_decoding(perturbed_mot):
     import copy
 
     from mot_engine import GenerationRequest, Generator
-    from mot_engine.gemv import gemv_glu_reference
-    from mot_engine.kernels import install_fused_mlp, install_fused_residual
+    from mot_engine.kernels.gemv import gemv_glu_reference
+    from mot_engine.kernels.substitutions.linear import install_fused_mlp
+    from mot_engine.kernels.substitutions.residual import install_fused_residual
 
     mot = copy.deepcopy(perturbed_mot).eval()
     reqs = [GenerationRequest(s, mode=m, max_new_tokens=10, stop_at_eos=False, force_active=f)
@@ -692,8 +693,8 @@ def test_fused_residual_decoding_equals_plain_decoding(perturbed_mot):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_residual_folds_equal_the_two_ops_bit_for_bit_on_gpu():
-    from mot_engine.gemv import available, gemv
-    from mot_engine.rms_norm import add_rms_norm, rms_norm
+    from mot_engine.kernels.gemv import available, gemv
+    from mot_engine.kernels.rms_norm import add_rms_norm, rms_norm
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -711,7 +712,7 @@ def test_triton_residual_folds_equal_the_two_ops_bit_for_bit_on_gpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_rows_kernels_equal_the_references_on_gpu():
     """A slab's 2..16 rows at the Qwen2.5-Coder-1.5B shapes: q/k/v with biases, and the gate/up pair."""
-    from mot_engine.gemv import available, gemv_glu, gemv_glu_reference, gemv_qkv, gemv_qkv_reference
+    from mot_engine.kernels.gemv import available, gemv_glu, gemv_glu_reference, gemv_qkv, gemv_qkv_reference
 
     if not available():
         pytest.skip("Triton is not installed")
@@ -732,8 +733,8 @@ def test_triton_rows_kernels_equal_the_references_on_gpu():
 def test_programmatic_launch_stays_off_without_a_hopper_gpu(perturbed_mot):
     """On a CPU (or a GPU before Hopper) the kernels launch as before: no PDL constexpr set, no launch attribute."""
     from mot_engine import Generator
-    from mot_engine.gemv import launch_options
-    from mot_engine.kernels import programmatic_launch_supported
+    from mot_engine.kernels.gemv import launch_options
+    from mot_engine.kernels.substitutions.launch import programmatic_launch_supported
 
     assert not programmatic_launch_supported(torch.device("cpu"))
     gen = Generator(perturbed_mot, static_cache=True, cuda_graphs=False)
@@ -750,8 +751,8 @@ def test_programmatic_launch_gives_the_tokens_of_plain_launches_on_gpu(monkeypat
     from conftest import perturb
 
     from mot_engine import GenerationRequest, Generator, build_mot
-    from mot_engine.gemv import PROGRAMMATIC_LAUNCH
-    from mot_engine.kernels import programmatic_launch_supported
+    from mot_engine.kernels.gemv import PROGRAMMATIC_LAUNCH
+    from mot_engine.kernels.substitutions.launch import programmatic_launch_supported
 
     if not programmatic_launch_supported(torch.device("cuda")):
         pytest.skip("programmatic dependent launch needs a Hopper or newer GPU and a Triton that has it")
@@ -767,12 +768,10 @@ def test_programmatic_launch_gives_the_tokens_of_plain_launches_on_gpu(monkeypat
         together = [r.token_ids for r in gen.generate(reqs)]
         return alone, together
 
-    monkeypatch.setenv("MOT_PDL", "0")
-    plain = Generator(mot)
+    plain = Generator(mot, runtime=RuntimeConfig(pdl=False))
     assert not plain.programmatic_launch
     expected = run(plain)
-    monkeypatch.delenv("MOT_PDL")
-    gen = Generator(mot)
+    gen = Generator(mot, runtime=RuntimeConfig())
     assert gen.programmatic_launch and "programmatic dependent launch" in gen.decoding
     assert run(gen) == expected
     assert not PROGRAMMATIC_LAUNCH["on"]  # off again outside the engine's forwards
@@ -781,7 +780,7 @@ def test_programmatic_launch_gives_the_tokens_of_plain_launches_on_gpu(monkeypat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a CUDA GPU")
 def test_programmatic_launch_probe_says_no_when_the_capture_fails(monkeypatch, caplog):
     from mot_engine import graph_capture
-    from mot_engine.kernels import computes_with_programmatic_launch, programmatic_launch_supported
+    from mot_engine.kernels.substitutions.launch import computes_with_programmatic_launch, programmatic_launch_supported
 
     if not programmatic_launch_supported(torch.device("cuda")):
         pytest.skip("programmatic dependent launch needs a Hopper or newer GPU and a Triton that has it")
@@ -804,8 +803,11 @@ def test_every_decode_kernel_waits_before_it_touches_what_a_kernel_before_it_wro
     import textwrap
 
     pytest.importorskip("triton")
-    from mot_engine import decode_attention, gemv, interaction_kernels, rms_norm, rotary
-
+    from mot_engine.kernels import decode_attention
+    from mot_engine.kernels import gemv
+    from mot_engine.kernels import interaction_kernels
+    from mot_engine.kernels import rms_norm
+    from mot_engine.kernels import rotary
     factories = [gemv._kernel, gemv._glu_kernel, gemv._qkv_kernel, gemv._rows_kernels, rotary._kernel,
                  decode_attention._kernels, rms_norm._kernel, interaction_kernels._attention_kernels,
                  interaction_kernels._residual_kernel]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mot_engine import pocket
-from mot_engine.config import ExpertConfig
+from mot_engine.presets import pocket
+from mot_engine.model.config import ExpertConfig
 from mot_engine.errors import PresetUnavailable
 
 pytestmark = pytest.mark.pocket
@@ -262,7 +262,7 @@ import json, logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 import transformers, torch  # heavy imports before the start line, so both racers call ensure_expert together
-from mot_engine import pocket
+from mot_engine.presets import pocket
 go = Path(sys.argv[1])
 Path(sys.argv[2]).touch()
 while not go.exists():

@@ -21,7 +21,7 @@ ACTIVE_SETS = ([0, 1], [1, 0])
 
 @pytest.fixture(scope="module")
 def pocket_mot():
-    from mot_engine.pocket import missing_pocket_packages
+    from mot_engine.presets.pocket import missing_pocket_packages
 
     missing = missing_pocket_packages()
     if missing:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mot_engine import GenerationRequest, Generator
+from mot_engine import GenerationRequest, Generator, RuntimeConfig
 
 UNIT = "void axpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] += a * x[i]; }\n"
 SHORT = "int sq(int x) { return x * x; }"
@@ -184,7 +184,7 @@ def test_tokens_in_flight_reach_the_right_request_when_rows_end_by_eos_and_are_r
 
 def test_a_request_that_ends_by_length_launches_no_extra_step(perturbed_mot, monkeypatch):
     """n new tokens = the prefill's first token + n - 1 decode steps, even though the host reads tokens late."""
-    from mot_engine.slabs import DecodeSlab
+    from mot_engine.decoding.slabs import DecodeSlab
 
     steps = []
     decode = DecodeSlab.decode
@@ -201,7 +201,7 @@ def test_padded_prefill_path_gives_the_tokens_of_the_plain_prefill(perturbed_mot
     right-padded to its bucket, its logits taken at its last real token, its first L cache columns joined, and in
     full mode its secondaries' prompts padded too and its memory copied into padded static buffers. Same tokens as
     the plain prefill, both modes, prompts of several lengths (fp32)."""
-    from mot_engine.prefill_graphs import PrefillGraphs
+    from mot_engine.decoding.prefill_graphs import PrefillGraphs
 
     mot = perturbed_mot
     reqs = [GenerationRequest(src, mode=mode, max_new_tokens=6, stop_at_eos=False, force_active=active)
@@ -221,8 +221,8 @@ def test_padded_prefill_equals_the_plain_prefill_in_logits_cache_and_memory(pert
     import torch
     from transformers import DynamicCache
 
-    from mot_engine.prefill_graphs import MIN_PROMPT, PrefillGraphs
-    from mot_engine.slabs import bucket
+    from mot_engine.decoding.prefill_graphs import MIN_PROMPT, PrefillGraphs
+    from mot_engine.decoding.slabs import bucket
 
     mot = perturbed_mot
     graphs = PrefillGraphs(Generator(mot, static_cache=True, cuda_graphs=False), capture=False)
@@ -266,12 +266,10 @@ def test_prefill_graphs_replay_the_plain_prefill_on_gpu(monkeypatch):
     perturb(mot)
     reqs = [GenerationRequest(src, mode=mode, max_new_tokens=8, stop_at_eos=False, force_active=[0, 1])
             for src in (SHORT, UNIT * 3) for mode in ("fast", "full")]
-    monkeypatch.setenv("MOT_PREFILL_GRAPHS", "0")
-    plain = Generator(mot)
+    plain = Generator(mot, runtime=RuntimeConfig(prefill_graphs=False))
     assert plain.prefill_graphs is None
     expected = [plain.generate([r])[0].token_ids for r in reqs]
-    monkeypatch.delenv("MOT_PREFILL_GRAPHS")
-    gen = Generator(mot)
+    gen = Generator(mot, runtime=RuntimeConfig())
     for _ in range(2):  # captured, then replayed
         assert [gen.generate([r])[0].token_ids for r in reqs] == expected
     graphs = gen.prefill_graphs
@@ -288,7 +286,7 @@ def test_prefill_graphs_capture_a_secondary_on_another_gpu():
     from conftest import perturb
 
     from mot_engine import build_mot
-    from mot_engine.kernels import programmatic_launch_supported
+    from mot_engine.kernels.substitutions.launch import programmatic_launch_supported
 
     torch.backends.cuda.matmul.allow_tf32 = False
     mot = build_mot("tiny", device="cuda:0", dtype="float32")
@@ -312,8 +310,8 @@ def test_prefill_graphs_capture_a_secondary_on_another_gpu():
 def test_requests_admitted_together_prefill_one_by_one_on_the_graph_path(perturbed_mot, monkeypatch):
     """With prefill graphs, a small group admitted in one step prefills one request at a time (each a graph replay
     on a GPU; the padded path here): same tokens as one eager batch, every request through the padded path."""
-    from mot_engine import generation
-    from mot_engine.prefill_graphs import PrefillGraphs
+    from mot_engine.decoding import generator as generation
+    from mot_engine.decoding.prefill_graphs import PrefillGraphs
 
     mot = perturbed_mot
     reqs = [GenerationRequest(src, mode=mode, max_new_tokens=5, stop_at_eos=False, force_active=[0, 1])

@@ -26,8 +26,8 @@ pytestmark = [
     pytest.mark.skipif(not _INTERPRETED, reason="Triton was imported before its interpreter could be switched on"),
 ]
 
-from mot_engine import decode_attention, gemv, interaction_kernels, rms_norm, rotary  # noqa: E402
-from mot_engine.interaction import MemorySlot  # noqa: E402
+from mot_engine.kernels import decode_attention, gemv, interaction_kernels, rms_norm, rotary  # noqa: E402
+from mot_engine.model.interaction import MemorySlot  # noqa: E402
 
 FACTORIES = [gemv._kernel, gemv._glu_kernel, gemv._qkv_kernel, gemv._rows_kernels, rotary._kernel, decode_attention._kernels,
              rms_norm._kernel, interaction_kernels._attention_kernels, interaction_kernels._residual_kernel]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from mot_engine.presets.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 TINY_VERSION = "v1"
@@ -132,8 +134,6 @@ def _build_encoder(folder: Path, corpus: list[str], seed: int) -> None:
 
 
 def default_tiny_root() -> Path:
-    from .paths import cache_dir
-
     return cache_dir() / f"tiny-{TINY_VERSION}"
 
 

@@ -85,7 +85,7 @@ class InteractionLayer(nn.Module):
     ) -> torch.Tensor:
         """`hidden + update(...)` for a decode step's few positions, in hidden's dtype, with fewer kernels: `attend`
         computes the slots' weighted attention, `residual` the gated, clamped residual add (and sets the bool scalar
-        `nonfinite` where the update is NaN) and `linear` the projections — mot_engine/interaction_kernels.py,
+        `nonfinite` where the update is NaN) and `linear` the projections — kernels/interaction_kernels.py,
         Triton or its references."""
         B, T, _ = hidden.shape
         norm, proj = self.query_in[expert]

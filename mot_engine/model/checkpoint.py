@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .config import MoTConfig
-from .errors import CheckpointMismatch
-from .experts import find_decoder_layers, tokenizer_fingerprint
+from mot_engine.model.config import MoTConfig
+from mot_engine.errors import CheckpointMismatch
+from mot_engine.model.experts import find_decoder_layers, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"

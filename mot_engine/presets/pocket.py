@@ -51,8 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from mot_engine.config import ExpertConfig
+from mot_engine.model.config import ExpertConfig
 from mot_engine.errors import PresetUnavailable
+from mot_engine.presets.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +176,6 @@ def _dist_version(distribution: str) -> str:
 
 def cache_root() -> Path:
     """`$MOT_CACHE_DIR/pocket` if that variable is set, else platformdirs' ``user_cache_dir("mot-cuda")/pocket``."""
-    from mot_engine.paths import cache_dir
-
     return cache_dir() / "pocket"
 
 

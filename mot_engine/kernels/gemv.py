@@ -325,7 +325,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
          blocks: tuple[int, int, int] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) with few rows, weight (N, K) contiguous, bias (N,) or None -> (..., N) in x's dtype.
     With `residual` (..., N) in x's dtype: residual + (x W^T + b), bit for bit the two torch ops (a decoder layer's
-    second residual add folded into its down projection: the fused-residual substitution, mot_engine/kernels.py)."""
+    second residual add folded into its down projection: the fused-residual substitution, kernels/substitutions/)."""
     triton, kernel = _kernel()
     N, K = weight.shape
     x2, y = as_rows(x, N)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .router import Router, Routing
+from mot_engine.model.router import Router, Routing
 
 
 def routing_entropy(probs: torch.Tensor) -> torch.Tensor:  # (B, E) -> (B,)

@@ -12,14 +12,13 @@ bound by launching ~1000 small kernels from Python.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph_capture import capture_or_explain
+from mot_engine.graph_capture import capture_or_explain
 
 ENCODER_MIN_COLUMNS = 32
 ENCODER_MAX_GRAPHS = 16  # (rows, columns) shapes captured at most; others run eagerly
@@ -127,7 +126,8 @@ class CapturedEncoder:
 class SentenceEncoder(nn.Module):
     """A sentence-transformers model used as a (by default frozen) mean-pooled source embedder."""
 
-    def __init__(self, model, *, trainable: bool = False, max_length: int = 512, dtype: torch.dtype | None = None):
+    def __init__(self, model, *, trainable: bool = False, max_length: int = 512, dtype: torch.dtype | None = None,
+                 graphs: bool = True):
         super().__init__()
         self.model = model  # sentence_transformers.SentenceTransformer (an nn.Sequential)
         self.trainable = trainable
@@ -139,10 +139,11 @@ class SentenceEncoder(nn.Module):
         if not trainable:
             self.model.requires_grad_(False)
             self.model.eval()
-        # A frozen encoder on CUDA routes by CUDA-graph replay (the hover path's latency; MOT_ENCODER_GRAPHS=0: off).
+        # A frozen encoder on CUDA routes by CUDA-graph replay (the hover path's latency; `graphs=False`, i.e.
+        # RuntimeConfig.encoder_graphs off: eager).
         on_cuda = next(model.parameters()).device.type == "cuda"
         self.captured = (CapturedEncoder(self.model, self.model.max_seq_length)
-                         if on_cuda and not trainable and os.environ.get("MOT_ENCODER_GRAPHS", "1") != "0" else None)
+                         if on_cuda and not trainable and graphs else None)
 
     @property
     def dim(self) -> int:

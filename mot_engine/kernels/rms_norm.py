@@ -1,12 +1,12 @@
 """RMSNorm of a decode step's few rows: one Triton program per row.
 
-torch's fused `F.rms_norm` (the fused-norms substitution, mot_engine/kernels.py) runs a general layer-norm kernel:
+torch's fused `F.rms_norm` (the fused-norms substitution, kernels/substitutions/) runs a general layer-norm kernel:
 3.1 µs a call for one 1536-wide row on an H100, 57 calls a token for the Qwen2.5-Coder-1.5B shape. One program that
 loads the row once, reduces its squares and writes x * rsqrt(mean(x^2) + eps) * weight (float32 maths, one rounding,
 as `F.rms_norm`) does the same work with less set-up. Optional: it needs Triton.
 
 `add_rms_norm` is the same kernel with a decoder layer's residual add in front (the fused-residual substitution,
-mot_engine/kernels.py): it writes the sum, rounded to the inputs' dtype as torch's add rounds it, and the norm of
+kernels/substitutions/): it writes the sum, rounded to the inputs' dtype as torch's add rounds it, and the norm of
 that rounded sum — bit for bit the add followed by `rms_norm`, in one launch instead of two.
 """
 
@@ -16,8 +16,8 @@ import functools
 
 import torch
 
-from .gemv import available as gemv_available
-from .gemv import as_rows, launch_options, on_device
+from mot_engine.kernels.gemv import available as gemv_available
+from mot_engine.kernels.gemv import as_rows, launch_options, on_device
 
 MAX_ROWS = 16  # more rows: torch's kernel (it parallelises within rows too)
 

@@ -29,9 +29,10 @@ from typing import Callable
 
 import torch
 
-from .graph_capture import capture_or_explain
-from .model import MemoryContext, memory_buffers
-from .slabs import bucket
+from mot_engine.graph_capture import capture_or_explain
+from mot_engine.model.experts import max_positions
+from mot_engine.model.memory import MemoryContext, memory_buffers
+from mot_engine.decoding.slabs import bucket
 
 MIN_PROMPT = 64  # the smallest prompt bucket
 MAX_GRAPHS = 24  # shapes captured at most (each keeps its outputs); others run eagerly
@@ -131,9 +132,7 @@ class PrefillGraphs:
     # ------------------------------------------------------------------ graphs
 
     def _fits(self, model, Lb: int) -> bool:
-        from .generation import _max_positions
-
-        limit = _max_positions(model)
+        limit = max_positions(model)
         return self.broken is None and (limit is None or Lb <= limit)
 
     def _entry(self, key: tuple, make: Callable) -> _Entry | None:

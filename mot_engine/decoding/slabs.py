@@ -34,9 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .decode_attention import CACHE_WRITE, write_token
-from .graph_capture import capture
-from .model import MemoryContext, memory_buffers
+from mot_engine.kernels.decode_attention import CACHE_WRITE, write_token
+from mot_engine.decoding.compiled_layers import compiled_layers
+from mot_engine.graph_capture import capture
+from mot_engine.model.memory import MemoryContext, memory_buffers
 
 MIN_COLUMNS = 256
 MIN_MEMORY = 64
@@ -333,12 +334,10 @@ class DecodeSlab:
 
     def _run(self):
         mot = self.gen.mot
-        from .generation import _compiled_layers
-
         if self.ctx is not None:
             self.ctx.nonfinite = None
         # compiled layers keep the GEMV (a custom op inside their graphs); inductor fuses the rest itself
-        with mot.interacting(self.ctx), _compiled_layers(mot, self.gen.compile_layers), self.gen.substitutions():
+        with mot.interacting(self.ctx), compiled_layers(mot, self.gen.compile_layers), self.gen.substitutions():
             out = self.model(
                 input_ids=self.input_ids, attention_mask=self.step_mask, position_ids=self.position_ids,
                 use_cache=True, logits_to_keep=1, **{mot.cache_kwarg[self.shape.primary]: self.cache},
@@ -379,3 +378,9 @@ class DecodeSlab:
     def feed(self, r: int, token: torch.Tensor) -> None:
         """Row r's next input is `token` (a sampled row), not its greedy one."""
         self.input_ids[r, 0] = token
+
+
+def ends_with_pending(slab: DecodeSlab, r: int, pending) -> bool:
+    """Does row r's request end by length with the token already in flight for it?"""
+    seq = slab.rows[r]
+    return pending.rows[r] is seq and remaining_columns(seq) <= 1

@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .config import ExpertConfig, MoTConfig
-from .errors import PresetUnavailable
+from mot_engine import envs
+from mot_engine.envs import RuntimeConfig
+from mot_engine.errors import PresetUnavailable
+from mot_engine.model.checkpoint import load_checkpoint, read_checkpoint_metadata
+from mot_engine.model.config import ExpertConfig, MoTConfig
+from mot_engine.model.experts import ExpertLoader
+from mot_engine.model.mixture import MixtureOfThoughts
+from mot_engine.presets import pocket
+from mot_engine.presets.names import PRESETS, SEED_7B_EXPERTS, SEED_ENCODER, SEED_EXPERTS
+from mot_engine.presets.tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
 
 log = logging.getLogger(__name__)
-
-SEED_EXPERTS = ["Qwen/Qwen2.5-Coder-1.5B", "hpcgroup/hpc-coder-v2-1.3b", "bigcode/starcoder2-3b"]
-SEED_7B_EXPERTS = ["Qwen/Qwen2.5-Coder-7B", "hpcgroup/hpc-coder-v2-6.7b", "bigcode/starcoder2-7b"]
-SEED_ENCODER = "microsoft/deberta-v3-large"
-PRESETS = ("seed", "seed-7b", "pocket", "tiny", "seed-random")
 
 
 def _hub_experts(ids: list[str]) -> list[ExpertConfig]:
@@ -47,10 +49,10 @@ def hub_cached(repo_id: str) -> bool:
 
 def seed_configs_path() -> Path:
     """The published configs of the seed experts: $MOT_SEED_CONFIGS or ../shared/data next to the repository."""
-    env = os.environ.get("MOT_SEED_CONFIGS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_expert_configs.json"
+    override = envs.seed_configs_override()
+    if override is not None:
+        return override
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "seed_expert_configs.json"
 
 
 def resolve_preset(name: str) -> tuple[list[ExpertConfig], str]:
@@ -60,14 +62,10 @@ def resolve_preset(name: str) -> tuple[list[ExpertConfig], str]:
     if name == "seed-7b":
         return _hub_experts(SEED_7B_EXPERTS), SEED_ENCODER
     if name == "tiny":
-        from .tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
-
         root = ensure_tiny()
         experts = [ExpertConfig(name=n, path=str(root / n)) for n in TINY_EXPERTS]
         return experts, str(root / TINY_ENCODER / "st")
     if name == "seed-random":
-        from .tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
-
         path = seed_configs_path()
         if not path.exists():
             raise PresetUnavailable(f"seed-random needs the published seed configs at {path} (set MOT_SEED_CONFIGS)")
@@ -80,8 +78,6 @@ def resolve_preset(name: str) -> tuple[list[ExpertConfig], str]:
         ]
         return experts, str(root / TINY_ENCODER / "st")
     if name == "pocket":
-        from . import pocket
-
         missing = pocket.missing_pocket_packages()
         if missing:
             raise PresetUnavailable(
@@ -114,17 +110,15 @@ def build_mot(
     quantization: str | None = None,
     experts: list[ExpertConfig] | None = None,
     encoder: str | None = None,
+    runtime: RuntimeConfig | None = None,
     **overrides,
 ):
     """Build a MixtureOfThoughts from a preset (or explicit experts), optionally loading a trained checkpoint.
 
     With a checkpoint, its MoT configuration is used (the architecture must match the weights) and, when no preset
-    is named, its preset too. `overrides` set other MoTConfig fields (num_stacks, top_k, ...).
+    is named, its preset too. `overrides` set other MoTConfig fields (num_stacks, top_k, ...). `runtime`: the
+    decode-path switches (default: as the environment sets them); here only `encoder_graphs` matters.
     """
-    from .checkpoint import load_checkpoint, read_checkpoint_metadata
-    from .experts import ExpertLoader
-    from .model import MixtureOfThoughts
-
     meta = read_checkpoint_metadata(checkpoint) if checkpoint is not None and not str(checkpoint).endswith(".pt") else None
     if preset is None and experts is None and meta is not None and not meta.get("preset") and meta["mot_config"].get("experts"):
         # trained with explicit experts (mot-train --experts): take them from the checkpoint
@@ -151,10 +145,12 @@ def build_mot(
     if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:N": device comparisons stay exact
         device = torch.device("cuda", torch.cuda.current_device())
     models, tokenizers = ExpertLoader.load_multiple_experts(experts, device)
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # heavy (~2 s): only building a model needs it
 
     st = SentenceTransformer(config.encoder, device=str(device))
-    mot = MixtureOfThoughts(models, tokenizers, config, encoder=st, device=device)
+    runtime = runtime if runtime is not None else RuntimeConfig.from_env()
+    mot = MixtureOfThoughts(models, tokenizers, config, encoder=st, device=device,
+                            encoder_graphs=runtime.encoder_graphs)
     mot.preset = preset
     if checkpoint is not None:
         load_checkpoint(mot, checkpoint)

@@ -1,4 +1,4 @@
-"""Triton kernels for the interaction's decode step (mot_engine/interaction.py, `InteractionLayer.decode_update`).
+"""Triton kernels for the interaction's decode step (model/interaction.py, `InteractionLayer.decode_update`).
 
 At a decode step the primary's few new positions read the secondaries' prompt memory at every stack boundary. In
 plain torch that update is ~28 small kernels per stack (casts, two LayerNorms, six products, a masked softmax, the
@@ -8,7 +8,7 @@ work. Here it is nine a stack (top-2): the cast and LayerNorm of the query input
 - `memory_attention`: softmax(q k^T / sqrt(hd) + mask) v over one slot's memory, split over chunks of keys (online
   softmax per chunk, then a combine), times the slot's router weight, written or added into `mixed` (two launches
   per slot: top-2 has one slot).
-- `linear`: the float32 projections of one row through the Triton GEMV (mot_engine/gemv.py).
+- `linear`: the float32 projections of one row through the Triton GEMV (kernels/gemv.py).
 - `gated_residual`: h + clamp(w_primary * gate * LayerNorm(y)) in h's dtype, one program per position, and the
   step's non-finite flag set where the clamped update is NaN (the clamp maps +-inf to +-clamp, as torch's does).
 
@@ -22,8 +22,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .gemv import available as gemv_available
-from .gemv import gemv, launch_options, on_device
+from mot_engine.kernels.gemv import available as gemv_available
+from mot_engine.kernels.gemv import gemv, launch_options, on_device
 
 
 @functools.cache

@@ -1,7 +1,7 @@
 """Frozen experts: loading any decoder-only HF causal LM, finding its decoder layers, splitting them into stacks.
 
 We never edit or copy modeling code. The MoT reaches into an expert only through forward hooks on the last
-decoder layer of each stack (see `interaction.py` and `model.py`), so state-dict keys stay the experts' own.
+decoder layer of each stack (see `interaction.py` and `mixture.py`), so state-dict keys stay the experts' own.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ExpertConfig
-from .errors import QuantizationUnavailable
+from mot_engine.model.config import ExpertConfig
+from mot_engine.errors import QuantizationUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +162,9 @@ def _bnb_config(config: ExpertConfig, dtype: torch.dtype, device: torch.device):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The most positions an expert's position embeddings cover (None: no limit in its config)."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    return getattr(cfg, "max_position_embeddings", None)

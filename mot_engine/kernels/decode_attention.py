@@ -14,8 +14,8 @@ import functools
 
 import torch
 
-from .gemv import available as gemv_available
-from .gemv import element_offset, launch_options, on_device
+from mot_engine.kernels.gemv import available as gemv_available
+from mot_engine.kernels.gemv import element_offset, launch_options, on_device
 
 BLOCK_M = 64  # cache columns per program and iteration
 

@@ -7,7 +7,7 @@ Read top to bottom:
   3. `memory_context` runs each sample's secondaries over its prompt only and turns their stack states into
      keys/values for the primary to read (once per request).
   4. `forward` (training) runs each primary over prompt + target with the hooks active and returns the losses.
-  5. `target_logits`, `get_routing_info`, `translate`: the text-level API. Decoding lives in generation.py.
+  5. `target_logits`, `get_routing_info`: the text-level API. Decoding (and `translate`) lives in `decoding/`.
 
 Why secondaries see only the prompt: ARCHITECTURE.md, "Interaction without look-ahead".
 """
@@ -23,41 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses
-from .config import MoTConfig
-from .errors import SourceTooLong
-from .experts import cache_kwarg_name, find_decoder_layers, hidden_size_of, split_into_stacks
-from .interaction import SMALL_QUERY, InteractionLayer, MemorySlot
-from .router import Router, Routing, SentenceEncoder
+from mot_engine.model import losses
+from mot_engine.model.config import MoTConfig
+from mot_engine.errors import SourceTooLong
+from mot_engine.model.experts import cache_kwarg_name, find_decoder_layers, hidden_size_of, split_into_stacks
+from mot_engine.model.interaction import SMALL_QUERY, InteractionLayer, MemorySlot
+from mot_engine.model.memory import MemoryContext
+from mot_engine.model.router import Router, Routing, SentenceEncoder
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MemoryContext:
-    """What the primary of a group of samples reads at each stack: one MemorySlot per secondary slot."""
-
-    primary: int
-    primary_weight: torch.Tensor  # (B,)
-    slots: list[list[MemorySlot]]  # [stack][slot]
-    nonfinite: torch.Tensor | None = None  # device-side flag, set by the hooks; read once per request/step
-
-    def select(self, rows: torch.Tensor) -> "MemoryContext":
-        return MemoryContext(
-            primary=self.primary,
-            primary_weight=self.primary_weight.index_select(0, rows),
-            slots=[[slot.select(rows) for slot in stack] for stack in self.slots],
-        )
-
-    def row(self, b: int) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]]:
-        """Sample b's memory, [stack][slot] (key, value, mask, weight), cut to its real keys (masks are right-padded;
-        reading their lengths syncs with the device, so callers use it only when requests move)."""
-        parts = []
-        for stack in self.slots:
-            used = [int(slot.mask[b, 0, 0].sum()) for slot in stack]
-            parts.append([(slot.key[b, :, :n], slot.value[b, :, :n], slot.mask[b, 0, 0, :n], slot.weight[b])
-                          for slot, n in zip(stack, used)])
-        return parts
 
 
 @dataclass
@@ -81,7 +55,9 @@ class MixtureOfThoughts(nn.Module):
         encoder: nn.Module | None = None,
         expert_names: list[str] | None = None,
         device: torch.device | str | None = None,
+        encoder_graphs: bool = True,
     ):
+        """`encoder_graphs`: a frozen encoder on CUDA routes by CUDA-graph replay (RuntimeConfig.encoder_graphs)."""
         super().__init__()
         config.validate(len(expert_models))
         if len(tokenizers) != len(expert_models):
@@ -105,10 +81,11 @@ class MixtureOfThoughts(nn.Module):
         self.shared_dim = shared_dim
 
         if encoder is None:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # heavy (~2 s): only when no encoder is given
 
             encoder = SentenceTransformer(config.encoder, device=str(self.device))
-        self.encoder = SentenceEncoder(encoder, trainable=config.train_encoder, max_length=config.encoder_max_length)
+        self.encoder = SentenceEncoder(encoder, trainable=config.train_encoder, max_length=config.encoder_max_length,
+                                       graphs=encoder_graphs)
         self.router = Router(
             self.encoder.dim, len(expert_models), config.router_hidden, config.top_k, config.gumbel_tau,
             config.balance_momentum,
@@ -140,7 +117,7 @@ class MixtureOfThoughts(nn.Module):
         self.eos_token_ids = [self._eos_ids(e) for e in range(len(self.experts))]
         self._ctx: MemoryContext | None = None  # set while a primary runs with interaction
         self._capture: dict[int, list] | None = None  # set while secondaries run over prompts
-        self._use_compiled_layers = False  # set by the Generator's compiled decode steps (generation.py)
+        self._use_compiled_layers = False  # set by the Generator's compiled decode steps (decoding/compiled_layers.py)
         self._compiled_update = None
         # Decode steps may run the interaction's fused path (InteractionLayer.decode_update): the kernels are set by
         # kernels.install_fused_interaction, the flag by kernels.fused_interaction (the Generator's decode steps).
@@ -409,50 +386,6 @@ class MixtureOfThoughts(nn.Module):
         logits, keep = self._teacher_forced(p, [prompt], [tgt], ctx)
         start = len(prompt) - 1 - keep[0]
         return logits[0, start : start + len(tgt)]
-
-    # ------------------------------------------------------------------ generation (see generation.py)
-
-    def translate(
-        self,
-        source_text: str,
-        prompt_template: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        *,
-        mode: str = "fast",
-        greedy: bool = False,
-        seed: int | None = None,
-    ) -> tuple[str, int]:
-        """Translate one C/C++ source to CUDA -> (cuda_code, primary_expert_index)."""
-        from .generation import GenerationRequest, Generator
-
-        req = GenerationRequest(
-            source=source_text, mode=mode, max_new_tokens=max_new_tokens,
-            temperature=0.0 if greedy else temperature, top_p=top_p, seed=seed, prompt_template=prompt_template,
-        )
-        result = Generator(self).generate([req])[0]
-        return result.text, result.routing["primary_expert"]
-
-
-def memory_buffers(mot: "MixtureOfThoughts", primary: int, rows: int, length: int) -> MemoryContext | None:
-    """Zeroed memory of `rows` samples and `length` keys for `primary` (every mask False, weights 0): the static
-    buffers a captured graph reads (slabs, prefill graphs); None without secondaries (top_k 1)."""
-    k = mot.config.top_k
-    if k == 1:
-        return None
-    heads = mot.config.interaction_heads
-    hd = mot.shared_dim // heads
-    dev = mot.device
-
-    def slot():
-        return MemorySlot(key=torch.zeros(rows, heads, length, hd, device=dev),
-                          value=torch.zeros(rows, heads, length, hd, device=dev),
-                          mask=torch.zeros(rows, 1, 1, length, dtype=torch.bool, device=dev),
-                          weight=torch.zeros(rows, device=dev))
-
-    return MemoryContext(primary=primary, primary_weight=torch.zeros(rows, device=dev),
-                         slots=[[slot() for _ in range(k - 1)] for _ in range(mot.config.num_stacks)])
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, device, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

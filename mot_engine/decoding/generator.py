@@ -6,7 +6,7 @@
   with a KV cache and reads the secondaries' memory at every stack, for every token. Cached decoding equals the
   teacher-forced forward (`target_logits`) on the generated tokens: tests/test_invariants.py holds that.
 - On CUDA (static cache + CUDA graphs) every running request with the same (primary, mode) decodes in one batch:
-  a request is prefilled on its own, then joins a row of that pair's slab (mot_engine/slabs.py), whose decode step
+  a request is prefilled on its own, then joins a row of that pair's slab (decoding/slabs.py), whose decode step
   is one captured graph reused for the engine's life; a finished or aborted request frees its row at the next step.
   The host reads a slab step's tokens one step late (during the next `step()`, after launching it), so the GPU
   never waits for Python's bookkeeping.
@@ -17,21 +17,33 @@
 from __future__ import annotations
 
 import itertools
-import os
 import time
-from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
 
-from .errors import NonFiniteError, SourceTooLong
-from .kernels import (decode_substitutions, install_decode_attention, install_fused_cache_write,
-                      install_fused_interaction, install_fused_mlp, install_fused_norms, install_fused_qkv,
-                      install_fused_residual, install_fused_rotary, install_programmatic_launch, install_triton_gemv)
-from .model import MemoryContext, MixtureOfThoughts, pad_batch
-from .prefill_graphs import PrefillGraphs
-from .slabs import MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, remaining_columns, supports
+from mot_engine.decoding.compiled_layers import install_compiled_layers
+from mot_engine.decoding.prefill_graphs import PrefillGraphs
+from mot_engine.decoding.requests import GenerationRequest, GenerationResult, StepOutput
+from mot_engine.decoding.sampling import request_rng, sample_token
+from mot_engine.decoding.sequences import (Cohort, PrefilledCache, Sequence, detokenize_incrementally,
+                                           stack_routings, strip_eos)
+from mot_engine.decoding.slabs import (MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket,
+                                       ends_with_pending, remaining_columns, supports)
+from mot_engine.defaults import MODES
+from mot_engine.envs import RuntimeConfig
+from mot_engine.errors import NonFiniteError, SourceTooLong
+from mot_engine.kernels.substitutions.attention import (install_decode_attention, install_fused_cache_write,
+                                                        install_fused_rotary)
+from mot_engine.kernels.substitutions.decode import decode_substitutions
+from mot_engine.kernels.substitutions.interaction import install_fused_interaction
+from mot_engine.kernels.substitutions.launch import install_programmatic_launch
+from mot_engine.kernels.substitutions.linear import install_fused_mlp, install_fused_qkv, install_triton_gemv
+from mot_engine.kernels.substitutions.norms import install_fused_norms
+from mot_engine.kernels.substitutions.residual import install_fused_residual
+from mot_engine.model.experts import max_positions
+from mot_engine.model.mixture import MixtureOfThoughts, pad_batch
 
-MODES = ("fast", "full")
 # Requests of one (primary, mode) admitted together, up to this many, prefill one by one by graph replay (prefill
 # graphs on): on an H100 one graph prefill took 3 ms fast / 8 ms full MoT against 19 / 41 ms eager for one request
 # (run T, BENCHMARKS.md), and an eager batch costs about as much as one eager request until compute dominates.
@@ -39,157 +51,67 @@ GRAPH_PREFILL_MAX_GROUP = 8
 SLAB_POOL_SIZE = 8  # emptied slabs kept (with their captured graphs) for reuse
 
 
-@dataclass
-class GenerationRequest:
-    source: str
-    mode: str = "fast"
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    prompt_template: str | None = None
-    stop_at_eos: bool = True
-    force_active: list[int] | None = None  # analysis/tests: the active experts, primary first
-
-    def validate(self) -> None:
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise ValueError("the source is empty")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not (self.temperature >= 0):
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not (0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-
-
-@dataclass
-class StepOutput:
-    request_id: str
-    new_token_ids: list[int]
-    text_delta: str
-    finished: bool
-    finish_reason: str | None = None  # "eos" | "length" | "aborted" | "error"
-    error: str | None = None
-
-
-@dataclass
-class GenerationResult:
-    request_id: str
-    text: str
-    token_ids: list[int]
-    routing: dict
-    finish_reason: str
-    num_prompt_tokens: int
-    num_generated_tokens: int
-    timings: dict = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass
-class _Sequence:
-    request_id: str
-    request: GenerationRequest
-    prompt_ids: list[list[int]]  # per expert ([] for experts that don't read this request)
-    t_added: float
-    routing: dict | None = None
-    primary: int = -1
-    generated: list[int] = field(default_factory=list)
-    emitted: str = ""
-    prefix_offset: int = 0  # incremental detokenization (see _detokenize_incrementally)
-    read_offset: int = 0
-    rng: torch.Generator | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    t_first: float | None = None
-    t_done: float | None = None
-
-
-@dataclass
-class _Cohort:
-    primary: int
-    mode: str
-    seqs: list[_Sequence]
-    cache: object
-    attention_mask: torch.Tensor  # (B, L) 1 for real tokens
-    positions: torch.Tensor  # (B, 1) position id of the next input token
-    next_input: torch.Tensor  # (B, 1) token to feed next
-    ctx: MemoryContext | None
-
-    @property
-    def live(self) -> list["_Sequence"]:
-        return [s for s in self.seqs if s.finish_reason is None]
-
-
 class Generator:
     """The decoding engine over one MixtureOfThoughts. Not thread-safe: one thread drives it."""
 
     def __init__(
-        self, mot: MixtureOfThoughts, max_batch_size: int = 16, *, static_cache: bool | None = None,
-        cuda_graphs: bool | None = None,
+        self, mot: MixtureOfThoughts, max_batch_size: int = 16, *, runtime: RuntimeConfig | None = None,
+        static_cache: bool | None = None, cuda_graphs: bool | None = None,
     ):
+        """`runtime`: the decode-path switches (mot_engine/envs.py; default: as the environment sets them).
+        `static_cache` / `cuda_graphs` override the runtime's choice of decode path (tests)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.mot = mot
         self.max_batch_size = max_batch_size
+        self.runtime = runtime = runtime if runtime is not None else RuntimeConfig.from_env()
         # Slabs (static KV cache, continuous batching) + one CUDA graph per slab's decode step: kernel launches, not
         # FLOPs, bound batch-1 decoding of 1-3B models (ARCHITECTURE.md, "Decoding engine"). Default on CUDA, off on
-        # CPU unless MOT_SLABS=1 (there the slab path runs eagerly: continuous batching without graphs; CI tests it
-        # that way); MOT_CUDA_GRAPHS=0 disables both on CUDA.
+        # CPU unless runtime.slabs (there the slab path runs eagerly: continuous batching without graphs; CI tests
+        # it that way); runtime.cuda_graphs off disables both on CUDA.
         # A captured graph lives on one device: a primary on another GPU than the interaction layers decodes eagerly
         # (secondaries anywhere are fine: they only run in the prefill).
-        on_cuda = mot.device.type == "cuda" and os.environ.get("MOT_CUDA_GRAPHS", "1") != "0"
+        on_cuda = mot.device.type == "cuda" and runtime.cuda_graphs
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
-        slabs = on_cuda or self.cuda_graphs or os.environ.get("MOT_SLABS", "0") == "1"
+        slabs = on_cuda or self.cuda_graphs or runtime.slabs
         self.static_cache = slabs if static_cache is None else static_cache
         if self.cuda_graphs and not self.static_cache:
             raise ValueError("cuda_graphs needs static_cache")
         if self.cuda_graphs and mot.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, the model is on {mot.device}")
-        # torch.compile of the decoder layers' forward for decode steps (fuses norms, rotary, activations and
-        # residual adds: 2.3x fewer kernels per token, +25-30% tokens/s on an H200) — opt-in with MOT_COMPILE=1:
-        # compiling every layer of three experts for batch 1 and >1 took ~6.5 minutes of daemon start-up there.
-        self.compile_layers = self.cuda_graphs and os.environ.get("MOT_COMPILE", "0") == "1"
+        # torch.compile of the decoder layers' forward for decode steps — opt-in (runtime.compile_layers):
+        # compiling every layer of three experts for batch 1 and >1 took ~6.5 minutes of daemon start-up on an H200.
+        self.compile_layers = self.cuda_graphs and runtime.compile_layers
         if self.compile_layers:
-            _install_compiled_layers(mot)
-        # Decode steps and prefills run the experts' RMSNorms as one fused kernel each (mot_engine/kernels.py: ~1/3
-        # fewer kernels per token); training and scoring keep the experts' own forward. MOT_FUSED_NORMS=0: off.
-        self.fused_norms = os.environ.get("MOT_FUSED_NORMS", "1") != "0"
+            install_compiled_layers(mot, whole_layers=runtime.compile_whole_layers)
+        # Decode steps and prefills run the experts' RMSNorms as one fused kernel each (mot_engine/kernels/: ~1/3
+        # fewer kernels per token); training and scoring keep the experts' own forward.
+        self.fused_norms = runtime.fused_norms
         if self.fused_norms:
             install_fused_norms(mot)
-        # Decode steps (and, for the rotary, prefills) on CUDA also run Triton kernels in place of the experts' small ones (mot_engine/kernels.py),
-        # each installed where a probe shows the same function and switched off by its variable (=0):
-        # MOT_TRITON_GEMV: one-row linear layers (cuBLAS runs M=1 products well below the bandwidth);
-        # MOT_FUSED_QKV: an attention's q, k and v products in one launch;
-        # MOT_FUSED_MLP: a gated MLP's gate and up products, SiLU and product in one kernel;
-        # MOT_FUSED_ROTARY: the rotary embedding of q and k in one launch (ten small kernels per layer otherwise);
-        # MOT_DECODE_ATTENTION: one-query attention over the cache, split across its columns (else torch's SDPA);
-        # MOT_FUSED_CACHE_WRITE: a slab layer's key and value written into the cache in one launch;
-        # MOT_FUSED_INTERACTION: the interaction's attention to the memory, and its gated residual, one kernel each;
-        # MOT_FUSED_RESIDUAL: a Llama-family layer's two residual adds folded into its post-attention norm and its
-        # down projection (not with compiled layers: inductor fuses them itself).
-        def triton_kernel(variable: str, install) -> bool:
-            return mot.device.type == "cuda" and os.environ.get(variable, "1") != "0" and install(mot) > 0
+        # Decode steps (and, for the rotary, prefills) on CUDA also run Triton kernels in place of the experts'
+        # small ones (mot_engine/kernels/substitutions/), each installed where a probe shows the same function and
+        # switched off by its runtime field (envs.RuntimeConfig says what each does). The residual folds step aside
+        # for compiled layers (inductor fuses them itself).
+        def triton_kernel(on: bool, install) -> bool:
+            return mot.device.type == "cuda" and on and install(mot) > 0
 
-        self.triton_gemv = triton_kernel("MOT_TRITON_GEMV", install_triton_gemv)
-        self.fused_qkv = triton_kernel("MOT_FUSED_QKV", install_fused_qkv)
-        self.fused_mlp = triton_kernel("MOT_FUSED_MLP", install_fused_mlp)
-        self.fused_rotary = triton_kernel("MOT_FUSED_ROTARY", install_fused_rotary)
-        self.decode_attention = triton_kernel("MOT_DECODE_ATTENTION", install_decode_attention)
-        self.fused_cache_write = triton_kernel("MOT_FUSED_CACHE_WRITE", install_fused_cache_write)
-        self.fused_interaction = triton_kernel("MOT_FUSED_INTERACTION", install_fused_interaction)
-        self.fused_residual = not self.compile_layers and triton_kernel("MOT_FUSED_RESIDUAL", install_fused_residual)
-        # MOT_PDL: those Triton kernels launch with programmatic dependent launch (Hopper and newer; probed): each
-        # kernel's programs are scheduled, and load their first weights, while the kernel before it finishes.
-        self.programmatic_launch = triton_kernel("MOT_PDL", install_programmatic_launch)
+        self.triton_gemv = triton_kernel(runtime.triton_gemv, install_triton_gemv)
+        self.fused_qkv = triton_kernel(runtime.fused_qkv, install_fused_qkv)
+        self.fused_mlp = triton_kernel(runtime.fused_mlp, install_fused_mlp)
+        self.fused_rotary = triton_kernel(runtime.fused_rotary, install_fused_rotary)
+        self.decode_attention = triton_kernel(runtime.decode_attention, install_decode_attention)
+        self.fused_cache_write = triton_kernel(runtime.fused_cache_write, install_fused_cache_write)
+        self.fused_interaction = triton_kernel(runtime.fused_interaction, install_fused_interaction)
+        self.fused_residual = not self.compile_layers and triton_kernel(runtime.fused_residual, install_fused_residual)
+        self.programmatic_launch = triton_kernel(runtime.pdl, install_programmatic_launch)
         # A request admitted alone prefills by CUDA-graph replay (its secondaries' prompts, then its primary's), one
-        # graph per prompt-length bucket (mot_engine/prefill_graphs.py): the first token is otherwise bound by
-        # launching the experts' kernels from Python. MOT_PREFILL_GRAPHS=0: off.
+        # graph per prompt-length bucket (decoding/prefill_graphs.py): the first token is otherwise bound by
+        # launching the experts' kernels from Python.
         self.prefill_graphs = (PrefillGraphs(self) if self.cuda_graphs and not self.compile_layers
-                               and os.environ.get("MOT_PREFILL_GRAPHS", "1") != "0" else None)
-        self.waiting: list[_Sequence] = []
-        self.cohorts: list[_Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
+                               and runtime.prefill_graphs else None)
+        self.waiting: list[Sequence] = []
+        self.cohorts: list[Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
         self._slab_pool: list[DecodeSlab] = []  # emptied slabs, kept with their captured graphs
         self._aborted: set[str] = set()
@@ -207,7 +129,7 @@ class Generator:
         # Tokenize for every expert now, so a too-long source is refused at once, whichever experts get it.
         prompt_ids = [mot.prompt_ids(e, request.source, request.prompt_template) for e in range(mot.num_experts)]
         for e, ids in enumerate(prompt_ids):
-            limit = _max_positions(mot.experts[e])
+            limit = max_positions(mot.experts[e])
             if limit is not None and len(ids) + request.max_new_tokens > limit:
                 raise SourceTooLong(
                     f"prompt ({len(ids)} tokens) + max_new_tokens ({request.max_new_tokens}) exceed expert "
@@ -216,7 +138,7 @@ class Generator:
                 )
         if request.force_active is not None and len(request.force_active) != mot.config.top_k:
             raise ValueError(f"force_active must name top_k={mot.config.top_k} experts, got {request.force_active}")
-        self.waiting.append(_Sequence(request_id, request, prompt_ids, time.perf_counter()))
+        self.waiting.append(Sequence(request_id, request, prompt_ids, time.perf_counter()))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request; its slot is freed at the next step. False if it is unknown or already finished."""
@@ -252,7 +174,7 @@ class Generator:
         return ", ".join(parts)
 
     def substitutions(self, decoding: bool = True):
-        """The kernel substitutions this engine uses (mot_engine/kernels.py): all of them for a decode step; for a
+        """The kernel substitutions this engine uses (kernels/substitutions/): all of them for a decode step; for a
         prefill (the primary's prompt, the secondaries' prompts) the fused norms and rotary, which take any number
         of positions — an eager prefill is bound by launching kernels, and they launch ~1/3 fewer."""
         return decode_substitutions(self.mot, norms=self.fused_norms, gemv=self.triton_gemv and decoding,
@@ -322,17 +244,17 @@ class Generator:
 
     # ------------------------------------------------------------------ internals
 
-    def _find(self, request_id: str) -> _Sequence | None:
+    def _find(self, request_id: str) -> Sequence | None:
         slab_rows = (s for slab in self.slabs.values() for s in slab.rows if s is not None)
         for seq in itertools.chain(self.waiting, *(c.seqs for c in self.cohorts), slab_rows):
             if seq.request_id == request_id:
                 return seq
         return None
 
-    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         seq.finish_reason, seq.error, seq.t_done = reason, error, time.perf_counter()
         tok = self.mot.tokenizers[seq.primary] if seq.primary >= 0 else None
-        text = tok.decode(_strip_eos(seq.generated, self.mot.eos_token_ids[seq.primary]), skip_special_tokens=True) if tok else ""
+        text = tok.decode(strip_eos(seq.generated, self.mot.eos_token_ids[seq.primary]), skip_special_tokens=True) if tok else ""
         first = seq.t_first or seq.t_done
         self.results[seq.request_id] = GenerationResult(
             request_id=seq.request_id, text=text, token_ids=list(seq.generated), routing=seq.routing or {},
@@ -371,7 +293,7 @@ class Generator:
         self._aborted.clear()
         return outputs
 
-    def _admit(self) -> list[_Cohort]:
+    def _admit(self) -> list[Cohort]:
         room = self.max_batch_size - self.num_running
         if room <= 0 or not self.waiting:
             return []
@@ -384,7 +306,7 @@ class Generator:
         else:
             routing = mot.route([s.request.source for s in admitted], noise=False)
             rows = [(routing, b) for b in range(len(admitted))]
-        groups: dict[tuple[int, str], list[tuple[_Sequence, object, int]]] = {}
+        groups: dict[tuple[int, str], list[tuple[Sequence, object, int]]] = {}
         for seq, (routing, b) in zip(admitted, rows):
             seq.routing = routing.info(b, mot.expert_names)
             seq.primary = seq.routing["primary_expert"]
@@ -399,7 +321,7 @@ class Generator:
         for (primary, mode), members in batches:
             ctx = None
             if mode == "full":
-                routing = _stack_routings([(r, b) for _, r, b in members])
+                routing = stack_routings([(r, b) for _, r, b in members])
                 alone = self.prefill_graphs is not None and len(members) == 1
                 with self.substitutions(decoding=False):  # the secondaries' prompts: a prefill
                     ctx = mot.memory_context(
@@ -409,11 +331,11 @@ class Generator:
                     )
             seqs = [s for s, _, _ in members]
             for s in seqs:
-                s.rng = _rng(s.request.seed, mot.experts[primary])
-            cohorts.append(_Cohort(primary, mode, seqs, None, None, None, None, ctx))
+                s.rng = request_rng(s.request.seed, mot.experts[primary])
+            cohorts.append(Cohort(primary, mode, seqs, None, None, None, None, ctx))
         return cohorts
 
-    def _forward(self, cohort: _Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
+    def _forward(self, cohort: Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
         mot = self.mot
         model = mot.experts[cohort.primary]
         decoding = input_ids.shape[1] == 1
@@ -424,11 +346,9 @@ class Generator:
             )
         return out.logits[:, -1, :].float()  # (B, V)
 
-    def _prefill(self, cohort: _Cohort) -> list[StepOutput]:
+    def _prefill(self, cohort: Cohort) -> list[StepOutput]:
         """The prompts of newly admitted requests (one batch, dynamic cache), then their first token. On the static
         path the unfinished ones then join their (primary, mode) slab; otherwise the batch becomes a cohort."""
-        from transformers import DynamicCache
-
         mot, p = self.mot, cohort.primary
         model = mot.experts[p]
         dev = next(model.parameters()).device
@@ -441,7 +361,7 @@ class Generator:
         if out is not None:  # one prompt, right-padded in the graph: its first L cache columns are the prompt's
             L = len(prompts[0])
             cohort.attention_mask = torch.ones(1, L, dtype=torch.long, device=dev)
-            cohort.cache = _PrefilledCache([k[:, :, :L] for k in out.keys], [v[:, :, :L] for v in out.values])
+            cohort.cache = PrefilledCache([k[:, :, :L] for k in out.keys], [v[:, :, :L] for v in out.values])
             cohort.positions = torch.full((1, 1), L, dtype=torch.long, device=dev)
             if cohort.ctx is not None:
                 cohort.ctx.nonfinite = out.nonfinite
@@ -471,7 +391,7 @@ class Generator:
             return False
         return not self.cuda_graphs or next(self.mot.experts[primary].parameters()).device == self.mot.device
 
-    def _joiners(self, cohort: _Cohort) -> list[Joiner]:
+    def _joiners(self, cohort: Cohort) -> list[Joiner]:
         """Each row of a prefilled cohort as a slab joiner: its prompt's keys/values (the last Lp columns of the
         left-padded cache), its next input token and position, and its interaction memory (full mode)."""
         layers = cohort.cache.layers
@@ -546,7 +466,7 @@ class Generator:
             return self._move(key, slab)
         return []
 
-    def _decode(self, cohort: _Cohort) -> list[StepOutput]:
+    def _decode(self, cohort: Cohort) -> list[StepOutput]:
         cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
         logits = self._forward(cohort, cohort.next_input, cohort.positions)
         cohort.positions = cohort.positions + 1
@@ -561,7 +481,7 @@ class Generator:
         computed, then ignored. When every live row is known to end with the tokens already in flight (length),
         no step is launched."""
         pending, slab.pending = slab.pending, None
-        if pending is not None and all(_ends_with_pending(slab, r, pending) for r in slab.live):
+        if pending is not None and all(ends_with_pending(slab, r, pending) for r in slab.live):
             return self._collect(slab, pending)
         logits, next_ids, finite = slab.decode()  # (C, V), (C,) greedy ids already fed back, (C,)
         for b in self._sample_live(slab.rows, logits, next_ids):
@@ -583,7 +503,7 @@ class Generator:
         pending, slab.pending = slab.pending, None
         return self._collect(slab, pending) if pending is not None else []
 
-    def _sample_and_advance(self, cohort: _Cohort, logits: torch.Tensor) -> list[StepOutput]:
+    def _sample_and_advance(self, cohort: Cohort, logits: torch.Tensor) -> list[StepOutput]:
         flag = cohort.ctx.nonfinite if cohort.ctx is not None else None
         if cohort.ctx is not None:
             cohort.ctx.nonfinite = None
@@ -615,7 +535,7 @@ class Generator:
         sampled = []
         for b, s in enumerate(rows):
             if s is not None and s.finish_reason is None and s.request.temperature != 0:
-                next_ids[b] = _sample(logits[b], s.request, s.rng)
+                next_ids[b] = sample_token(logits[b], s.request, s.rng)
                 sampled.append(b)
         return sampled
 
@@ -646,11 +566,11 @@ class Generator:
                 delta = final[len(s.emitted) :] if final.startswith(s.emitted) else ""
                 s.emitted = final
             else:
-                delta = _detokenize_incrementally(tok, s)
+                delta = detokenize_incrementally(tok, s)
             outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
         return outputs
 
-    def _compact(self, cohort: _Cohort) -> None:
+    def _compact(self, cohort: Cohort) -> None:
         keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
         cohort.seqs = [cohort.seqs[b] for b in keep]
         if not keep or cohort.cache is None:
@@ -665,134 +585,3 @@ class Generator:
             cohort.ctx = cohort.ctx.select(idx.to(self.mot.device))
 
 
-class _PrefilledCache:
-    """A graph prefill's cache, cut to the prompt: what `_joiners` reads (per layer (1, Hk, L, D) keys and values)."""
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        from types import SimpleNamespace
-
-        self.layers = [SimpleNamespace(keys=k, values=v) for k, v in zip(keys, values)]
-
-
-def _detokenize_incrementally(tok, s: _Sequence) -> str:
-    """New text since the last call, decoding only a few trailing tokens (O(1) per step, not O(length)).
-
-    Decoding a window [prefix_offset, end) and subtracting the text of [prefix_offset, read_offset) keeps
-    context-dependent decoders (leading spaces, byte-level merges) right; half a UTF-8 character waits.
-    """
-    ids = s.generated
-    prefix_text = tok.decode(ids[s.prefix_offset : s.read_offset], skip_special_tokens=True)
-    new_text = tok.decode(ids[s.prefix_offset :], skip_special_tokens=True)
-    if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-        delta = new_text[len(prefix_text) :]
-        s.prefix_offset, s.read_offset = s.read_offset, len(ids)
-        s.emitted += delta
-        return delta
-    return ""
-
-
-def _ends_with_pending(slab: DecodeSlab, r: int, pending) -> bool:
-    """Does row r's request end by length with the token already in flight for it?"""
-    seq = slab.rows[r]
-    return pending.rows[r] is seq and remaining_columns(seq) <= 1
-
-
-def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:
-    return ids[:-1] if ids and ids[-1] in eos else ids
-
-
-def _max_positions(model) -> int | None:
-    cfg = getattr(model.config, "text_config", None) or model.config
-    return getattr(cfg, "max_position_embeddings", None)
-
-
-def _rng(seed: int | None, model) -> torch.Generator:
-    dev = next(model.parameters()).device
-    g = torch.Generator(device=dev)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
-
-
-def _sample(logits: torch.Tensor, req: GenerationRequest, rng: torch.Generator) -> torch.Tensor:
-    """One token from (V,) logits: greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
-    if req.temperature == 0:
-        return logits.argmax()
-    probs = torch.softmax(logits / req.temperature, dim=-1)
-    if req.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        cum = sorted_p.cumsum(0)
-        keep = cum - sorted_p < req.top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=rng)[0]
-
-
-def _stack_routings(rows):
-    """Concatenate single rows of (possibly different) Routing objects into one batch Routing."""
-    from .router import Routing
-
-    fields = ("logits", "probs", "noisy_probs", "active", "weights")
-    return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))
-
-
-def _install_compiled_layers(mot: MixtureOfThoughts, whole_layers: bool | None = None) -> None:
-    """Give every expert decoder layer (or its norms and MLP) a dispatching forward: compiled for decode steps.
-
-    Compiling the whole layer fuses norms, rotary embeddings, activations and residual adds (about 3x fewer
-    kernels per token than eager). Its attention indexes the cache by the integer `layer_idx`, which dynamo
-    treats as a constant: each layer is its own entry (identical graphs, so inductor's graph cache makes all but
-    the first cheap), hence the raised recompile limits. MOT_COMPILE_SCOPE=parts compiles only the norms and MLP
-    (one shared graph per family, fewer fused kernels). Our interaction hooks always run around the layer, eager,
-    so a new request's memory tensors never trigger a recompilation.
-    """
-    if getattr(mot, "_compiled_layers_installed", False):
-        return
-    import torch._dynamo
-
-    from .experts import find_decoder_layers
-
-    if whole_layers is None:
-        whole_layers = os.environ.get("MOT_COMPILE_SCOPE", "layers") != "parts"
-    total = sum(len(find_decoder_layers(m)) for m in mot.experts)
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 4 * total + 64))
-    mot._use_compiled_layers = False
-    from .interaction import InteractionLayer
-
-    mot._compiled_update = torch.compile(InteractionLayer.update, dynamic=True)  # one graph for every stack
-    for model in mot.experts:
-        for layer in find_decoder_layers(model):
-            if whole_layers:
-                _dispatch_forward(mot, layer)
-                continue
-            for name, child in layer.named_children():
-                if name == "mlp" or "norm" in name:
-                    _dispatch_forward(mot, child)
-    mot._compiled_layers_installed = True
-
-
-def _dispatch_forward(mot: MixtureOfThoughts, module: torch.nn.Module) -> None:
-    eager = module.forward
-    compiled = torch.compile(eager, dynamic=True)
-
-    def forward(*args, **kwargs):
-        return (compiled if mot._use_compiled_layers else eager)(*args, **kwargs)
-
-    module.forward = forward
-
-
-class _compiled_layers:
-    def __init__(self, mot, on: bool):
-        self.mot, self.on = mot, on
-
-    def __enter__(self):
-        self.prev = getattr(self.mot, "_use_compiled_layers", False)
-        self.mot._use_compiled_layers = self.on
-
-    def __exit__(self, *exc):
-        self.mot._use_compiled_layers = self.prev

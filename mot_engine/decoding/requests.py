@@ -1,0 +1,56 @@
+"""What a caller gives the Generator (`GenerationRequest`) and what it gets back (`StepOutput` per step,
+`GenerationResult` when a request ends)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mot_engine import defaults
+
+
+@dataclass
+class GenerationRequest:
+    source: str
+    mode: str = defaults.MODE
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    temperature: float = defaults.TEMPERATURE  # 0 = greedy
+    top_p: float = defaults.TOP_P
+    seed: int | None = None
+    prompt_template: str | None = None
+    stop_at_eos: bool = True
+    force_active: list[int] | None = None  # analysis/tests: the active experts, primary first
+
+    def validate(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("the source is empty")
+        if self.mode not in defaults.MODES:
+            raise ValueError(f"mode must be one of {defaults.MODES}, got {self.mode!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not (self.temperature >= 0):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+    finish_reason: str | None = None  # "eos" | "length" | "aborted" | "error"
+    error: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    routing: dict
+    finish_reason: str
+    num_prompt_tokens: int
+    num_generated_tokens: int
+    timings: dict = field(default_factory=dict)
+    error: str | None = None

@@ -1,0 +1,82 @@
+"""The Generator's per-request state (`Sequence`), a dynamic-cache batch (`Cohort`), and the small helpers that act
+on them: incremental detokenization, EOS stripping, stacking routings, a graph prefill's cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+
+from mot_engine.decoding.requests import GenerationRequest
+from mot_engine.model.memory import MemoryContext
+from mot_engine.model.router import Routing
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    request: GenerationRequest
+    prompt_ids: list[list[int]]  # per expert ([] for experts that don't read this request)
+    t_added: float
+    routing: dict | None = None
+    primary: int = -1
+    generated: list[int] = field(default_factory=list)
+    emitted: str = ""
+    prefix_offset: int = 0  # incremental detokenization (see detokenize_incrementally)
+    read_offset: int = 0
+    rng: torch.Generator | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    t_first: float | None = None
+    t_done: float | None = None
+
+
+@dataclass
+class Cohort:
+    primary: int
+    mode: str
+    seqs: list[Sequence]
+    cache: object
+    attention_mask: torch.Tensor  # (B, L) 1 for real tokens
+    positions: torch.Tensor  # (B, 1) position id of the next input token
+    next_input: torch.Tensor  # (B, 1) token to feed next
+    ctx: MemoryContext | None
+
+    @property
+    def live(self) -> list["Sequence"]:
+        return [s for s in self.seqs if s.finish_reason is None]
+
+
+class PrefilledCache:
+    """A graph prefill's cache, cut to the prompt: what `_joiners` reads (per layer (1, Hk, L, D) keys and values)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+            self.layers = [SimpleNamespace(keys=k, values=v) for k, v in zip(keys, values)]
+
+
+def detokenize_incrementally(tok, s: Sequence) -> str:
+    """New text since the last call, decoding only a few trailing tokens (O(1) per step, not O(length)).
+
+    Decoding a window [prefix_offset, end) and subtracting the text of [prefix_offset, read_offset) keeps
+    context-dependent decoders (leading spaces, byte-level merges) right; half a UTF-8 character waits.
+    """
+    ids = s.generated
+    prefix_text = tok.decode(ids[s.prefix_offset : s.read_offset], skip_special_tokens=True)
+    new_text = tok.decode(ids[s.prefix_offset :], skip_special_tokens=True)
+    if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+        delta = new_text[len(prefix_text) :]
+        s.prefix_offset, s.read_offset = s.read_offset, len(ids)
+        s.emitted += delta
+        return delta
+    return ""
+
+
+def strip_eos(ids: list[int], eos: set[int]) -> list[int]:
+    return ids[:-1] if ids and ids[-1] in eos else ids
+
+
+def stack_routings(rows):
+    """Concatenate single rows of (possibly different) Routing objects into one batch Routing."""
+    fields = ("logits", "probs", "noisy_probs", "active", "weights")
+    return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))

@@ -1,0 +1,9 @@
+"""The presets' names and the hub ids of the seed experts: torch-free, so the CLIs can offer `--preset` choices
+without loading the engine."""
+
+from __future__ import annotations
+
+PRESETS = ("seed", "seed-7b", "pocket", "tiny", "seed-random")
+SEED_EXPERTS = ["Qwen/Qwen2.5-Coder-1.5B", "hpcgroup/hpc-coder-v2-1.3b", "bigcode/starcoder2-3b"]
+SEED_7B_EXPERTS = ["Qwen/Qwen2.5-Coder-7B", "hpcgroup/hpc-coder-v2-6.7b", "bigcode/starcoder2-7b"]
+SEED_ENCODER = "microsoft/deberta-v3-large"
