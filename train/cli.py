@@ -60,7 +60,7 @@ def _float(text: str) -> float:
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
-    from mot_engine.presets import PRESETS
+    from mot_engine.presets.names import PRESETS
 
     data = p.add_argument_group("data")
     _add(data, "data_path", help="JSONL of {\"cpp\", \"generated_cuda\"} lines, a BabelTower cpp.X.tok/cuda.X.tok file, "
@@ -208,7 +208,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_metadata(args) -> dict | None:
     """Metadata of the checkpoint a run resumes or starts from (None: no checkpoint, or a legacy .pt file)."""
-    from mot_engine.checkpoint import read_checkpoint_metadata
+    from mot_engine.model.checkpoint import read_checkpoint_metadata
 
     path = getattr(args, "checkpoint_path", None)
     if getattr(args, "resume", None):

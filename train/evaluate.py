@@ -233,7 +233,7 @@ def parse_experts(value: str):
 
 def resolve_checkpoint(path) -> Path | None:
     """A checkpoint folder, the best_model/ of a training output folder, a .pt file; None if none of them."""
-    from mot_engine.checkpoint import METADATA
+    from mot_engine.model.checkpoint import METADATA
 
     path = Path(path)
     if path.is_file() and path.suffix == ".pt":
@@ -249,8 +249,8 @@ def choose_experts(args, meta: dict | None = None) -> tuple[list, str | None]:
     """(experts, encoder) without loading anything: --experts, else --preset, else what the checkpoint (metadata
     `meta`) was trained with, else the default preset. Sets args.preset to the preset used (args.json records it).
     Raises PresetUnavailable, saying how to get a preset's weights or packages."""
-    from mot_engine.config import ExpertConfig
-    from mot_engine.presets import default_preset, resolve_preset
+    from mot_engine.model.config import ExpertConfig
+    from mot_engine.presets.registry import default_preset, resolve_preset
 
     if args.experts:
         return parse_experts(args.experts), args.encoder
@@ -281,8 +281,8 @@ def build_model(args, device, *, checkpoint=None, world_size: int = 1):
     preset when none is named). A checkpoint trained with --experts (no preset) brings its experts back.
     """
     from mot_engine import build_mot
-    from mot_engine.checkpoint import read_checkpoint_metadata
-    from mot_engine.config import MoTConfig
+    from mot_engine.model.checkpoint import read_checkpoint_metadata
+    from mot_engine.model.config import MoTConfig
 
     from .cli import DEFAULT_LAMBDA_CONSISTENCY, DEFAULT_NUM_STACKS, DEFAULT_TOP_K
 
