@@ -26,19 +26,41 @@ from mot_engine.decoding.compiled_layers import install_compiled_layers
 from mot_engine.decoding.prefill_graphs import PrefillGraphs
 from mot_engine.decoding.requests import GenerationRequest, GenerationResult, StepOutput
 from mot_engine.decoding.sampling import request_rng, sample_token
-from mot_engine.decoding.sequences import (Cohort, PrefilledCache, Sequence, detokenize_incrementally,
-                                           stack_routings, strip_eos)
-from mot_engine.decoding.slabs import (MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket,
-                                       ends_with_pending, remaining_columns, supports)
+from mot_engine.decoding.sequences import (
+    Cohort,
+    PrefilledCache,
+    Sequence,
+    detokenize_incrementally,
+    stack_routings,
+    strip_eos,
+)
+from mot_engine.decoding.slabs import (
+    MIN_COLUMNS,
+    MIN_MEMORY,
+    DecodeSlab,
+    Joiner,
+    SlabShape,
+    bucket,
+    ends_with_pending,
+    remaining_columns,
+    supports,
+)
 from mot_engine.defaults import MODES
 from mot_engine.envs import RuntimeConfig
 from mot_engine.errors import NonFiniteError, SourceTooLong
-from mot_engine.kernels.substitutions.attention import (install_decode_attention, install_fused_cache_write,
-                                                        install_fused_rotary)
+from mot_engine.kernels.substitutions.attention import (
+    install_decode_attention,
+    install_fused_cache_write,
+    install_fused_rotary,
+)
 from mot_engine.kernels.substitutions.decode import decode_substitutions
 from mot_engine.kernels.substitutions.interaction import install_fused_interaction
 from mot_engine.kernels.substitutions.launch import install_programmatic_launch
-from mot_engine.kernels.substitutions.linear import install_fused_mlp, install_fused_qkv, install_triton_gemv
+from mot_engine.kernels.substitutions.linear import (
+    install_fused_mlp,
+    install_fused_qkv,
+    install_triton_gemv,
+)
 from mot_engine.kernels.substitutions.norms import install_fused_norms
 from mot_engine.kernels.substitutions.residual import install_fused_residual
 from mot_engine.model.experts import max_positions

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from transformers import DynamicCache
 
+from mot_engine.decoding.slabs import bucket
 from mot_engine.graph_capture import capture_or_explain
 from mot_engine.model.experts import max_positions
 from mot_engine.model.memory import MemoryContext, memory_buffers
-from mot_engine.decoding.slabs import bucket
 
 MIN_PROMPT = 64  # the smallest prompt bucket
 MAX_GRAPHS = 24  # shapes captured at most (each keeps its outputs); others run eagerly
@@ -116,8 +117,6 @@ class PrefillGraphs:
         return self._execute(entry, dev)
 
     def _run_primary(self, p: int, static: dict) -> PrefillOutput:
-        from transformers import DynamicCache
-
         mot, model, ctx = self.gen.mot, self.gen.mot.experts[p], static["ctx"]
         cache = DynamicCache(config=model.config)
         if ctx is not None:

@@ -33,10 +33,12 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
 
-from mot_engine.kernels.decode_attention import CACHE_WRITE, write_token
 from mot_engine.decoding.compiled_layers import compiled_layers
 from mot_engine.graph_capture import capture
+from mot_engine.kernels.decode_attention import CACHE_WRITE, write_token
 from mot_engine.model.memory import MemoryContext, memory_buffers
 
 MIN_COLUMNS = 256
@@ -102,8 +104,6 @@ def remaining_columns(seq) -> int:
 
 @functools.cache
 def _slab_layer_class():
-    from transformers.cache_utils import StaticLayer
-
     class SlabLayer(StaticLayer):
         """A static cache layer that writes one token at the slab's shared write column — a device tensor that all
         layers share and the slab advances once per step — instead of counting on its own (transformers' layer
@@ -142,8 +142,6 @@ class DecodeSlab:
     """One static KV cache of `shape.rows` rows and `shape.columns` columns, its masks, inputs and memory buffers."""
 
     def __init__(self, gen, shape: SlabShape):
-        from transformers import StaticCache
-
         self.gen, self.shape = gen, shape
         mot = gen.mot
         self.model = mot.experts[shape.primary]

@@ -301,7 +301,7 @@ def gemv_op():
     """The kernel as a custom operator (`torch.ops.mot_engine.gemv`) that torch.compile keeps inside its graphs:
     inductor then fuses the elementwise work around the products instead of breaking the graph at each one.
     Takes x (M, K) contiguous, weight (N, K), bias (N,) or None."""
-    from torch.library import triton_op, wrap_triton
+    from torch.library import triton_op, wrap_triton  # only for compiled layers (Triton checked above)
 
     triton, kernel = _kernel()
 

@@ -16,8 +16,8 @@ import functools
 
 import torch
 
-from mot_engine.kernels.gemv import available as gemv_available
 from mot_engine.kernels.gemv import as_rows, launch_options, on_device
+from mot_engine.kernels.gemv import available as gemv_available
 
 MAX_ROWS = 16  # more rows: torch's kernel (it parallelises within rows too)
 

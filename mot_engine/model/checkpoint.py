@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from mot_engine.model.config import MoTConfig
 from mot_engine.errors import CheckpointMismatch
+from mot_engine.model.config import MoTConfig
 from mot_engine.model.experts import find_decoder_layers, tokenizer_fingerprint
 
 FORMAT_VERSION = 1
@@ -47,8 +48,6 @@ def save_checkpoint(
     mot, directory: str | Path, *, preset: str | None = None, step: int | None = None, epoch: float | None = None,
     metric: dict | None = None, extra: dict | None = None,
 ) -> Path:
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in mot.trainable_state_dict().items()}
@@ -116,8 +115,6 @@ def check_compatible(mot, meta: dict, source: str) -> None:
 
 def load_checkpoint(mot, directory: str | Path) -> dict:
     """Load trainable weights into `mot` after checking they fit; returns the metadata."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     legacy = directory if directory.suffix == ".pt" else None
     if legacy is not None:  # the original's format: a state dict, read without unpickling code

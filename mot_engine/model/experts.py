@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+)
 
-from mot_engine.model.config import ExpertConfig
 from mot_engine.errors import QuantizationUnavailable
+from mot_engine.model.config import ExpertConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,6 @@ class ExpertLoader:
 
     @staticmethod
     def load_expert(config: ExpertConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, object]:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
         device = torch.device(config.device or device)
         dtype = resolve_dtype(config.dtype, device)
         tok_src = config.tokenizer_path or config.path
@@ -155,8 +159,6 @@ def _bnb_config(config: ExpertConfig, dtype: torch.dtype, device: torch.device):
         raise QuantizationUnavailable(
             f"expert {config.name!r}: {config.quantization} quantization needs bitsandbytes: pip install '.[quant]'"
         ) from e
-    from transformers import BitsAndBytesConfig
-
     if config.quantization == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True

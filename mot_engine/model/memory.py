@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from mot_engine.model.interaction import MemorySlot
+
 
 @dataclass
 class MemoryContext:

@@ -23,10 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mot_engine.errors import SourceTooLong
 from mot_engine.model import losses
 from mot_engine.model.config import MoTConfig
-from mot_engine.errors import SourceTooLong
-from mot_engine.model.experts import cache_kwarg_name, find_decoder_layers, hidden_size_of, split_into_stacks
+from mot_engine.model.experts import (
+    cache_kwarg_name,
+    find_decoder_layers,
+    hidden_size_of,
+    split_into_stacks,
+)
 from mot_engine.model.interaction import SMALL_QUERY, InteractionLayer, MemorySlot
 from mot_engine.model.memory import MemoryContext
 from mot_engine.model.router import Router, Routing, SentenceEncoder
@@ -81,7 +86,9 @@ class MixtureOfThoughts(nn.Module):
         self.shared_dim = shared_dim
 
         if encoder is None:
-            from sentence_transformers import SentenceTransformer  # heavy (~2 s): only when no encoder is given
+            from sentence_transformers import (
+                SentenceTransformer,  # heavy (~2 s): only when no encoder is given
+            )
 
             encoder = SentenceTransformer(config.encoder, device=str(self.device))
         self.encoder = SentenceEncoder(encoder, trainable=config.train_encoder, max_length=config.encoder_max_length,

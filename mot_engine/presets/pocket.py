@@ -51,8 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from mot_engine.model.config import ExpertConfig
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
 from mot_engine.errors import PresetUnavailable
+from mot_engine.model.config import ExpertConfig
 from mot_engine.presets.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -299,7 +302,7 @@ def _gguf_parse_cache() -> Iterator[None]:
     without changing its result (the tests compare against an uncached GGUF load). Restored on exit.
     """
     try:
-        import gguf
+        import gguf  # optional: a pocket package, checked by _require before
     except ImportError:  # pragma: no cover - checked by _require before
         yield
         return
@@ -331,8 +334,6 @@ def _gguf_parse_cache() -> Iterator[None]:
 
 
 def _progress(total: int, desc: str, enabled: bool | None):
-    from tqdm.auto import tqdm
-
     # enabled=None: show on an interactive stderr only (CI logs get the logging lines instead)
     return tqdm(total=total, desc=desc, unit="stage", file=sys.stderr, disable=(None if enabled is None else not enabled))
 
@@ -355,6 +356,7 @@ def _gguf_source(name: str, workdir: Path) -> tuple[Path, str]:
 
 def _convert(name: str, staging: Path, *, progress: bool | None) -> dict[str, float]:
     """Dequantise `name`'s GGUF into a safetensors folder in `staging`, MANIFEST.json last; returns stage timings."""
+    # torch and transformers only where a conversion runs: checking what is cached and missing stays light
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -460,8 +462,6 @@ def ensure_expert(name: str, *, verify: bool = False, progress: bool | None = No
         return final
 
     root.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock, Timeout
-
     lock = FileLock(str(root / f"{entry}.lock"))
     try:
         lock.acquire(timeout=0)

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from sentence_transformers import SentenceTransformer
 
 from mot_engine import envs
 from mot_engine.envs import RuntimeConfig
@@ -26,7 +28,12 @@ from mot_engine.model.config import ExpertConfig, MoTConfig
 from mot_engine.model.experts import ExpertLoader
 from mot_engine.model.mixture import MixtureOfThoughts
 from mot_engine.presets import pocket
-from mot_engine.presets.names import PRESETS, SEED_7B_EXPERTS, SEED_ENCODER, SEED_EXPERTS
+from mot_engine.presets.names import (
+    PRESETS,
+    SEED_7B_EXPERTS,
+    SEED_ENCODER,
+    SEED_EXPERTS,
+)
 from mot_engine.presets.tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
 
 log = logging.getLogger(__name__)
@@ -39,8 +46,6 @@ def _hub_experts(ids: list[str]) -> list[ExpertConfig]:
 def hub_cached(repo_id: str) -> bool:
     """Whether a hub model is in the local HF cache (so it loads offline)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception as e:  # a broken cache is "not cached"; say why at debug level
         log.debug("HF cache lookup of %s failed: %s", repo_id, e)
@@ -145,8 +150,6 @@ def build_mot(
     if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:N": device comparisons stay exact
         device = torch.device("cuda", torch.cuda.current_device())
     models, tokenizers = ExpertLoader.load_multiple_experts(experts, device)
-    from sentence_transformers import SentenceTransformer  # heavy (~2 s): only building a model needs it
-
     st = SentenceTransformer(config.encoder, device=str(device))
     runtime = runtime if runtime is not None else RuntimeConfig.from_env()
     mot = MixtureOfThoughts(models, tokenizers, config, encoder=st, device=device,

@@ -16,6 +16,25 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from filelock import FileLock
+from sentence_transformers import SentenceTransformer
+from sentence_transformers import models as st_models
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerFast,
+)
 
 from mot_engine.presets.paths import cache_dir
 
@@ -49,9 +68,6 @@ def _corpus() -> list[str]:
 
 
 def _train_tokenizer(name: str, spec: dict, corpus: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = [t for t in (spec["bos"], spec["eos"]) if t]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,8 +91,6 @@ def _train_tokenizer(name: str, spec: dict, corpus: list[str]):
 
 
 def _build_expert(name: str, spec: dict, folder: Path, corpus: list[str], seed: int) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tokenizer = _train_tokenizer(name, spec, corpus)
     cfg_kwargs = {
         k: spec[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
@@ -99,18 +113,12 @@ def _build_expert(name: str, spec: dict, folder: Path, corpus: list[str], seed: 
 
 
 def _build_encoder(folder: Path, corpus: list[str], seed: int) -> None:
-    from sentence_transformers import SentenceTransformer, models as st_models
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
-    from tokenizers import processors
-
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
@@ -139,8 +147,6 @@ def default_tiny_root() -> Path:
 
 def ensure_tiny(root: Path | None = None, seed: int = 0) -> Path:
     """Build the tiny experts + encoder under `root` once; return `root`. Safe under concurrency and kills."""
-    from filelock import FileLock
-
     root = Path(root) if root is not None else default_tiny_root()
     if (root / COMPLETE_MARKER).exists():
         return root

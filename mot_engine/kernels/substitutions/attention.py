@@ -17,7 +17,6 @@ from mot_engine.kernels.rotary import available as rotary_available
 from mot_engine.kernels.substitutions.switches import GlobalSwitch
 from mot_engine.model.experts import find_decoder_layers
 
-
 # The rotary function is a module-level function of each model family's modeling module, called by name from the
 # attention's forward: the one place to dispatch it without editing the experts. The dispatcher is installed once
 # per family module, and computes the fused kernel only while `fused_rotary` is on (the engine's decode steps).

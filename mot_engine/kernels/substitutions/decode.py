@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
-from mot_engine.kernels.substitutions.attention import decode_attention_on, fused_cache_write, fused_rotary
+from mot_engine.kernels.substitutions.attention import (
+    decode_attention_on,
+    fused_cache_write,
+    fused_rotary,
+)
 from mot_engine.kernels.substitutions.interaction import fused_interaction
 from mot_engine.kernels.substitutions.launch import programmatic_launch
 from mot_engine.kernels.substitutions.linear import fused_mlp, fused_qkv, triton_gemv

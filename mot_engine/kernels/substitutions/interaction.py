@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from mot_engine.kernels import interaction_kernels
-from mot_engine.kernels.interaction_kernels import gated_residual_reference, memory_attention_reference
+from mot_engine.kernels.interaction_kernels import (
+    gated_residual_reference,
+    memory_attention_reference,
+)
 from mot_engine.kernels.substitutions.switches import Substitution
 from mot_engine.model.interaction import MemorySlot
 

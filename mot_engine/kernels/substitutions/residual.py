@@ -16,7 +16,6 @@ from mot_engine.kernels.substitutions.norms import is_rms_norm_candidate, norm_e
 from mot_engine.kernels.substitutions.switches import Substitution
 from mot_engine.model.experts import find_decoder_layers
 
-
 # A Llama-family decoder layer (Llama, Qwen2, Mistral) adds its attention's output to its input, norms that sum, and
 # adds its MLP's output to the sum: two elementwise kernels a layer, plain tensor ops in the layer's own forward, so
 # only a forward of the layer can fold them. In decode steps, `fused_residual` gives each eligible layer one that
