@@ -6,8 +6,8 @@
   passing one (`dataclasses.replace(runtime, fused_norms=False)`), never by writing `os.environ`.
 - The other variables (where caches live, the seed configs, the daemon's endpoint) are read by the functions below.
 
-Torch-free: the daemon's CLI and the language server import it. `python -m mot_engine.envs` prints the switch
-table that README's "Speed" section holds (a test keeps the two equal).
+Torch-free: the daemon's CLI and the language server import it. `switch_table()` gives the table README's "Speed"
+section holds between its `switches` markers (tests/test_envs.py keeps the two equal).
 """
 
 from __future__ import annotations
@@ -151,7 +151,3 @@ def seed_configs_override(environ: Mapping[str, str] | None = None) -> Path | No
 def daemon_endpoint_override(environ: Mapping[str, str] | None = None) -> str | None:
     """`$MOT_DAEMON_ENDPOINT`, if set."""
     return (os.environ if environ is None else environ).get(DAEMON_ENDPOINT) or None
-
-
-if __name__ == "__main__":
-    print(switch_table())
