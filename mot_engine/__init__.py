@@ -1,7 +1,7 @@
 """mot_engine: a Mixture-of-Thoughts over frozen Hugging Face code LLMs. Pure compute: no sockets, no LSP.
 
-Heavy names (anything that needs torch / transformers) are imported on first use, so that light users — the
-daemon's batch CLI and the language server use `mot_engine.sourcecode` — don't pay seconds of start-up.
+Heavy names (anything that needs torch / transformers) are imported on first use, so that importing the package
+for its light names (configuration, errors) costs no seconds of start-up.
 """
 
 from __future__ import annotations
