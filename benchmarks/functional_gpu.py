@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""GPU check of the functional-correctness harness (train/functional.py) on BabelTower exec_dev.jsonl.
+"""GPU check of the functional-correctness harness (kernelcheck.functional) on BabelTower exec_dev.jsonl.
 
-Run on a machine with an NVIDIA GPU and nvcc (standard library + this repository only; train/functional.py is
-loaded from its file, so the rest of the ``train`` package and its dependencies are not imported)::
+Run on a machine with an NVIDIA GPU and nvcc (standard library + this repository only: the harness modules of
+``kernelcheck`` import nothing else)::
 
     python benchmarks/functional_gpu.py ../shared/data/babeltower/exec_dev.jsonl [--output_dir DIR]
         [--workers N] [--timeout S] [--broken_timeout S] [--limit N] [--skip_broken] [--min_pass_rate 0.95]
@@ -22,15 +22,21 @@ otherwise, 2 when there is no GPU or no nvcc (nothing could be run).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repository's packages come first
 
-# (case id, broken variant) pairs; the expected outcome of each variant is functional.BROKEN_VARIANTS[variant].
+from kernelcheck.cases import load_exec_cases  # noqa: E402  (after the sys.path line above)
+from kernelcheck.cli import write_outputs  # noqa: E402
+from kernelcheck.functional import BROKEN_VARIANTS, evaluate_functional, make_broken_candidate  # noqa: E402
+from kernelcheck.toolchain import RUN_STAGE_RAN, detect_toolchain  # noqa: E402
+
+# (case id, broken variant) pairs; the expected outcome of each variant is BROKEN_VARIANTS[variant].
 # 150 (histogram, 16x16 blocks over a 1x5 image) is the case whose launch overshoots: without the bounds check
 # the extra threads read past the image and add to the histogram.
 BROKEN_SUITE = [
@@ -43,23 +49,13 @@ BROKEN_SUITE = [
 ]
 
 
-def load_functional():
-    """Import train/functional.py by path (no train/__init__.py, no third-party packages)."""
-    path = REPO / "train" / "functional.py"
-    spec = importlib.util.spec_from_file_location("mot_functional_standalone", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
-
 def first_lines(text: str, n: int = 8) -> str:
     lines = text.splitlines()
     more = f"\n      ... ({len(lines) - n} more lines)" if len(lines) > n else ""
     return "\n".join("      " + ln for ln in lines[:n]) + more
 
 
-def run_reference(F, cases, args) -> tuple[float, dict]:
+def run_reference(cases, args) -> tuple[float, dict]:
     print(f"== reference kernels: {len(cases)} cases ==", flush=True)
     started = time.monotonic()
     last = [0.0]
@@ -70,10 +66,10 @@ def run_reference(F, cases, args) -> tuple[float, dict]:
             last[0] = now
             print(f"  [{done}/{total}] {now - started:.0f} s", file=sys.stderr, flush=True)
 
-    report = F.evaluate_functional(cases, {c.id: [c.cuda_code] for c in cases}, timeout_s=args.timeout,
+    report = evaluate_functional(cases, {c.id: [c.cuda_code] for c in cases}, timeout_s=args.timeout,
                                    workers=args.workers, progress=progress)
     out_dir = Path(args.output_dir) / "reference"
-    F.write_outputs(report, out_dir)
+    write_outputs(report, out_dir)
     print(report.format_table())
     summary = report.summary()
     passes = summary["counts"]["pass"]
@@ -110,7 +106,7 @@ def run_reference(F, cases, args) -> tuple[float, dict]:
     return rate, summary
 
 
-def run_broken_suite(F, cases_by_id, args) -> tuple[bool, list[dict]]:
+def run_broken_suite(cases_by_id, args) -> tuple[bool, list[dict]]:
     print("\n== broken-candidate suite ==", flush=True)
     started = time.monotonic()
     batch, predictions, expected = [], {}, {}
@@ -118,15 +114,15 @@ def run_broken_suite(F, cases_by_id, args) -> tuple[bool, list[dict]]:
         if cid not in cases_by_id:
             print(f"  (case {cid} not in the data: {variant} skipped)")
             continue
-        code = F.make_broken_candidate(cases_by_id[cid], variant)
+        code = make_broken_candidate(cases_by_id[cid], variant)
         if code is None:
             print(f"  (variant {variant} does not apply to case {cid})")
             continue
         key = f"{cid}:{variant}"
-        batch.append(F.dataclasses.replace(cases_by_id[cid], id=key))
+        batch.append(dataclasses.replace(cases_by_id[cid], id=key))
         predictions[key] = [code]
-        expected[key] = F.BROKEN_VARIANTS[variant]
-    report = F.evaluate_functional(batch, predictions, timeout_s=args.broken_timeout, workers=args.workers,
+        expected[key] = BROKEN_VARIANTS[variant]
+    report = evaluate_functional(batch, predictions, timeout_s=args.broken_timeout, workers=args.workers,
                                    check_reference=False)
     rows, all_ok = [], True
     print(f"  {'case:variant':<28}{'expected':<16}{'got':<16}")
@@ -156,22 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min_pass_rate", "--min-pass-rate", dest="min_pass_rate", type=float, default=0.95)
     args = p.parse_args(argv)
 
-    F = load_functional()
-    tc = F.detect_toolchain()
+    tc = detect_toolchain()
     print(f"toolchain: nvcc={tc.nvcc} g++={tc.gxx} gpu={tc.gpu} ({tc.gpu_info}) arch={tc.arch}")
-    if tc.run_stage != F.RUN_STAGE_RAN:
+    if tc.run_stage != RUN_STAGE_RAN:
         print(f"error: run stage {tc.run_stage}: this benchmark needs nvcc and a GPU", file=sys.stderr)
         return 2
-    cases = F.load_exec_cases(args.data)
+    cases = load_exec_cases(args.data)
     cases_by_id = {c.id: c for c in cases}
     if args.limit is not None:
         cases = cases[: args.limit]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    rate, summary = run_reference(F, cases, args)
+    rate, summary = run_reference(cases, args)
     broken_ok, rows = True, []
     if not args.skip_broken:
-        broken_ok, rows = run_broken_suite(F, cases_by_id, args)
+        broken_ok, rows = run_broken_suite(cases_by_id, args)
         (Path(args.output_dir) / "broken_suite.json").write_text(json.dumps(rows, indent=2) + "\n")
 
     ok = rate >= args.min_pass_rate and broken_ok

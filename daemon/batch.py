@@ -11,7 +11,7 @@ What a run guarantees:
 - Work is spread over every `--endpoint` that answers; an endpoint that dies mid-run hands its work back to the
   others. If none answers, an engine is started in this process for the run (and the run says so).
 
-Functions are found with tree-sitter-cpp (mot_engine.sourcecode.find_functions, shared with the language
+Functions are found with tree-sitter-cpp (kernelcheck.parsing.find_functions, shared with the language
 server); a function nested in another (a method of a local class) is translated as part of its outer function.
 """
 
@@ -152,7 +152,7 @@ def output_paths(files: list[Path], base: Path, out_dir: Path) -> dict[Path, Pat
 
 def top_level_functions(source: str) -> list:
     """Function definitions not nested inside another one (those are translated with their outer function)."""
-    from mot_engine.sourcecode import find_functions
+    from kernelcheck.parsing import find_functions  # tree-sitter loads at the first file, not at import
 
     spans, outer_end = [], -1
     for span in find_functions(source):  # sorted by start, outer first

@@ -1,7 +1,7 @@
 """Documents as the features see them: which grammar, where functions are, and LSP <-> source positions.
 
 Positions: LSP counts columns in the negotiated encoding (UTF-16 by default, UTF-8 or UTF-32 when the client
-offers them: Neovim does); `mot_engine.sourcecode` counts code points of lines split at "\\n" only. `TextView`
+offers them: Neovim does); `kernelcheck.parsing` counts code points of lines split at "\\n" only. `TextView`
 converts between the two. pygls' own helpers split lines at every Unicode line break (`str.splitlines`), which
 disagrees with tree-sitter for "\\x0c" and friends, so they are not used for positions here.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from kernelcheck.parsing import FunctionSpan, find_functions
 from lsprotocol import types
-from mot_engine.sourcecode import FunctionSpan, find_functions
 from pygls.uris import from_fs_path, to_fs_path
 
 # languageId -> tree-sitter grammar. VS Code calls CUDA "cuda-cpp"; Neovim's filetype is "cuda".

@@ -6,9 +6,9 @@ Why: a code action or hover request right after an edit would otherwise parse th
 two texts) and re-parsed incrementally, which costs about the size of the change; the function at the cursor is
 then found by walking up from the cursor's node — no query over the whole file.
 
-The answers are those of `mot_engine.sourcecode.function_at` (same grammar, same span rules: templates include
+The answers are those of `kernelcheck.parsing.function_at` (same grammar, same span rules: templates include
 their `template<...>` prefix, definitions without a body are skipped, both ends of a span count as inside); a
-unit test compares them on random edits. Names come from sourcecode's own naming helper, so the rules stay in
+unit test compares them on random edits. Names come from that module's own naming helper, so the rules stay in
 one place.
 
 Not thread-safe: used on the server's event loop only (tree-sitter parsers hold mutable state).
@@ -23,9 +23,9 @@ import tree_sitter
 import tree_sitter_cpp
 import tree_sitter_cuda
 
-# sourcecode's own naming of a definition node, so names agree with find_functions even in code that only parses
+# kernelcheck's own naming of a definition node, so names agree with find_functions even in code that only parses
 # with error recovery.
-from mot_engine.sourcecode import FunctionSpan, function_name
+from kernelcheck.parsing import FunctionSpan, function_name
 
 _LANGUAGES = {
     "cpp": tree_sitter.Language(tree_sitter_cpp.language()),
@@ -127,7 +127,7 @@ class IncrementalTrees:
 
     def function_at(self, uri: str, version: int | None, text: str, grammar: str, line: int, col: int
                     ) -> FunctionSpan | None:
-        """The innermost function definition containing (line, code point col), like sourcecode.function_at."""
+        """The innermost function definition containing (line, code point col), as in kernelcheck.parsing."""
         parsed = self.parsed(uri, version, text, grammar)
         if line < 0 or line >= len(parsed.lines):
             return None
@@ -135,7 +135,7 @@ class IncrementalTrees:
         prefix = line_bytes.decode("utf-8")[:col]
         byte_col = len(prefix.encode("utf-8"))
         if col > len(line_bytes.decode("utf-8")):
-            return None  # past the line's end: outside every function, as sourcecode.function_at says
+            return None  # past the line's end: outside every function, as kernelcheck.parsing.function_at says
         # The node at the cursor, and the one just before it: a cursor right after a closing brace is inside that
         # function too (both ends of a span count), and the smallest containing span wins, as in function_at.
         points = [(line, byte_col)] + ([(line, byte_col - 1)] if byte_col > 0 else [])

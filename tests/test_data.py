@@ -278,7 +278,7 @@ def test_detokenize_round_trips_exec_dev(shared_data):
 
 def test_babeltower_detokenized_code_parses(shared_data):
     """Detokenized lines are ordinary source: each C line is one function, each CUDA line parses."""
-    from mot_engine.sourcecode import check_cuda_syntax, find_functions
+    from kernelcheck.parsing import check_cuda_syntax, find_functions
 
     pairs, report = load_pairs(shared_data / "babeltower")
     assert report.loaded == 184, report.summary()

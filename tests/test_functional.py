@@ -1,4 +1,4 @@
-"""Tests of train/functional.py: the compile-and-run harness for BabelTower executable cases.
+"""Tests of kernelcheck's functional (compile-and-run) harness for BabelTower executable cases.
 
 CPU-only parts (g++ references, sandboxing, pass@k, the nvcc build stage) run everywhere that has the tools;
 the run stage of CUDA candidates needs a GPU and is marked ``gpu``.
@@ -19,16 +19,19 @@ from pathlib import Path
 
 import pytest
 
-import train.functional as F
+from kernelcheck import cases as kc_cases
+from kernelcheck import cli, programs, reports, sandbox
+from kernelcheck import toolchain as kc_toolchain
+from kernelcheck import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXEC = DATA / "babeltower" / "exec_dev.jsonl"
 
 needs_data = pytest.mark.skipif(not EXEC.is_file(), reason=f"BabelTower executable data not found at {EXEC}")
-needs_gxx = pytest.mark.skipif(F.find_gxx() is None, reason="no C++ compiler (g++) on this machine")
-needs_nvcc = pytest.mark.skipif(F.find_nvcc() is None,
-                                reason="nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
+needs_gxx = pytest.mark.skipif(kc_toolchain.find_gxx() is None, reason="no C++ compiler (g++) on this machine")
+needs_nvcc = pytest.mark.skipif(kc_toolchain.find_nvcc() is None,
+                                 reason="nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
 
 
 def _quick_gpu_check() -> bool:
@@ -47,20 +50,20 @@ needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU (nvidia-smi -L l
 
 
 @pytest.fixture(scope="module")
-def cases() -> dict[str, F.ExecCase]:
+def cases() -> dict[str, kc_cases.ExecCase]:
     if not EXEC.is_file():
         pytest.skip(f"BabelTower executable data not found at {EXEC}")
-    return {c.id: c for c in F.load_exec_cases(EXEC)}
+    return {c.id: c for c in kc_cases.load_exec_cases(EXEC)}
 
 
 @pytest.fixture(scope="module")
-def toolchain() -> F.Toolchain:
-    return F.detect_toolchain()
+def toolchain() -> kc_toolchain.Toolchain:
+    return kc_toolchain.detect_toolchain()
 
 
-def _case(cpp_code: str, tests: list[str], outputs: list[str], case_id: str = "synthetic") -> F.ExecCase:
-    return F.ExecCase(id=case_id, cpp_code=cpp_code, cuda_code="", cpp_inputs=tuple(tests), cuda_inputs=(),
-                      cuda_wrapper="", outputs=tuple(outputs))
+def _case(cpp_code: str, tests: list[str], outputs: list[str], case_id: str = "synthetic") -> kc_cases.ExecCase:
+    return kc_cases.ExecCase(id=case_id, cpp_code=cpp_code, cuda_code="", cpp_inputs=tuple(tests), cuda_inputs=(),
+                             cuda_wrapper="", outputs=tuple(outputs))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,35 +74,35 @@ def test_pass_at_k_matches_the_combinatorial_definition():
         for c in range(0, n + 1):
             for k in range(1, n + 1):
                 exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
-                assert F.pass_at_k(n, c, k) == pytest.approx(float(exact), abs=1e-12), (n, c, k)
+                assert reports.pass_at_k(n, c, k) == pytest.approx(float(exact), abs=1e-12), (n, c, k)
 
 
 def test_pass_at_k_known_values_and_stability():
-    assert F.pass_at_k(10, 0, 1) == 0.0
-    assert F.pass_at_k(10, 10, 5) == 1.0
-    assert F.pass_at_k(10, 3, 1) == pytest.approx(0.3)
-    assert F.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2)
-    assert F.pass_at_k(1, 1, 1) == 1.0
+    assert reports.pass_at_k(10, 0, 1) == 0.0
+    assert reports.pass_at_k(10, 10, 5) == 1.0
+    assert reports.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert reports.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2)
+    assert reports.pass_at_k(1, 1, 1) == 1.0
     # Large n: C(n, k) overflows floats, the product form must not.
     exact = 1 - Fraction(math.comb(1000 - 7, 100), math.comb(1000, 100))
-    assert F.pass_at_k(1000, 7, 100) == pytest.approx(float(exact), rel=1e-9)
-    assert 0.0 < F.pass_at_k(100000, 1, 1) < 1e-4
+    assert reports.pass_at_k(1000, 7, 100) == pytest.approx(float(exact), rel=1e-9)
+    assert 0.0 < reports.pass_at_k(100000, 1, 1) < 1e-4
     with pytest.raises(ValueError):
-        F.pass_at_k(3, 1, 4)
+        reports.pass_at_k(3, 1, 4)
     with pytest.raises(ValueError):
-        F.pass_at_k(3, 4, 1)
+        reports.pass_at_k(3, 4, 1)
 
 
-def _result(case_id: str, sample: int, outcome: str) -> F.SampleResult:
-    return F.SampleResult(case_id=case_id, sample=sample, outcome=outcome)
+def _result(case_id: str, sample: int, outcome: str) -> reports.SampleResult:
+    return reports.SampleResult(case_id=case_id, sample=sample, outcome=outcome)
 
 
 def test_report_aggregates_pass_at_k_only_when_the_run_stage_ran():
     results = [_result("a", 0, "pass"), _result("a", 1, "wrong_output"), _result("a", 2, "pass"),
                _result("b", 0, "compile_error"), _result("b", 1, "timeout"), _result("b", 2, "runtime_error")]
-    gpu = F.Toolchain(gxx="g++", nvcc="nvcc", gpu=True)
-    report = F.FunctionalReport(results=results, references=[], toolchain=gpu, case_ids=["a", "b"],
-                                reference_checked=False)
+    gpu = kc_toolchain.Toolchain(gxx="g++", nvcc="nvcc", gpu=True)
+    report = reports.FunctionalReport(results=results, references=[], toolchain=gpu, case_ids=["a", "b"],
+                                      reference_checked=False)
     s = report.summary()
     assert s["run_stage"] == "ran"
     assert s["pass@1"] == pytest.approx((2 / 3 + 0) / 2)
@@ -108,9 +111,9 @@ def test_report_aggregates_pass_at_k_only_when_the_run_stage_ran():
     assert s["compile_rate"] == pytest.approx(5 / 6)
     assert s["counts"]["pass"] == 2 and s["cases_passing"] == 1
 
-    cpu = F.Toolchain(gxx="g++", nvcc="nvcc", gpu=False)
+    cpu = kc_toolchain.Toolchain(gxx="g++", nvcc="nvcc", gpu=False)
     skipped = [_result("a", 0, "skipped"), _result("b", 0, "compile_error")]
-    s = F.FunctionalReport(results=skipped, references=[], toolchain=cpu, case_ids=["a", "b"]).summary()
+    s = reports.FunctionalReport(results=skipped, references=[], toolchain=cpu, case_ids=["a", "b"]).summary()
     assert s["run_stage"] == "skipped (no GPU)"
     assert s["pass@1"] is None and s["counts"]["pass"] == 0
     assert s["compile_rate"] == pytest.approx(0.5)
@@ -122,7 +125,7 @@ def test_report_aggregates_pass_at_k_only_when_the_run_stage_ran():
 # ----------------------------------------------------------------------------------------------------------------
 @needs_data
 def test_load_exec_cases_and_has_test_cases(tmp_path, cases):
-    assert F.has_test_cases(EXEC)
+    assert kc_cases.has_test_cases(EXEC)
     assert len(cases) == 122
     c = cases["109"]
     assert c.launched_kernels == ["matrixMultiply"]
@@ -133,24 +136,24 @@ def test_load_exec_cases_and_has_test_cases(tmp_path, cases):
 
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"id": 1, "cpp_code": "void f();", "cuda_code": "__global__ void f();"}) + "\n")
-    assert not F.has_test_cases(plain)
-    assert not F.has_test_cases(tmp_path / "missing.jsonl")
+    assert not kc_cases.has_test_cases(plain)
+    assert not kc_cases.has_test_cases(tmp_path / "missing.jsonl")
     tok = DATA / "babeltower" / "cpp.para.valid.tok"
     if tok.is_file():
-        assert not F.has_test_cases(tok)
+        assert not kc_cases.has_test_cases(tok)
     as_list = tmp_path / "list.json"
     as_list.write_text(json.dumps([json.loads(EXEC.read_text().splitlines()[0])]))
-    assert F.has_test_cases(as_list) and len(F.load_exec_cases(as_list)) == 1
+    assert kc_cases.has_test_cases(as_list) and len(kc_cases.load_exec_cases(as_list)) == 1
 
 
 def test_load_predictions_accepts_the_three_field_names(tmp_path):
     p = tmp_path / "preds.jsonl"
     rows = [{"id": 109, "prediction": "A"}, {"id": "109", "cuda": "B"}, {"id": 110, "generated_cuda": "C"}, {}]
     p.write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n\n")
-    assert F.load_predictions(p) == {"109": ["A", "B"], "110": ["C"]}
+    assert kc_cases.load_predictions(p) == {"109": ["A", "B"], "110": ["C"]}
     p.write_text(json.dumps({"id": 1, "code": "x"}) + "\n")
     with pytest.raises(ValueError):
-        F.load_predictions(p)
+        kc_cases.load_predictions(p)
 
 
 @needs_data
@@ -158,27 +161,27 @@ def test_wrapper_launch_follows_the_candidate_kernel_name(cases):
     case = cases["110"]
     renamed = case.cuda_code.replace("shiftIndices", "shift_indices_kernel")
     fenced = f"Here is the kernel:\n```cuda\n{renamed}\n```\nDone."
-    code = F.strip_code_fences(fenced)
+    code = programs.strip_code_fences(fenced)
     assert code.strip() == renamed.strip()
-    source, note = F.build_cuda_program(case, code)
+    source, note = programs.build_cuda_program(case, code)
     assert "shift_indices_kernel<<<" in source and "shiftIndices<<<" not in source
     assert note == "wrapper launch shiftIndices -> shift_indices_kernel"
     # A candidate without any __global__ function keeps the wrapper as is (so the build fails).
-    source, note = F.build_cuda_program(case, case.cpp_code)
+    source, note = programs.build_cuda_program(case, case.cpp_code)
     assert note is None and "shiftIndices<<<" in source
     # A candidate with its own main() does not clash with the harness's main.
-    source, _ = F.build_cuda_program(case, case.cuda_code + "\nint main() { return 0; }\n")
+    source, _ = programs.build_cuda_program(case, case.cuda_code + "\nint main() { return 0; }\n")
     assert "#define main mot_candidate_main" in source
 
 
 @needs_data
 def test_programs_print_through_the_harness_wrapper(cases):
     case = cases["109"]
-    src = F.build_cpp_program(case)
+    src = programs.build_cpp_program(case)
     assert "void wrapper(Function&& function, Args&&... args)" in src
     assert "case 3: mot_functional_tests::test_3(); break;" in src
     assert "alignas(4096) float A3[]" in src  # test arrays isolated from each other
-    cu, _ = F.build_cuda_program(case, case.cuda_code)
+    cu, _ = programs.build_cuda_program(case, case.cuda_code)
     assert "cudaDeviceSynchronize" in cu and "matrixMultiply_cpu_invoke_in_cpp" in cu
 
 
@@ -272,7 +275,7 @@ def test_output_size_is_limited(toolchain):
     started = time.monotonic()
     r = F.check_cpp_reference(case, toolchain=toolchain, max_output_bytes=64 * 1024, timeout_s=20, keep_tests=True)
     assert r.outcome == "runtime_error" and "output limit" in r.message
-    assert len(r.tests[0].stdout) <= F._MAX_KEPT_TEXT + 100
+    assert len(r.tests[0].stdout) <= sandbox.MAX_KEPT_TEXT + 100
     assert time.monotonic() - started < 15
 
 
@@ -310,25 +313,25 @@ def test_cuda_error_after_the_call_is_judged_by_the_output(tmp_path):
                     "exit 3\n")
     prog.chmod(0o755)
     expected = ["Return value: void\nArguments after function call: ([ 1 ], 0)", "Return value: void\nArguments after function call: ([ 2 ], 1)"]
-    runs = F._run_tests(str(tmp_path), 2, expected, timeout_s=10, max_output_bytes=4096, cuda=True, gate=None)
+    runs = F.run_tests(str(tmp_path), 2, expected, timeout_s=10, max_output_bytes=4096, cuda=True, gate=None)
     assert [r.status for r in runs] == ["pass", "runtime_error"]
     assert runs[0].cuda_error == "cudaErrorInvalidConfiguration (invalid configuration argument)"
     assert "CUDA error after the call" in runs[1].message and "-Arguments" in runs[1].diff
-    strict = F._run_tests(str(tmp_path), 2, expected, timeout_s=10, max_output_bytes=4096, cuda=True, gate=None,
+    strict = F.run_tests(str(tmp_path), 2, expected, timeout_s=10, max_output_bytes=4096, cuda=True, gate=None,
                           strict_cuda_errors=True)
     assert strict[0].status == "runtime_error" and len(strict) == 1
     # Exit status 3 of a CPU (g++) program is an ordinary runtime error.
-    cpu = F._run_tests(str(tmp_path), 1, expected, timeout_s=10, max_output_bytes=4096, cuda=False, gate=None)
+    cpu = F.run_tests(str(tmp_path), 1, expected, timeout_s=10, max_output_bytes=4096, cuda=False, gate=None)
     assert cpu[0].status == "runtime_error" and "exit status 3" in cpu[0].message
 
 
 def test_sandbox_runner_directly(tmp_path):
-    env = F._scrubbed_env(str(tmp_path))
-    p = F._run_sandboxed([sys.executable, "-c", "import os,resource;print(resource.getrlimit(resource.RLIMIT_AS)[0])"],
-                         cwd=str(tmp_path), env=env, timeout_s=20, rlimits=F._run_rlimits(5, cuda=False))
-    assert p.returncode == 0 and int(p.stdout.decode()) == F._RLIMIT_AS_CPU_RUN
-    p = F._run_sandboxed([sys.executable, "-c", "import time; time.sleep(30)"], cwd=str(tmp_path), env=env,
-                         timeout_s=0.5)
+    env = sandbox.scrubbed_env(str(tmp_path))
+    p = sandbox.run_sandboxed([sys.executable, "-c", "import os,resource;print(resource.getrlimit(resource.RLIMIT_AS)[0])"],
+                              cwd=str(tmp_path), env=env, timeout_s=20, rlimits=sandbox.run_rlimits(5, cuda=False))
+    assert p.returncode == 0 and int(p.stdout.decode()) == sandbox.RLIMIT_AS_CPU_RUN
+    p = sandbox.run_sandboxed([sys.executable, "-c", "import time; time.sleep(30)"], cwd=str(tmp_path), env=env,
+                              timeout_s=0.5)
     assert p.timed_out and p.returncode is None and p.seconds < 5
 
 
@@ -392,7 +395,7 @@ def test_build_stage_categories(cuda_batch, toolchain):
 
 
 def test_without_nvcc_everything_is_unavailable(cases):
-    tc = F.Toolchain(gxx=F.find_gxx(), nvcc=None, gpu=False, gpu_info="test")
+    tc = kc_toolchain.Toolchain(gxx=kc_toolchain.find_gxx(), nvcc=None, gpu=False, gpu_info="test")
     report = F.evaluate_functional([cases["109"], cases["110"]], {"109": ["x", "y"], "110": [cases["110"].cuda_code]},
                                    toolchain=tc, check_reference=False)
     s = report.summary()
@@ -406,8 +409,8 @@ def test_find_nvcc_looks_in_cuda_home(tmp_path):
     fake.parent.mkdir(parents=True)
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    assert F.find_nvcc({"PATH": str(tmp_path / "empty"), "CUDA_HOME": str(tmp_path / "cuda")}) == str(fake)
-    found = F.find_nvcc({"PATH": str(tmp_path / "empty")})
+    assert kc_toolchain.find_nvcc({"PATH": str(tmp_path / "empty"), "CUDA_HOME": str(tmp_path / "cuda")}) == str(fake)
+    found = kc_toolchain.find_nvcc({"PATH": str(tmp_path / "empty")})
     assert found in (None, "/usr/local/cuda/bin/nvcc")
 
 
@@ -423,9 +426,9 @@ def test_cli_with_predictions_and_no_nvcc(tmp_path, capsys):
         {"id": 110, "generated_cuda": "__global__ void k3() {}"},
     ]) + "\n")
     out = tmp_path / "out"
-    rc = F.functional_main(["--data", str(EXEC), "--predictions", str(preds), "--output-dir", str(out),
-                            "--limit", "3", "--nvcc", str(tmp_path / "no" / "nvcc"), "--skip-cpp-reference",
-                            "--quiet"])
+    rc = cli.functional_main(["--data", str(EXEC), "--predictions", str(preds), "--output-dir", str(out),
+                              "--limit", "3", "--nvcc", str(tmp_path / "no" / "nvcc"), "--skip-cpp-reference",
+                              "--quiet"])
     assert rc == 0
     summary = json.loads((out / "functional_results.json").read_text())
     assert summary["run_stage"] == "unavailable (no nvcc)"
@@ -442,8 +445,8 @@ def test_cli_with_predictions_and_no_nvcc(tmp_path, capsys):
 @needs_nvcc
 def test_cli_reference_candidates(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = F.functional_main(["--data", str(EXEC), "--candidates", "reference", "--output_dir", str(out),
-                            "--limit", "2", "--workers", "2", "--timeout", "20", "--samples", "1", "--quiet"])
+    rc = cli.functional_main(["--data", str(EXEC), "--candidates", "reference", "--output_dir", str(out),
+                              "--limit", "2", "--workers", "2", "--timeout", "20", "--samples", "1", "--quiet"])
     assert rc == 0
     s = json.loads((out / "functional_results.json").read_text())
     assert s["cpp_reference"]["reproduced"] == 2 and s["cpp_reference"]["checked"] == 2
@@ -457,14 +460,14 @@ def test_cli_reference_candidates(tmp_path, capsys):
 
 
 def test_cli_module_entry_point_and_bad_data(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "train.functional", "--help"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "kernelcheck", "functional", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "--predictions" in proc.stdout and "--output_dir" in proc.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": 1, "cpp_code": "x"}) + "\n")
-    assert F.functional_main(["--data", str(bad), "--candidates", "reference", "--output_dir", str(tmp_path)]) == 2
+    assert cli.functional_main(["--data", str(bad), "--candidates", "reference", "--output_dir", str(tmp_path)]) == 2
     with pytest.raises(SystemExit):
-        F.functional_main(["--data", str(bad), "--output_dir", str(tmp_path)])  # neither source given
+        cli.functional_main(["--data", str(bad), "--output_dir", str(tmp_path)])  # neither source given
 
 
 # ----------------------------------------------------------------------------------------------------------------

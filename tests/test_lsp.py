@@ -21,7 +21,7 @@ import pytest
 from daemon.client import DaemonClient
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
 from lsp_server.features.diagnostics import check_kernel
-from mot_engine.sourcecode import find_nvcc
+from kernelcheck.toolchain import find_nvcc
 from lsprotocol import types
 from pytest_lsp import client_capabilities
 from pytest_lsp.client import make_test_lsp_client

@@ -12,7 +12,7 @@ from lsp_server.features.diagnostics import check_kernel
 from lsp_server.features.edits import Kernel, build_edit, clean_kernel, target_for
 from lsp_server.features.hover import bar, render_routing
 from lsp_server.settings import Settings, changed_keys, parse_settings, section_of
-from mot_engine.sourcecode import find_functions
+from kernelcheck.parsing import find_functions
 from lsprotocol import types
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -282,7 +282,7 @@ def test_incremental_trees_answer_like_a_full_parse_through_random_edits(grammar
     import random
 
     from lsp_server.parsing import IncrementalTrees
-    from mot_engine.sourcecode import function_at
+    from kernelcheck.parsing import function_at
 
     rng = random.Random(seed)
     trees = IncrementalTrees()

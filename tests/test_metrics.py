@@ -9,8 +9,8 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
-from mot_engine import sourcecode
-from mot_engine.sourcecode import find_nvcc
+from kernelcheck import toolchain
+from kernelcheck.toolchain import find_nvcc
 from train import metrics
 from train.metrics import (
     BEST_MODEL_METRICS,
@@ -77,7 +77,7 @@ def test_compile_rate_is_unavailable_without_nvcc(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
-    monkeypatch.setattr(sourcecode, "NVCC_FALLBACK_DIRS", ())
+    monkeypatch.setattr(toolchain, "NVCC_FALLBACK_DIRS", ())
     result = compile_rate([VALID_KERNEL])
     assert result["status"] == "unavailable"
     assert result["value"] is None  # not 0 % and not 100 %
@@ -86,7 +86,7 @@ def test_compile_rate_is_unavailable_without_nvcc(monkeypatch, tmp_path):
 
 
 def test_compile_rate_unavailable_when_find_nvcc_says_so(monkeypatch):
-    monkeypatch.setattr(sourcecode, "find_nvcc", lambda: None)
+    monkeypatch.setattr(toolchain, "find_nvcc", lambda: None)
     assert compile_rate([VALID_KERNEL, BROKEN_KERNEL])["status"] == "unavailable"
 
 

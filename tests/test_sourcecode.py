@@ -1,4 +1,5 @@
-"""mot_engine.sourcecode: function spans, tree-sitter syntax checks, nvcc detection and compile checks."""
+"""kernelcheck.parsing, .toolchain, .compile_check: function spans, tree-sitter syntax checks, nvcc detection and
+compile checks."""
 
 from __future__ import annotations
 
@@ -7,17 +8,10 @@ import time
 
 import pytest
 
-from mot_engine import sourcecode
-from mot_engine.sourcecode import (
-    check_cuda_syntax,
-    find_functions,
-    find_nvcc,
-    function_at,
-    functions_in_range,
-    is_valid_cuda,
-    nvcc_compile_check,
-    parse_nvcc_diagnostics,
-)
+from kernelcheck import toolchain
+from kernelcheck.compile_check import nvcc_compile_check, parse_nvcc_diagnostics
+from kernelcheck.parsing import check_cuda_syntax, find_functions, function_at, functions_in_range, is_valid_cuda
+from kernelcheck.toolchain import find_nvcc
 
 VALID_KERNEL = "__global__ void k(float* a){int i=threadIdx.x; a[i]=0;}"
 BROKEN_KERNEL = "__global__ void k(float* a){int i=threadIdx.x a[i]=0;"
@@ -129,7 +123,7 @@ def _hide_nvcc(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
-    monkeypatch.setattr(sourcecode, "NVCC_FALLBACK_DIRS", ())
+    monkeypatch.setattr(toolchain, "NVCC_FALLBACK_DIRS", ())
 
 
 def _fake_nvcc(directory, script: str) -> str:

@@ -138,7 +138,7 @@ def test_python_m_train_dispatches_subcommands():
     assert sub.returncode == 0 and "--checkpoint_path" in sub.stdout and "--use_mot_generate" in sub.stdout
     bad = subprocess.run([sys.executable, "-m", "train", "bogus"], capture_output=True, text=True, env=env, cwd=REPO)
     assert bad.returncode == 2 and "unknown command 'bogus'" in bad.stderr
-    if (REPO / "train" / "functional.py").exists():
+    if (REPO / "kernelcheck" / "cli.py").exists():
         fn = subprocess.run([sys.executable, "-m", "train", "functional", "--help"], capture_output=True, text=True,
                             env=env, cwd=REPO)
         assert fn.returncode == 0 and "--predictions" in fn.stdout

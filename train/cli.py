@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from kernelcheck import cli as kernelcheck_cli
+
 # Values kept in one place so that help texts, validation and the trainer agree.
 BEST_MODEL_METRICS = ("bleu", "chrf", "rouge_l", "exact_match", "edit_similarity")  # == train.metrics.BEST_MODEL_METRICS
 DEFAULT_NUM_STACKS = 4
@@ -181,7 +183,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
                     "validity, nvcc compile rate, routing statistics, and functional correctness (pass@1) on "
                     "executable BabelTower data.",
         epilog="Writes OUTPUT_DIR/eval_results.json (+ eval_predictions.jsonl with --save_predictions). "
-               "`mot-eval functional ...` runs the functional harness alone (python -m train.functional).",
+               "`mot-eval functional ...` runs the functional harness alone (python -m kernelcheck functional).",
     )
     g = p.add_argument_group("evaluation")
     _add(g, "checkpoint_path", default=None,
@@ -389,7 +391,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def eval_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "functional":  # `mot-eval functional ...` == python -m train.functional ...
+    if argv and argv[0] == "functional":  # `mot-eval functional ...` == python -m kernelcheck functional ...
         return functional_main(argv[1:])
     args = parse_eval_args(argv)
     _quiet_libraries()
@@ -400,12 +402,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def functional_main(argv: list[str] | None = None) -> int:
-    try:
-        from .functional import functional_main as _functional_main
-    except ImportError as e:
-        print(f"error: the functional harness (train/functional.py) is not available: {e}", file=sys.stderr)
-        return 2
-    return _functional_main(argv)
+    return kernelcheck_cli.functional_main(argv)
 
 
 COMMANDS = {"train": train_main, "eval": eval_main, "functional": functional_main}

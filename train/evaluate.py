@@ -8,7 +8,7 @@
   collects routing statistics; `evaluate_lm_loss` is the teacher-forced loss. Both shard the pairs over the
   processes of an accelerate launch and gather the results.
 - `run_evaluation` is `mot-eval`: eval_results.json (+ eval_predictions.jsonl), and functional correctness
-  (train.functional, pass@1) where the data has executable tests.
+  (kernelcheck.functional, pass@1) where the data has executable tests.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from kernelcheck.cases import has_test_cases, load_exec_cases
+from kernelcheck.functional import evaluate_functional
 
 from .data import DataReport, LengthReport, Pair, apply_length_policy, load_pairs, split_pairs
 
@@ -119,15 +121,6 @@ def jsonl_options(args, exec_file: bool) -> dict:
 
 
 def _is_exec_file(path: Path) -> bool:
-    try:
-        from .functional import has_test_cases
-    except ImportError:  # train/functional.py (issue 7) absent: recognise the fields directly
-        try:
-            with open(path, encoding="utf-8") as fh:
-                first = json.loads(next(line for line in fh if line.strip()))
-        except (OSError, ValueError, StopIteration, UnicodeDecodeError):
-            return False
-        return isinstance(first, dict) and {"cpp_code", "cuda_code", "consistent_outputs"} <= set(first)
     return has_test_cases(path)
 
 
@@ -477,25 +470,18 @@ def write_predictions(path: Path, records: list[dict]) -> None:
 
 
 def functional_evaluation(data_path, records: list[dict], *, timeout_s: float = 10.0) -> dict:
-    """Functional correctness (train.functional, issue 7) of the predictions of executable cases.
+    """Functional correctness (kernelcheck.functional) of the predictions of executable cases.
 
     Returns the harness's summary (compile rate, pass@1, counts, run stage) or {"status": ..., "reason": ...}
     saying why it did not run. The harness's own C++ reference check is a data check and is skipped here.
     """
-    try:
-        from . import functional
-    except ImportError as e:
-        return {"status": "unavailable", "reason": f"train/functional.py is not available: {e}"}
-    needed = ("load_exec_cases", "has_test_cases", "evaluate_functional")
-    if not all(hasattr(functional, n) for n in needed):
-        return {"status": "unavailable", "reason": f"train/functional.py lacks one of {needed}"}
-    if not functional.has_test_cases(data_path):
+    if not has_test_cases(data_path):
         return {"status": "not applicable", "reason": f"{data_path} has no executable tests"}
     predictions = {r["case_id"]: [r["prediction"]] for r in records if "case_id" in r}
     if not predictions:
         return {"status": "not applicable", "reason": "no evaluated pair maps to an executable case"}
-    cases = [c for c in functional.load_exec_cases(data_path) if c.id in predictions]
-    report = functional.evaluate_functional(cases, predictions, timeout_s=timeout_s, check_reference=False)
+    cases = [c for c in load_exec_cases(data_path) if c.id in predictions]
+    report = evaluate_functional(cases, predictions, timeout_s=timeout_s, check_reference=False)
     summary = report.summary()
     summary["status"] = "ran"
     return summary

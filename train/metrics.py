@@ -23,7 +23,8 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
-from mot_engine import sourcecode
+from kernelcheck import parsing, toolchain
+from kernelcheck.compile_check import nvcc_compile_check
 
 METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
     "bleu": True,
@@ -116,7 +117,7 @@ def edit_similarity(preds: Sequence[str], refs: Sequence[str]) -> float:
 def syntax_validity(preds: Sequence[str]) -> float:
     """Share of predictions that parse as CUDA without ERROR/MISSING nodes (tree-sitter-cuda), 0-1."""
     _check_texts("preds", preds)
-    return sum(sourcecode.is_valid_cuda(p) for p in preds) / len(preds)
+    return sum(parsing.is_valid_cuda(p) for p in preds) / len(preds)
 
 
 def compile_rate(preds: Sequence[str], timeout_s: float = 60) -> dict[str, Any]:
@@ -127,12 +128,12 @@ def compile_rate(preds: Sequence[str], timeout_s: float = 60) -> dict[str, Any]:
     A prediction that times out counts as not compiled.
     """
     _check_texts("preds", preds)
-    nvcc = sourcecode.find_nvcc()
+    nvcc = toolchain.find_nvcc()
     if nvcc is None:
-        return {"status": "unavailable", "value": None, "message": sourcecode.nvcc_missing_message()}
+        return {"status": "unavailable", "value": None, "message": toolchain.nvcc_missing_message()}
     compiled = timeouts = 0
     for pred in preds:
-        check = sourcecode.nvcc_compile_check(pred, timeout_s, nvcc=nvcc)
+        check = nvcc_compile_check(pred, timeout_s, nvcc=nvcc)
         if check.status == "unavailable":  # nvcc found but could not be run: no verdict on any sample
             return {"status": "unavailable", "value": None, "message": check.message}
         compiled += check.status == "ok"
@@ -168,7 +169,7 @@ def sample_metrics(pred: str, ref: str, *, compile_check: bool = False) -> dict[
         "rouge_l": _rouge_l_one(pred, ref),
         "exact_match": float(normalize_whitespace(pred) == normalize_whitespace(ref)),
         "edit_similarity": _edit_similarity_one(pred, ref),
-        "syntax_validity": float(sourcecode.is_valid_cuda(pred)),
+        "syntax_validity": float(parsing.is_valid_cuda(pred)),
     }
     if compile_check:
         metrics["compile_rate"] = compile_rate([pred])

@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kernelcheck.compile_check import nvcc_compile_check
+from kernelcheck.parsing import SyntaxProblem, check_cuda_syntax
+from kernelcheck.toolchain import find_nvcc
 from lsprotocol import types
-from mot_engine.sourcecode import SyntaxProblem, check_cuda_syntax, find_nvcc, nvcc_compile_check
 
 from ..documents import uri_key, uri_to_path
 from .edits import PlacedKernel

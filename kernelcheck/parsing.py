@@ -1,35 +1,26 @@
-"""C/C++/CUDA source analysis shared by the daemon CLI, the language server and evaluation.
+"""C/C++ and CUDA parsing with tree-sitter: function spans for editors and tools, syntax checks of CUDA.
 
-Pure compute: no sockets, no models. Three jobs:
+Two jobs (compile checks with nvcc are in `kernelcheck.compile_check`):
 
 1. Find function definitions (`find_functions`, `function_at`, `functions_in_range`) so an editor can
    say "translate the function under the cursor / in the selection". tree-sitter is used because it
    recovers from syntax errors: a half-typed function elsewhere in the file must not hide the others.
 2. Check generated CUDA for syntax errors (`check_cuda_syntax`, `is_valid_cuda`) with tree-sitter-cuda:
    fast, needs no toolkit, and gives positions the language server can show as diagnostics.
-3. Compile-check generated CUDA with nvcc (`find_nvcc`, `nvcc_compile_check`) where a toolkit exists.
-   nvcc is looked for, never assumed: without it the result says "unavailable", not "failed".
 
 Positions follow LSP conventions: lines and columns are 0-based. Columns count *characters* (Python
 `str` code points) of the line, not bytes and not UTF-16 code units; lines are split at "\\n" only
 (as tree-sitter does), so a "\\r" before it is the last character of its line. Byte offsets
 (`start_byte`/`end_byte`) index the UTF-8 encoding of the source, like tree-sitter's.
 
-Written against py-tree-sitter >= 0.25 (`Language(tree_sitter_cpp.language())`, `Parser(language)`,
-`QueryCursor`); 0.26 is installed here.
+The only kernelcheck module that imports tree-sitter. Written against py-tree-sitter >= 0.25
+(`Language(tree_sitter_cpp.language())`, `Parser(language)`, `QueryCursor`); 0.26 is installed here.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import tree_sitter
@@ -264,7 +255,8 @@ def check_cuda_syntax(code: str) -> list[SyntaxProblem]:
     (a token the parser had to invent, such as a ";" or "}"), in source order.
 
     Only the outermost ERROR of a region is reported; what is nested in it adds no information.
-    This is a parse check: undeclared names or type errors need `nvcc_compile_check`.
+    This is a parse check: undeclared names or type errors need
+    `kernelcheck.compile_check.nvcc_compile_check`.
     """
     tree, data = _parse(code, "cuda")
     index = _LineIndex(data)
@@ -295,123 +287,3 @@ def is_valid_cuda(code: str) -> bool:
     Blank code is *not* valid: an empty translation must not count as a syntactically correct one.
     """
     return bool(code.strip()) and not check_cuda_syntax(code)
-
-
-# ---------------------------------------------------------------------------------------------------
-# nvcc
-# ---------------------------------------------------------------------------------------------------
-
-# Searched after PATH and $CUDA_HOME/bin / $CUDA_PATH/bin; a module constant so tests can empty it.
-NVCC_FALLBACK_DIRS: tuple[str, ...] = ("/usr/local/cuda/bin",)
-
-
-def _nvcc_candidates() -> list[Path]:
-    candidates = []
-    for variable in ("CUDA_HOME", "CUDA_PATH"):
-        root = os.environ.get(variable)
-        if root:
-            candidates.append(Path(root) / "bin" / "nvcc")
-    candidates.extend(Path(directory) / "nvcc" for directory in NVCC_FALLBACK_DIRS)
-    return candidates
-
-
-def find_nvcc() -> str | None:
-    """Path of an executable nvcc: on PATH, else in $CUDA_HOME/bin ($CUDA_PATH/bin), else in
-    /usr/local/cuda/bin. None when there is none."""
-    on_path = shutil.which("nvcc")
-    if on_path:
-        return on_path
-    for candidate in _nvcc_candidates():
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def nvcc_missing_message() -> str:
-    """Why there is no compile check: where nvcc was looked for and how to provide it."""
-    looked = ["PATH"] + [str(candidate.parent) for candidate in _nvcc_candidates()]
-    return (
-        f"nvcc not found (looked on {', '.join(looked)}); install the CUDA toolkit or set CUDA_HOME "
-        "to enable compile checks"
-    )
-
-
-@dataclass
-class CompileCheck:
-    """Outcome of `nvcc -c` on a snippet.
-
-    status: "ok" compiled; "error" nvcc rejected it (see diagnostics / message); "unavailable" no
-    usable nvcc (not a verdict on the code); "timeout" nvcc ran past the limit.
-    """
-
-    status: Literal["ok", "error", "unavailable", "timeout"]
-    message: str
-    diagnostics: list[SyntaxProblem] = field(default_factory=list)
-
-
-_SOURCE_NAME = "candidate.cu"
-# nvcc front end: `candidate.cu(3): error: expected a ";"` (also `error #20-D:`, `catastrophic error:`).
-_NVCC_DIAGNOSTIC = re.compile(
-    r"^(?P<file>[^\s()][^()]*)\((?P<line>\d+)\): (?P<kind>(?:catastrophic |fatal )?error)(?: #[\w-]+)?: (?P<text>.*)$"
-)
-# host compiler (gcc/clang) style: `candidate.cu:3:5: error: ...`.
-_HOST_DIAGNOSTIC = re.compile(r"^(?P<file>[^:\s][^:]*):(?P<line>\d+):(?P<col>\d+): (?P<kind>(?:fatal )?error): (?P<text>.*)$")
-
-
-def parse_nvcc_diagnostics(output: str, code: str, source_name: str = _SOURCE_NAME) -> list[SyntaxProblem]:
-    """Error lines of nvcc's output that point into `source_name`, as 0-based ranges of `code`.
-
-    nvcc front-end errors give only a line: the range then covers that line from its first
-    non-blank character to its end. Errors in other files (headers) are left to the message.
-    """
-    code_lines = code.split("\n")
-    problems = []
-    for raw in output.splitlines():
-        match = _NVCC_DIAGNOSTIC.match(raw) or _HOST_DIAGNOSTIC.match(raw)
-        if match is None or Path(match["file"]).name != source_name:
-            continue
-        line = int(match["line"]) - 1
-        text = code_lines[line] if 0 <= line < len(code_lines) else ""
-        if "col" in match.groupdict() and match["col"] is not None:
-            col = max(int(match["col"]) - 1, 0)
-        else:
-            col = len(text) - len(text.lstrip())
-        end_col = max(len(text), col)
-        problems.append(SyntaxProblem(line, col, line, end_col, f"line {line + 1}: {match['kind']}: {match['text']}"))
-    return problems
-
-
-def nvcc_compile_check(code: str, timeout_s: float = 60, *, nvcc: str | None = None) -> CompileCheck:
-    """Compile `code` with `nvcc -c -o /dev/null` in a fresh temporary directory.
-
-    No -arch flag: nvcc's default target is enough to tell whether the code compiles. `nvcc` overrides
-    the search of `find_nvcc`. Blank code is an error (nothing to compile), never "ok".
-    """
-    if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    if not code.strip():
-        return CompileCheck("error", "nothing to compile: the code is empty")
-    nvcc_path = nvcc if nvcc is not None else find_nvcc()
-    if nvcc_path is None:
-        return CompileCheck("unavailable", nvcc_missing_message())
-    with tempfile.TemporaryDirectory(prefix="mot-nvcc-") as workdir:
-        (Path(workdir) / _SOURCE_NAME).write_text(code, encoding="utf-8")
-        command = [nvcc_path, "-c", _SOURCE_NAME, "-o", os.devnull]
-        try:
-            # A new session lets a timeout kill nvcc's children (cicc, ptxas, the host compiler) too.
-            process = subprocess.Popen(
-                command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-            )
-        except OSError as error:
-            return CompileCheck("unavailable", f"could not run {nvcc_path}: {error}")
-        try:
-            output, _ = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return CompileCheck("timeout", f"nvcc did not finish within {timeout_s} s")
-    if process.returncode == 0:
-        return CompileCheck("ok", output.strip())
-    diagnostics = parse_nvcc_diagnostics(output, code)
-    message = output.strip() or f"nvcc exited with status {process.returncode} and printed nothing"
-    return CompileCheck("error", message, diagnostics)

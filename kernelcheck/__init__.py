@@ -1,0 +1,17 @@
+"""kernelcheck: C/C++ and CUDA source work — parsing, toolchains, sandboxed builds and runs, and the functional
+checking of kernels against their tests.  Torch-free, and independent of the model, daemon, language server and
+training packages (a test holds both).
+
+Modules:
+
+* `kernelcheck.parsing` — tree-sitter function spans and CUDA syntax checks (the only tree-sitter user).
+* `kernelcheck.toolchain` — one finder for nvcc and g++ (with versions), GPU detection, the -arch choice.
+* `kernelcheck.sandbox` — the sandboxed subprocess runner (limits, scrubbed environment, process-group kill)
+  and the compile helper, which every build and run of untrusted code goes through.
+* `kernelcheck.compile_check` — ``nvcc -c`` of a snippet with diagnostics an editor can show.
+* `kernelcheck.cases`, `kernelcheck.programs`, `kernelcheck.reports`, `kernelcheck.functional`,
+  `kernelcheck.cli` — the functional (compile-and-run) harness for BabelTower executable cases and its
+  ``functional`` command (``python -m kernelcheck functional``).
+
+Importing the package imports none of them; the harness modules need only the standard library.
+"""
