@@ -182,6 +182,88 @@ def find_functions(source: str, *, grammar: GrammarName = "cpp") -> list[Functio
     return spans
 
 
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a function signature, as written (`text`) and read: its base type (qualifiers dropped),
+    name, how many `*` it has, and its kind: "scalar", "pointer", "array" (`T a[]`), "reference" (`T &r`) or
+    "other" (templates such as `std::vector<T>&`, function pointers, structs passed by value...)."""
+
+    text: str
+    type: str
+    name: str
+    pointer_depth: int
+    const: bool
+    kind: str
+
+
+@dataclass(frozen=True)
+class FunctionSignature:
+    name: str
+    return_type: str
+    parameters: tuple[Parameter, ...]
+    text: str  # the whole definition
+
+
+_BUILTIN_TYPE_NODES = {"primitive_type", "sized_type_specifier"}
+
+
+def _parameter(node: tree_sitter.Node) -> Parameter:
+    type_node = node.child_by_field_name("type")
+    const = any(c.type == "type_qualifier" and c.text == b"const" for c in node.children)
+    declarator, depth, kind = node.child_by_field_name("declarator"), 0, "scalar"
+    while declarator is not None and declarator.type in ("pointer_declarator", "array_declarator",
+                                                        "reference_declarator", "abstract_pointer_declarator"):
+        if declarator.type == "array_declarator":
+            kind = "array"
+            depth += 1
+        elif declarator.type == "reference_declarator":
+            kind = "reference"
+        else:
+            depth += 1
+            const = const or any(c.type == "type_qualifier" and c.text == b"const" for c in declarator.children)
+        inner = declarator.child_by_field_name("declarator")
+        declarator = inner if inner is not None else next(
+            (c for c in declarator.named_children if c.type not in ("type_qualifier",)), None)
+    name = declarator.text.decode("utf-8") if declarator is not None and declarator.type == "identifier" else ""
+    type_text = " ".join(type_node.text.decode("utf-8").split()) if type_node is not None else ""
+    if type_node is None or type_node.type not in _BUILTIN_TYPE_NODES and type_text not in _TYPEDEF_NAMES:
+        kind = "other"
+    elif kind == "scalar" and depth:
+        kind = "pointer"
+    if not name:
+        kind = "other"
+    return Parameter(text=" ".join(node.text.decode("utf-8").split()), type=type_text, name=name,
+                     pointer_depth=depth, const=const, kind=kind)
+
+
+# Type names that are plain integers or floats although the grammar reads them as type identifiers.
+_TYPEDEF_NAMES = {"size_t", "ssize_t", "ptrdiff_t", "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t",
+                  "uint16_t", "uint32_t", "uint64_t", "uint", "half", "__half"}
+
+
+def function_signatures(source: str, *, grammar: GrammarName = "cpp") -> list[FunctionSignature]:
+    """The signature of every function definition with a body, in source order (see `Parameter` for how each
+    parameter is read). Templates and methods come out too; their parameters of unknown types are "other"."""
+    tree, data = _parse(source, grammar)
+    out = []
+    for definition in _captures(_FUNCTIONS_QUERY[grammar], tree.root_node).get("function", []):
+        if definition.child_by_field_name("body") is None:
+            continue
+        declarator = definition.child_by_field_name("declarator")
+        while declarator is not None and declarator.type != "function_declarator":
+            declarator = declarator.child_by_field_name("declarator")
+        if declarator is None:
+            continue
+        params = declarator.child_by_field_name("parameters")
+        parameters = tuple(_parameter(c) for c in params.named_children if c.type == "parameter_declaration") \
+            if params is not None else ()
+        type_node = definition.child_by_field_name("type")
+        return_type = " ".join(type_node.text.decode("utf-8").split()) if type_node is not None else ""
+        out.append(FunctionSignature(name=function_name(definition), return_type=return_type, parameters=parameters,
+                                     text=data[definition.start_byte:definition.end_byte].decode("utf-8")))
+    return out
+
+
 def _check_position(line: int, col: int, what: str) -> None:
     if not isinstance(line, int) or not isinstance(col, int) or line < 0 or col < 0:
         raise ValueError(f"{what} must be non-negative integers (0-based line, col), got line={line!r} col={col!r}")
