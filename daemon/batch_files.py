@@ -104,6 +104,7 @@ def output_paths(files: list[Path], base: Path, out_dir: Path) -> dict[Path, Pat
 
 def top_level_functions(source: str) -> list:
     """Function definitions not nested inside another one (those are translated with their outer function)."""
+    # tree-sitter loads when a run plans its sources, not whenever `mot-daemon` starts
     from mot_engine.sourcecode import find_functions
 
     spans, outer_end = [], -1
