@@ -30,8 +30,6 @@ class BatchUsageError(ValueError):
     """Bad paths or options; the message says which."""
 
 
-
-
 @dataclass
 class SourceFile:
     path: Path
@@ -178,7 +176,6 @@ def remove_stale_temp_files(out_dir: Path) -> list[Path]:
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed
-
 
 
 def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:

@@ -121,7 +121,6 @@ def data_fingerprint(pairs) -> str:
     return h.hexdigest()[:16]
 
 
-
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap a finished folder into place (readers see the old or the new one, briefly neither)."""
     old = final.with_name(f".{final.name}.old")

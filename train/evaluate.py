@@ -208,7 +208,6 @@ def functional_evaluation(data_path, records: list[dict], *, timeout_s: float = 
     return summary
 
 
-
 def format_results(result: dict) -> str:
     lines = [f"{result.get('split', '?')}: {result['num_samples']} samples, {result['generation_mode']} generation"]
     m = result.get("metrics") or {}

@@ -33,7 +33,6 @@ Design decisions (the report of issue 4 explains them at more length):
   run reproduces the uninterrupted run's loss curve exactly.
 """
 
-
 from __future__ import annotations
 
 import contextlib
