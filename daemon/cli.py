@@ -7,7 +7,8 @@
     mot-daemon keys      DIR [--client NAME]...
 
 The endpoint defaults to $MOT_DAEMON_ENDPOINT, else ipc://<user runtime dir>/mot-cuda/daemon.sock.
-Heavy imports (torch, the engine) happen only in `serve` and in `translate` when it needs them.
+Torch-free: torch and the model load on the engine thread of `serve`, or of `translate`'s in-process engine when
+no daemon answers (tests/test_defaults.py holds that importing this module loads no torch).
 """
 
 from __future__ import annotations
@@ -17,7 +18,28 @@ import json
 import logging
 import sys
 import time
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
+
+import msgspec
+
+from mot_engine.defaults import MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, MODES, TEMPERATURE, TOP_P
+
+from .batch import EXIT_USAGE, BatchOptions, run_batch
+from .client import DaemonClient, DaemonUnavailable
+from .endpoints import (
+    DaemonAlreadyRunning,
+    EndpointError,
+    create_keys,
+    ensure_private_dir,
+    load_client_keys,
+    lock_is_held,
+    log_dir,
+    parse_endpoint,
+    read_lock_holder,
+)
+from .engine_config import EngineConfig
+from .server import serve
 
 PRESET_NAMES = ("seed", "seed-7b", "pocket", "tiny", "seed-random")  # mot_engine.presets.PRESETS, without torch
 DTYPES = ("float32", "bfloat16", "float16")
@@ -57,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=64, help="translations queued beyond the batch before "
                    "`overloaded` (default 64)")
     s.add_argument("--max-source-chars", type=int, default=200_000, help="longest source accepted, in characters")
-    s.add_argument("--max-new-tokens", type=int, default=4096, help="largest max_new_tokens a request may ask for")
+    s.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS_LIMIT,
+                   help="largest max_new_tokens a request may ask for")
     s.add_argument("--request-timeout", type=float, default=600.0, help="default per-request timeout in seconds")
     s.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024, help="largest frame accepted (ZMQ_MAXMSGSIZE)")
     s.add_argument("--batch-wait-ms", type=float, default=5.0, help="when idle, gather requests that arrive less "
@@ -78,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(t)
     t.add_argument("--report", metavar="FILE", help="write one JSON line per function (location, routing, timings, status)")
     t.add_argument("--resume", action="store_true", help="skip sources whose .cu output is complete and up to date")
-    t.add_argument("--mode", choices=("fast", "full"), default="fast")
-    t.add_argument("--max-new-tokens", type=int, default=512)
-    t.add_argument("--temperature", type=float, default=0.0)
-    t.add_argument("--top-p", type=float, default=1.0)
+    t.add_argument("--mode", choices=MODES, default=MODE)
+    t.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    t.add_argument("--temperature", type=float, default=TEMPERATURE)
+    t.add_argument("--top-p", type=float, default=TOP_P)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--timeout", type=float, default=None, help="per-function timeout in seconds (daemon default)")
     t.add_argument("--jobs", type=int, default=None, help="concurrent requests per daemon (default: its batch size)")
@@ -119,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client_curve(args):
-    from .endpoints import load_client_keys
-
     if bool(args.curve_server_key) != bool(args.curve_client_key):
         raise SystemExit("mot-daemon: give both --curve-server-key and --curve-client-key (or neither)")
     if not args.curve_server_key:
@@ -132,10 +153,6 @@ def _client_curve(args):
 
 
 def setup_logging(level: str, log_file: str | None) -> Path:
-    from logging.handlers import RotatingFileHandler
-
-    from .endpoints import ensure_private_dir, log_dir
-
     path = Path(log_file) if log_file else log_dir() / "daemon.log"
     if log_file:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,10 +171,6 @@ def setup_logging(level: str, log_file: str | None) -> Path:
 
 
 def cmd_serve(args) -> int:
-    from .endpoints import DaemonAlreadyRunning, EndpointError
-    from .engine import EngineConfig
-    from .server import serve
-
     log_path = setup_logging(args.log_level, args.log_file)
     log = logging.getLogger("daemon")
     log.info("logging to %s", log_path)
@@ -180,11 +193,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import msgspec
-
-    from .client import DaemonClient, DaemonUnavailable
-    from .endpoints import EndpointError, lock_is_held, parse_endpoint, read_lock_holder
-
     try:
         ep = parse_endpoint(args.endpoint)
         client = DaemonClient(args.endpoint, timeout_s=args.timeout, curve=_client_curve(args))
@@ -225,9 +233,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from .client import DaemonClient, DaemonUnavailable
-    from .endpoints import EndpointError
-
     try:
         client = DaemonClient(args.endpoint, timeout_s=min(args.timeout, 5.0), curve=_client_curve(args))
     except EndpointError as e:
@@ -257,8 +262,6 @@ def cmd_stop(args) -> int:
 
 
 def cmd_translate(args) -> int:
-    from .batch import EXIT_USAGE, BatchOptions, run_batch
-
     for name in ("max_new_tokens", "jobs", "max_batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -276,8 +279,6 @@ def cmd_translate(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .endpoints import EndpointError, create_keys
-
     try:
         made = create_keys(args.dir, args.client or ["client"])
     except EndpointError as e:

@@ -1,6 +1,5 @@
-"""Clients of the daemon: `DaemonClient` over ZeroMQ, and `InProcessClient` driving an EngineCore in this process.
-
-Both have the same API and return the protocol's reply types (daemon/protocol.py)::
+"""The client of the daemon over ZeroMQ: `DaemonClient`. (`daemon.inprocess.InProcessClient` has the same API over an
+engine in this process.) Both return the protocol's reply types (daemon/protocol.py)::
 
     with DaemonClient() as client:                     # default endpoint, or DaemonClient("tcp://127.0.0.1:5555")
         result = client.translate(source, max_new_tokens=256, on_partial=lambda p: print(p.text, end=""))
@@ -13,347 +12,57 @@ Both have the same API and return the protocol's reply types (daemon/protocol.py
 
         client.route(source); client.status(); client.cancel(stream.request_id); client.reload(path)
 
-Errors: a reply of type `error` raises the DaemonError subclass of its code (BadRequest, TooLarge, Overloaded,
-Cancelled, RequestTimeout, InternalError); no daemon, a lost connection, or silence for `timeout_s` raise
-DaemonUnavailable; a daemon that rejects our CURVE key raises DaemonAuthError.
+Errors (daemon/errors.py, importable from here too): a reply of type `error` raises the DaemonError subclass of its
+code (BadRequest, TooLarge, Overloaded, Cancelled, RequestTimeout, InternalError); no daemon, a lost connection, or
+silence for `timeout_s` raise DaemonUnavailable; a daemon that rejects our CURVE key raises DaemonAuthError.
 
 Threading: a client may be shared by threads (the language server translates while it routes). DaemonClient owns
 one DEALER socket in a background IO thread; callers hand it frames over an inproc socket and wait on their own
 queue, so `on_partial` callbacks run on the caller's thread, never on the IO thread.
 
-This module imports neither torch nor the engine (an editor plugin starts fast); InProcessClient imports the
-engine only when used.
+This module imports neither torch nor the engine (an editor plugin starts fast).
 """
 
 from __future__ import annotations
 
-import abc
 import itertools
 import logging
 import os
-import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as P
+from .client_base import BrokenTransport, ClientBase, TranslateStream
 from .endpoints import CurveClientKeys, parse_endpoint
+from .errors import (
+    BadRequest,
+    Cancelled,
+    DaemonAuthError,
+    DaemonError,
+    DaemonUnavailable,
+    InternalError,
+    Overloaded,
+    RequestTimeout,
+    TooLarge,
+)
+
+# The errors a client raises and the stream it returns are part of this module's API (callers import them from here).
+__all__ = [
+    "BadRequest", "Cancelled", "DaemonAuthError", "DaemonClient", "DaemonError", "DaemonUnavailable", "InternalError",
+    "Overloaded", "RequestTimeout", "TooLarge", "TranslateStream",
+]
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- errors
-
-
-class DaemonError(Exception):
-    """The daemon answered with an error reply. `code` is one of protocol.ERROR_CODES."""
-
-    code = "internal"
-
-    def __init__(self, message: str, *, request_id: str = "", details: dict | None = None):
-        super().__init__(message)
-        self.message = message
-        self.request_id = request_id
-        self.details = details or {}
-
-
-class BadRequest(DaemonError):
-    code = "bad_request"
-
-
-class TooLarge(DaemonError):
-    code = "too_large"
-
-
-class Overloaded(DaemonError):
-    code = "overloaded"
-
-
-class Cancelled(DaemonError):
-    code = "cancelled"
-
-
-class RequestTimeout(DaemonError):
-    code = "timeout"
-
-
-class InternalError(DaemonError):
-    code = "internal"
-
-
-ERRORS_BY_CODE: dict[str, type[DaemonError]] = {
-    cls.code: cls for cls in (BadRequest, TooLarge, Overloaded, Cancelled, RequestTimeout, InternalError)
-}
-
-
-class DaemonUnavailable(ConnectionError):
-    """No daemon answers at the endpoint, the connection was lost, or it stayed silent too long."""
-
-
-class DaemonAuthError(DaemonUnavailable):
-    """The daemon rejected this client's CURVE key (or the server key is wrong)."""
-
-
-def error_from_reply(reply: P.Error) -> DaemonError:
-    cls = ERRORS_BY_CODE.get(reply.code, InternalError)
-    return cls(f"{reply.code}: {reply.message}", request_id=reply.id, details=dict(reply.details))
-
-
-class _Broken:
-    """Put into a waiting request's queue when the transport fails; carries the exception to raise."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
-# ---------------------------------------------------------------------------------------------- streams
-
-
-class TranslateStream:
-    """The replies of one translation: iterate to get `Partial`s as they arrive; `result` when done.
-
-    Iteration ends after the final reply; an error reply raises its DaemonError from the iteration (and from
-    `result`). `cancel()` asks the daemon to stop it (the iteration then raises Cancelled).
-    """
-
-    def __init__(self, client: "_ClientBase", request_id: str, replies: queue.SimpleQueue, t_sent: float):
-        self._client = client
-        self.request_id = request_id
-        self._replies = replies
-        self._t_sent = t_sent
-        self._result: P.TranslateResult | None = None
-        self._error: BaseException | None = None
-        self.partials_received = 0
-
-    def __iter__(self) -> Iterator[P.Partial]:
-        return self
-
-    def __next__(self) -> P.Partial:
-        if self._result is not None or self._error is not None:
-            raise StopIteration
-        try:
-            reply = self._client._next_reply(self._replies, self._t_sent)
-        except BaseException as e:
-            self._finish(e)
-            raise
-        if isinstance(reply, P.Partial):
-            self.partials_received += 1
-            return reply
-        if isinstance(reply, P.TranslateResult):
-            self._result = reply
-            self._client._unregister(self.request_id)
-            raise StopIteration
-        if isinstance(reply, P.Error):
-            error = error_from_reply(reply)
-            self._finish(error)
-            raise error
-        error = InternalError(f"unexpected {type(reply).__name__} reply to a translate request", request_id=self.request_id)
-        self._finish(error)
-        raise error
-
-    def _finish(self, error: BaseException) -> None:
-        self._error = error
-        self._client._unregister(self.request_id)
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None or self._error is not None
-
-    @property
-    def result(self) -> P.TranslateResult:
-        """Wait for the end (dropping remaining partials) and return the result, or raise its error."""
-        for _ in self:
-            pass
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def cancel(self) -> bool:
-        """Ask the daemon to cancel this translation. False if it already finished."""
-        if self.done:
-            return False
-        return self._client.cancel(self.request_id)
-
-
-# ---------------------------------------------------------------------------------------------- the shared part
-
-
-class _ClientBase(abc.ABC):
-    """Request/reply bookkeeping shared by both clients; subclasses move frames (`_submit`) and say whether
-    the daemon is still alive (`_liveness`)."""
-
-    def __init__(self, timeout_s: float):
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        self.timeout_s = float(timeout_s)
-        self._pending: dict[str, queue.SimpleQueue] = {}
-        self._pending_lock = threading.Lock()
-        self._closed = False
-        self._max_message_bytes: int | None = None  # learned from the daemon's status
-
-    # --- subclass hooks
-    @abc.abstractmethod
-    def _submit(self, request: P.Request) -> None:
-        """Send one request to the daemon (socket) or the engine (in process)."""
-
-    @abc.abstractmethod
-    def _liveness(self, t_sent: float) -> Exception | None:
-        """An exception if the daemon should be considered gone for a request sent at t_sent, else None."""
-
-    # --- plumbing
-    def _register(self, request_id: str) -> queue.SimpleQueue:
-        q: queue.SimpleQueue = queue.SimpleQueue()
-        with self._pending_lock:
-            if request_id in self._pending:
-                raise ValueError(f"request id {request_id!r} is already in flight on this client")
-            self._pending[request_id] = q
-        return q
-
-    def _unregister(self, request_id: str) -> None:
-        with self._pending_lock:
-            self._pending.pop(request_id, None)
-
-    def _deliver(self, reply: P.Reply) -> None:
-        if isinstance(reply, P.StatusResult):
-            limit = reply.limits.get("max_message_bytes")
-            self._max_message_bytes = int(limit) if isinstance(limit, (int, float)) else None
-        with self._pending_lock:
-            q = self._pending.get(reply.id)
-        if q is not None:
-            q.put(reply)
-        elif not isinstance(reply, P.Heartbeat):
-            log.debug("dropping a %s reply for request %r that nobody waits for", type(reply).__name__, reply.id)
-
-    def _fail_pending(self, error: Exception) -> None:
-        with self._pending_lock:
-            queues = list(self._pending.values())
-        for q in queues:
-            q.put(_Broken(error))
-
-    def _next_reply(self, q: queue.SimpleQueue, t_sent: float) -> P.Reply:
-        while True:
-            try:
-                item = q.get(timeout=0.2)
-            except queue.Empty:
-                problem = self._liveness(t_sent)
-                if problem is not None:
-                    raise problem
-                continue
-            if isinstance(item, _Broken):
-                raise item.error
-            return item
-
-    def _start(self, request: P.Request) -> tuple[queue.SimpleQueue, float]:
-        if self._closed:
-            raise DaemonUnavailable("this client is closed")
-        q = self._register(request.id)
-        t_sent = time.monotonic()
-        try:
-            self._submit(request)
-        except BaseException:
-            self._unregister(request.id)
-            raise
-        return q, t_sent
-
-    def _call(self, request: P.Request, expect: type) -> Any:
-        q, t_sent = self._start(request)
-        try:
-            reply = self._next_reply(q, t_sent)
-        finally:
-            self._unregister(request.id)
-        if isinstance(reply, P.Error):
-            raise error_from_reply(reply)
-        if not isinstance(reply, expect):
-            raise InternalError(f"expected {expect.__name__}, got {type(reply).__name__}", request_id=request.id)
-        return reply
-
-    @staticmethod
-    def new_request_id() -> str:
-        return uuid.uuid4().hex
-
-    # --- the API
-    def stream_translate(
-        self, source: str, *, mode: str = "fast", max_new_tokens: int = 256, temperature: float = 0.0,
-        top_p: float = 1.0, seed: int | None = None, timeout_s: float | None = None, stream: bool = True,
-        ignore_eos: bool = False, request_id: str | None = None,
-    ) -> TranslateStream:
-        """Send a translation and return its stream at once (iterate it for partials; `.result` at the end)."""
-        options = P.TranslateOptions(
-            mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            timeout_s=timeout_s, stream=stream, ignore_eos=ignore_eos,
-        )
-        request = P.Translate(id=request_id or self.new_request_id(), source=source, options=options)
-        q, t_sent = self._start(request)
-        return TranslateStream(self, request.id, q, t_sent)
-
-    def translate(self, source: str, *, on_partial: Callable[[P.Partial], None] | None = None, **options) -> P.TranslateResult:
-        """Translate one source and wait for the result; `on_partial(partial)` is called for each piece of text
-        as it arrives (on this thread). Options: see `stream_translate`."""
-        options.setdefault("stream", on_partial is not None)
-        stream = self.stream_translate(source, **options)
-        for part in stream:
-            if on_partial is not None:
-                on_partial(part)
-        return stream.result
-
-    def route(self, source: str) -> P.RouteResult:
-        return self._call(P.Route(id=self.new_request_id(), source=source), P.RouteResult)
-
-    def status(self) -> P.StatusResult:
-        return self._call(P.Status(id=self.new_request_id()), P.StatusResult)
-
-    def cancel(self, request_id: str) -> bool:
-        """Cancel one of this client's translations; True if it was in flight. Its stream raises Cancelled."""
-        return self._call(P.Cancel(id=self.new_request_id(), target_id=request_id), P.CancelResult).found
-
-    def reload(self, checkpoint: str | os.PathLike | None = None) -> P.ReloadResult:
-        """Load another router/interaction checkpoint once running translations finish (None: re-read the
-        current one). A checkpoint for other experts raises BadRequest and the old weights stay."""
-        path = None if checkpoint is None else os.fspath(checkpoint)
-        return self._call(P.Reload(id=self.new_request_id(), checkpoint=path), P.ReloadResult)
-
-    def shutdown(self) -> None:
-        """Ask the daemon to exit (translations in flight end with Cancelled)."""
-        self._call(P.Shutdown(id=self.new_request_id()), P.ShutdownResult)
-
-    def wait_until_ready(self, timeout_s: float = 300.0, poll_s: float = 0.2) -> P.StatusResult:
-        """Poll `status` until the model is loaded. Raises DaemonUnavailable on timeout or a failed load."""
-        deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                status = self.status()
-            except DaemonUnavailable as e:
-                last = e
-            else:
-                if status.state == "ready":
-                    return status
-                if status.state in ("failed", "stopping"):
-                    raise DaemonUnavailable(f"the daemon is {status.state}: {status.error or ''}".strip())
-            time.sleep(poll_s)
-        raise DaemonUnavailable(f"the daemon was not ready within {timeout_s:g} s" + (f" ({last})" if last else ""))
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release the connection; pending calls fail with DaemonUnavailable."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------------------------------------- over ZeroMQ
 
 
 _client_numbers = itertools.count()
 _SMALL_FRAME_BYTES = 64 * 1024  # frames up to this size are sent without checking the daemon's limit first
 
 
-class DaemonClient(_ClientBase):
+class DaemonClient(ClientBase):
     """A connection to a daemon over ZeroMQ (DEALER socket).
 
     endpoint: ipc://... or tcp://host:port (None: $MOT_DAEMON_ENDPOINT or the default ipc socket).
@@ -364,10 +73,7 @@ class DaemonClient(_ClientBase):
 
     def __init__(self, endpoint: str | None = None, *, timeout_s: float = 30.0, curve: CurveClientKeys | None = None):
         super().__init__(timeout_s)
-        import zmq
-
         self.endpoint = parse_endpoint(endpoint)
-        self._zmq = zmq
         self._ctx = zmq.Context()
         self._last_heard = 0.0  # monotonic time of the last frame from the daemon
         self._connected = False
@@ -443,9 +149,6 @@ class DaemonClient(_ClientBase):
 
     # --- the IO thread
     def _io_loop(self) -> None:
-        zmq = self._zmq
-        from zmq.utils.monitor import recv_monitor_message
-
         poller = zmq.Poller()
         poller.register(self._dealer, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
@@ -476,7 +179,6 @@ class DaemonClient(_ClientBase):
 
     def _send_queued(self) -> bool:
         """Forward frames from callers to the daemon; True when asked to stop."""
-        zmq = self._zmq
         while True:
             try:
                 request_id, payload = self._pull.recv_multipart(zmq.NOBLOCK)
@@ -490,10 +192,9 @@ class DaemonClient(_ClientBase):
                 with self._pending_lock:
                     q = self._pending.get(request_id.decode())
                 if q is not None:
-                    q.put(_Broken(DaemonUnavailable(self._unavailable_message("the send queue is full"))))
+                    q.put(BrokenTransport(DaemonUnavailable(self._unavailable_message("the send queue is full"))))
 
     def _read_replies(self) -> None:
-        zmq = self._zmq
         while True:
             try:
                 frame = self._dealer.recv(zmq.NOBLOCK)
@@ -510,7 +211,6 @@ class DaemonClient(_ClientBase):
             self._deliver(reply)
 
     def _on_monitor_event(self, event: dict) -> None:
-        zmq = self._zmq
         kind = event["event"]
         if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
             self._connected = True
@@ -548,83 +248,3 @@ class DaemonClient(_ClientBase):
         self._fail_pending(DaemonUnavailable("the client was closed"))
         if not self._io.is_alive():
             self._ctx.term()
-
-
-# ---------------------------------------------------------------------------------------------- in process
-
-
-class InProcessEngine:
-    """An EngineCore in this process plus the dispatch of its replies to InProcessClients.
-
-    Used by tests (the same engine logic as the daemon, no sockets) and by the batch CLI when no daemon runs.
-    """
-
-    def __init__(self, config=None, *, model=None, load_model=None):
-        from .engine import EngineConfig, EngineCore
-
-        self.engine = EngineCore(config or EngineConfig(), model=model, load_model=load_model)
-        self._clients: dict[str, InProcessClient] = {}
-        self._lock = threading.Lock()
-        self.engine.start(self._dispatch)
-
-    def _dispatch(self, items: list) -> None:
-        for key, reply in items:
-            with self._lock:
-                client = self._clients.get(key)
-            if client is not None:
-                client._deliver(reply)
-
-    def client(self, timeout_s: float = 30.0) -> "InProcessClient":
-        """A new client connection (its own request-id namespace, like a socket connection)."""
-        return InProcessClient(self, timeout_s=timeout_s)
-
-    def _attach(self, client: "InProcessClient") -> None:
-        with self._lock:
-            self._clients[client.key] = client
-
-    def _detach(self, client: "InProcessClient") -> None:
-        with self._lock:
-            self._clients.pop(client.key, None)
-        self.engine.client_gone(client.key)
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        self.engine.stop()
-        self.engine.join(timeout_s)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class InProcessClient(_ClientBase):
-    """The DaemonClient API over an InProcessEngine: the same messages, the same engine, no sockets."""
-
-    def __init__(self, hub: InProcessEngine, *, timeout_s: float = 30.0):
-        super().__init__(timeout_s)
-        self.hub = hub
-        self.key = f"in-process-{next(_client_numbers)}"
-        self.endpoint = "in-process"
-        hub._attach(self)
-
-    def __repr__(self) -> str:
-        return f"InProcessClient({self.key!r})"
-
-    def _submit(self, request: P.Request) -> None:
-        reply = self.hub.engine.submit(self.key, request)
-        if reply is not None:
-            self._deliver(reply)
-
-    def _liveness(self, t_sent: float) -> Exception | None:
-        engine = self.hub.engine
-        if engine.stopped.is_set():
-            return DaemonUnavailable(f"the in-process engine has stopped (state {engine.state})")
-        return None
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.hub._detach(self)
-        self._fail_pending(DaemonUnavailable("the client was closed"))

@@ -16,10 +16,15 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import zmq.auth
+from filelock import FileLock, Timeout
+from platformdirs import user_log_dir, user_runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,6 @@ class DaemonAlreadyRunning(RuntimeError):
 
 def runtime_dir() -> Path:
     """The user's runtime directory for the daemon (XDG_RUNTIME_DIR/mot-cuda on Linux)."""
-    from platformdirs import user_runtime_dir
-
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp/runtime-UID; we check that
         # directory's owner and mode ourselves (ensure_private_dir), so the fallback is safe.
@@ -58,8 +61,6 @@ def runtime_dir() -> Path:
 
 def log_dir() -> Path:
     """Where the daemon's log file goes (the user's log/state directory)."""
-    from platformdirs import user_log_dir
-
     return Path(user_log_dir(APP_NAME))
 
 
@@ -215,8 +216,6 @@ class EndpointLock:
         self._lock = None
 
     def acquire(self) -> "EndpointLock":
-        from filelock import FileLock, Timeout
-
         if self.endpoint.ipc_path is None:
             ensure_private_dir(self.path.parent)
         lock = FileLock(str(self.path), timeout=0, thread_local=False, fallback_to_soft=False)
@@ -264,8 +263,6 @@ def read_lock_holder(endpoint: Endpoint) -> int | None:
 
 def lock_is_held(endpoint: Endpoint) -> bool:
     """Whether a live process holds the endpoint's lock (without taking it for long)."""
-    from filelock import FileLock, Timeout
-
     if not endpoint.lock_path.exists():
         return False
     lock = FileLock(str(endpoint.lock_path), timeout=0, thread_local=False, fallback_to_soft=False)
@@ -306,8 +303,6 @@ CLIENTS_DIR = "clients"
 
 def load_server_keys(curve_dir: str | Path) -> CurveServerKeys:
     """Read DIR/server.key_secret and check DIR/authorized_clients/ holds at least one client key."""
-    import zmq.auth
-
     curve_dir = Path(curve_dir)
     secret_file = curve_dir / SERVER_SECRET_FILE
     if not secret_file.exists():
@@ -325,8 +320,6 @@ def load_server_keys(curve_dir: str | Path) -> CurveServerKeys:
 
 
 def load_client_keys(server_public_file: str | Path, client_secret_file: str | Path) -> CurveClientKeys:
-    import zmq.auth
-
     server_public, _ = zmq.auth.load_certificate(str(server_public_file))
     public, secret = zmq.auth.load_certificate(str(client_secret_file))
     if not secret:
@@ -336,10 +329,6 @@ def load_client_keys(server_public_file: str | Path, client_secret_file: str | P
 
 def create_keys(curve_dir: str | Path, client_names: list[str]) -> dict[str, Path]:
     """Create a server key pair, one key pair per client, and allow those clients in. Returns the files made."""
-    import shutil
-
-    import zmq.auth
-
     curve_dir = ensure_private_dir(Path(curve_dir))
     made: dict[str, Path] = {}
     if (curve_dir / SERVER_SECRET_FILE).exists():

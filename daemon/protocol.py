@@ -33,11 +33,15 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta, Struct, field
 
+from mot_engine.defaults import MAX_NEW_TOKENS, MODE, TEMPERATURE, TOP_P
+
 PROTOCOL_VERSION = 1
 
 ErrorCode = Literal["bad_request", "too_large", "overloaded", "cancelled", "timeout", "internal"]
 ERROR_CODES: tuple[str, ...] = ("bad_request", "too_large", "overloaded", "cancelled", "timeout", "internal")
-MODES = ("fast", "full")
+# The modes as the wire validates them: a Literal must spell its values, so this repeats mot_engine.defaults.MODES
+# (tests/test_defaults.py holds the two equal).
+Mode = Literal["fast", "full"]
 
 # Ceilings of the wire format itself; the daemon's own (configurable, usually lower) limits are in `status_result`.
 MAX_ID_LENGTH = 128
@@ -51,12 +55,12 @@ RequestId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class TranslateOptions(Struct, kw_only=True, frozen=True):
-    """How to generate. Defaults give deterministic greedy output in the fast mode."""
+    """How to generate. Defaults (mot_engine.defaults) give deterministic greedy output in the fast mode."""
 
-    mode: Literal["fast", "full"] = "fast"
-    max_new_tokens: Annotated[int, Meta(ge=1, le=MAX_NEW_TOKENS_CEILING)] = 256
-    temperature: Annotated[float, Meta(ge=0.0, le=100.0)] = 0.0  # 0 = greedy
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    mode: Mode = MODE
+    max_new_tokens: Annotated[int, Meta(ge=1, le=MAX_NEW_TOKENS_CEILING)] = MAX_NEW_TOKENS
+    temperature: Annotated[float, Meta(ge=0.0, le=100.0)] = TEMPERATURE  # 0 = greedy
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = TOP_P
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
     # Seconds from the daemon receiving the request to its end, queueing included; None: the daemon's default.
     timeout_s: Annotated[float, Meta(gt=0.0, le=MAX_TIMEOUT_S)] | None = None

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from . import protocol as P
 from .endpoints import (
@@ -37,7 +38,8 @@ from .endpoints import (
     parse_endpoint,
     prepare_ipc_directory,
 )
-from .engine import EngineConfig, EngineCore
+from .engine import EngineCore
+from .engine_config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,6 @@ class DaemonServer:
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10_000)
         router.setsockopt(zmq.HEARTBEAT_TTL, 10_000)
         if self.curve is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
             self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("daemon.auth"))
             self._auth.start()
             self._auth.configure_curve(domain="*", location=str(self.curve.authorized_clients_dir))

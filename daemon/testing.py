@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .client import DaemonClient, DaemonUnavailable
-from .engine import process_rss_bytes
+from .memory import process_rss_bytes
 from .protocol import StatusResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from . import __version__
+from .server import create_server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.log_level != "DEBUG":
         logging.getLogger("pygls").setLevel(logging.WARNING)
-
-    from .server import create_server
 
     server = create_server()
 

@@ -14,8 +14,8 @@ What this module promises the features:
   engine) is not an outage.
 - The user is told once per outage (a warning), and once when the daemon is back (info). Autostart failures are
   told with the log file of the daemon we started.
-- A daemon this server started (autostart or the restart command) is stopped when the server exits. A daemon
-  somebody else started is never stopped, except by the explicit restart command.
+- A daemon this server started (autostart or the restart command; autostart.py) is stopped when the server exits.
+  A daemon somebody else started is never stopped, except by the explicit restart command.
 
 The link talks to the daemon only through `daemon.client` (`DaemonClient`) and `daemon.protocol`; it also uses
 `daemon.endpoints` (no sockets there) to resolve the default endpoint, find an ipc socket's file and the pid its
@@ -28,31 +28,20 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from daemon import protocol as P
 from daemon.client import DaemonClient, DaemonError, DaemonUnavailable
-from daemon.endpoints import Endpoint, EndpointError, lock_is_held, log_dir, parse_endpoint, read_lock_holder
+from daemon.endpoints import Endpoint, EndpointError, lock_is_held, parse_endpoint, pid_alive, read_lock_holder
 from lsprotocol import types
 
+from .autostart import OwnedDaemon, SpawnFailed, Tell
 from .settings import Settings
-from daemon.endpoints import pid_alive as _pid_alive
 
 log = logging.getLogger(__name__)
-
-# Overrides the command that starts a daemon (shell words; "serve --endpoint ..." are appended).
-DAEMON_COMMAND_ENV = "MOT_LSP_DAEMON_COMMAND"
-
-Tell = Callable[[types.MessageType, str], None]
 
 
 class LinkState(str, enum.Enum):
@@ -67,35 +56,6 @@ class DaemonDown(Exception):
     """No usable daemon. The message says why and what to do, in words for the user."""
 
 
-def daemon_command() -> list[str]:
-    """How to run `mot-daemon`: $MOT_LSP_DAEMON_COMMAND, the script next to this Python, on PATH, or the module."""
-    override = os.environ.get(DAEMON_COMMAND_ENV)
-    if override:
-        return shlex.split(override)
-    beside = Path(sys.executable).with_name("mot-daemon")
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    on_path = shutil.which("mot-daemon")
-    if on_path:
-        return [on_path]
-    return [sys.executable, "-m", "daemon"]
-
-
-def _tail(path: Path | None, lines: int = 6, max_bytes: int = 4000) -> str:
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            text = f.read().decode("utf-8", "replace")
-    except OSError as e:
-        return f"(could not read {path}: {e})"
-    return "\n".join(line for line in text.splitlines()[-lines:] if line.strip())
-
-
-
 class DaemonLink:
     """See the module docstring. Thread-safe; `supervise()` runs on the server's event loop."""
 
@@ -103,7 +63,6 @@ class DaemonLink:
     WORK_TIMEOUT_S = 30.0  # translations (the daemon sends heartbeats while it holds our work)
     PROBE_INTERVAL_S = 1.0  # a pass every second: cheap local checks; a status request while not ready
     HEALTH_INTERVAL_S = 5.0  # while ready: a status request when nothing was heard for this long
-    SPAWN_BACKOFF_S = 10.0
     READY_TIMEOUT_S = 600.0  # a translation waits this long for a starting daemon to load its model
 
     def __init__(self, settings: Settings, *, tell: Tell, on_change: Callable[[LinkState], None] | None = None):
@@ -119,11 +78,8 @@ class DaemonLink:
         self._last_contact = 0.0
         self._last_status: P.StatusResult | None = None
         self._told_down = False
-        self._spawned: subprocess.Popen | None = None
-        self._spawn_log: Path | None = None
-        self._last_spawn = -1e9
+        self._owned = OwnedDaemon(tell=tell)  # the daemon this server started, if any (autostart.py)
         self._want_spawn = False
-        self._spawn_failure: str | None = None  # set when a daemon we started exited with an error
         self._passes = 0
         self._force_probe = False  # a call failed: the next pass probes even if the last contact is recent
         self._closing = False  # close() began: the supervisor stops
@@ -146,8 +102,7 @@ class DaemonLink:
 
     @property
     def owns_daemon(self) -> bool:
-        proc = self._spawned
-        return proc is not None and proc.poll() is None
+        return self._owned.running
 
     @property
     def last_status(self) -> P.StatusResult | None:
@@ -175,7 +130,7 @@ class DaemonLink:
         if self._state == LinkState.UNKNOWN:
             return f"connecting to the MoT daemon at {self.endpoint_text()}"
         if self._state == LinkState.STARTING:
-            return f"a MoT daemon is starting at {self.endpoint_text()} (log: {self._spawn_log})"
+            return f"a MoT daemon is starting at {self.endpoint_text()} (log: {self._owned.log_path})"
         return f"no MoT daemon available: {self._reason}"
 
     def _set_state(self, state: LinkState, reason: str = "") -> None:
@@ -278,11 +233,8 @@ class DaemonLink:
         if not endpoint.ipc_path.exists():
             return f"no daemon listens at {endpoint.address} (there is no socket file)"
         pid = read_lock_holder(endpoint)
-        proc = self._spawned
-        if pid is not None and proc is not None and proc.pid == pid:
-            alive = proc.poll() is None  # our child: poll() reaps it (a zombie answers kill(pid, 0))
-        else:
-            alive = pid is None or _pid_alive(pid)
+        ours = self._owned.alive(pid) if pid is not None else None  # our child: asked without a zombie's lie
+        alive = ours if ours is not None else (pid is None or pid_alive(pid))
         if not alive:
             return f"the daemon that served {endpoint.address} (pid {pid}) is gone"
         return None
@@ -332,29 +284,17 @@ class DaemonLink:
                 detail = f": {status.error}" if status.error else ""
                 self._mark_down(f"the daemon at {self.endpoint_text()} is {status.state}{detail}")
             return
-        proc = self._spawned
-        if proc is not None:
-            code = proc.poll()
-            if code is None:
-                self._set_state(LinkState.STARTING, "the daemon we started is not listening yet")
-                return
-            self._spawned = None
-            if code > 0:
-                self._spawn_failure = (
-                    f"the daemon started by mot-lsp exited with status {code}. Its log ({self._spawn_log}) ends with:\n"
-                    f"{_tail(self._spawn_log)}"
-                )
-                self._tell(types.MessageType.Error, f"MoT: {self._spawn_failure}")
-            else:
-                log.info("the daemon we started exited (status %s)", code)
+        if self._owned.still_starting():
+            self._set_state(LinkState.STARTING, "the daemon we started is not listening yet")
+            return
         settings = self.settings
-        if self._want_spawn and settings.autostart and self._spawn_failure is None:
-            if time.monotonic() - self._last_spawn >= self.SPAWN_BACKOFF_S:
+        if self._want_spawn and settings.autostart and self._owned.failure is None:
+            if self._owned.may_spawn():
                 self._spawn()
                 self._set_state(LinkState.STARTING, "starting a daemon")
                 return
         hint = ""
-        if self._spawn_failure is not None:
+        if self._owned.failure is not None:
             hint = "; autostart failed earlier: fix the cause and run “MoT: Restart daemon”"
         elif not settings.autostart:
             hint = " (mot.autostart is off)" if "mot-daemon serve" in reason else (
@@ -393,54 +333,21 @@ class DaemonLink:
 
     def _spawn(self) -> None:
         endpoint = self.endpoint()
-        settings = self.settings
-        command = daemon_command() + ["serve", "--endpoint", endpoint.address]
-        if settings.preset:
-            command += ["--preset", settings.preset]
-        if settings.checkpoint:
-            command += ["--checkpoint", settings.checkpoint]
-        directory = log_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        self._spawn_log = directory / "mot-lsp-daemon.log"
-        self._last_spawn = time.monotonic()
         self._want_spawn = False
-        env = dict(os.environ)
-        if command[1:3] == ["-m", "daemon"]:  # the module fallback: make the daemon package importable there too
-            root = str(Path(P.__file__).resolve().parents[1])
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        with open(self._spawn_log, "ab") as out:
-            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} mot-lsp starts: {shlex.join(command)}\n".encode())
-            out.flush()
-            try:
-                self._spawned = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                    env=env,
-                )
-            except OSError as e:
-                self._spawn_failure = f"could not start `{shlex.join(command)}`: {e}"
-                self._tell(types.MessageType.Error, f"MoT: {self._spawn_failure}")
-                raise DaemonDown(self._spawn_failure) from None
-        log.info("started a daemon (pid %d): %s; log %s", self._spawned.pid, shlex.join(command), self._spawn_log)
+        try:
+            self._owned.spawn(endpoint, self.settings)
+        except SpawnFailed as e:
+            raise DaemonDown(str(e)) from None
 
     def _stop_owned(self, timeout_s: float = 10.0) -> None:
         """Stop the daemon we started: a shutdown request, then SIGTERM, then SIGKILL."""
-        proc = self._spawned
-        if proc is None or proc.poll() is not None:
-            return
+        self._owned.stop(self._ask_owned_to_shut_down, timeout_s)
+
+    def _ask_owned_to_shut_down(self) -> None:
         try:
             self._client("quick").shutdown()
         except (DaemonUnavailable, DaemonError, DaemonDown) as e:
             log.info("shutdown request to our daemon failed (%s); terminating it", e)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                log.warning("our daemon (pid %d) ignored SIGTERM; killing it", proc.pid)
-                proc.kill()
-                proc.wait(5)
 
     def restart(self) -> None:
         """Stop whatever daemon serves the endpoint (ours or not) and start one with the current settings.
@@ -454,14 +361,14 @@ class DaemonLink:
             except (DaemonUnavailable, DaemonError) as e:
                 log.info("no daemon took the shutdown request (%s)", e)
             self._stop_owned()
-            self._spawned = None
+            self._owned.process = None
             self._close_clients()
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and lock_is_held(endpoint):
                 time.sleep(0.1)
             if lock_is_held(endpoint):
                 raise DaemonDown(f"the daemon at {endpoint.address} did not exit within 20 s; stop it and retry")
-            self._spawn_failure = None
+            self._owned.failure = None
             self._spawn()
             self._set_state(LinkState.STARTING, "restarting the daemon")
 
@@ -477,7 +384,7 @@ class DaemonLink:
             self._set_state(LinkState.UNKNOWN, "the endpoint changed")
             self._want_spawn = True
         if (old.preset, old.checkpoint, old.autostart) != (settings.preset, settings.checkpoint, settings.autostart):
-            self._spawn_failure = None
+            self._owned.failure = None
         self.wake()
 
     # ------------------------------------------------------------------------------------------ async side

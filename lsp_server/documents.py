@@ -199,3 +199,13 @@ class OpenDocument:
     @property
     def path(self) -> Path | None:
         return uri_to_path(self.uri)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One piece of code to translate: a function or a selection of a document."""
+
+    name: str  # function name or "selection"
+    text: str
+    start: tuple[int, int]  # span in the document (line, code point col)
+    end: tuple[int, int]

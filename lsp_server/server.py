@@ -2,7 +2,8 @@
 
 State lives on the server object (pygls style): settings, the daemon link, the translation runner, the kernel
 diagnostics, caches (functions per document version, routing per function text, the last translation per
-function). Features live in `features/`; this module only wires them to LSP methods.
+function). Features live in `features/` and see this server through `features.host.ServerHost` (a Protocol this
+class implements), never through this module; this module only wires them to LSP methods.
 
 Threads: the asyncio loop answers LSP messages; blocking daemon calls run on `quick_pool` (status, route,
 cancel) or the runner's pool (translations), checks of produced kernels on `check_pool`. pygls' own thread pool
@@ -13,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,57 +27,24 @@ from pygls.protocol import LanguageServerProtocol
 
 from . import __version__
 from .daemon_link import DaemonLink, LinkState
-from .documents import FunctionIndex, OpenDocument, TextView, encoding_name, grammar_for, text_hash, uri_key
+from .documents import (
+    FunctionIndex,
+    OpenDocument,
+    Source,
+    TextView,
+    encoding_name,
+    grammar_for,
+    text_hash,
+    uri_key,
+)
 from .features import code_actions, commands, hover
 from .features.diagnostics import KernelDiagnostics
-from .features.translate import Source, TranslationRunner
+from .features.host import EditCapabilities, LastTranslation, RouteCache
+from .features.translate import TranslationRunner
 from .parsing import IncrementalTrees
 from .settings import DAEMON_KEYS, SECTION, Settings, changed_keys, parse_settings, section_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LastTranslation:
-    kernel: str
-    source_hash: str
-    primary_expert: str
-    num_generated_tokens: int
-    when: float  # time.time()
-
-
-@dataclass(frozen=True)
-class EditCapabilities:
-    document_changes: bool
-    create_files: bool
-
-
-class RouteCache:
-    """Routing per function text (routing is deterministic for a given router). Cleared when the daemon changes."""
-
-    def __init__(self, size: int = 512, ttl_s: float = 600.0):
-        self.size, self.ttl_s = size, ttl_s
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[float, P.RouteResult]] = OrderedDict()
-
-    def get(self, key: str) -> P.RouteResult | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or time.monotonic() - entry[0] > self.ttl_s:
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
-
-    def put(self, key: str, value: P.RouteResult) -> None:
-        with self._lock:
-            self._entries[key] = (time.monotonic(), value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 class MotProtocol(LanguageServerProtocol):

@@ -13,15 +13,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from daemon.protocol import MAX_NEW_TOKENS_CEILING, Mode
+from mot_engine.defaults import MAX_NEW_TOKENS, MODE, MODES, TEMPERATURE
+
 SECTION = "mot"
 
 Placement = Literal["newFile", "belowFunction", "replaceSelection"]
 PLACEMENTS: tuple[str, ...] = ("newFile", "belowFunction", "replaceSelection")
-MODES: tuple[str, ...] = ("fast", "full")
 CHECKS: tuple[str, ...] = ("auto", "syntax", "off")
 
-# The daemon's wire format caps max_new_tokens at 2**16; its own (configurable) limit is usually 4096.
-MAX_NEW_TOKENS_LIMIT = 1 << 16
+# The largest mot.maxNewTokens accepted: what the wire format carries. Not mot_engine.defaults.MAX_NEW_TOKENS_LIMIT
+# (4096): that is a daemon's default cap, which each daemon may change (`serve --max-new-tokens`); a request above
+# its daemon's cap is answered `too_large` with that cap, so the settings do not guess it.
+MAX_NEW_TOKENS_ACCEPTED = MAX_NEW_TOKENS_CEILING
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,9 @@ class Settings:
     autostart: bool = True  # start a daemon when none answers
     preset: str | None = None  # for an autostarted daemon; None: the daemon's default
     checkpoint: str | None = None  # for an autostarted daemon
-    mode: Literal["fast", "full"] = "fast"
-    max_new_tokens: int = 512
-    temperature: float = 0.0
+    mode: Mode = MODE  # mot_engine.defaults, as every default of a translation
+    max_new_tokens: int = MAX_NEW_TOKENS
+    temperature: float = TEMPERATURE
     placement: Placement = "newFile"
     # Advanced keys (documented, not required by most users):
     check: Literal["auto", "syntax", "off"] = "auto"  # auto: nvcc when found, else tree-sitter-cuda syntax
@@ -108,8 +112,8 @@ def _max_new_tokens(key: str, value: Any) -> tuple[int | None, str | None]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
         return None, f"mot.{key} must be a whole number, got {value!r}"
     value = int(value)
-    if not 1 <= value <= MAX_NEW_TOKENS_LIMIT:
-        return None, f"mot.{key} must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {value}"
+    if not 1 <= value <= MAX_NEW_TOKENS_ACCEPTED:
+        return None, f"mot.{key} must be between 1 and {MAX_NEW_TOKENS_ACCEPTED}, got {value}"
     return value, None
 
 

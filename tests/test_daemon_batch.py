@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from daemon.batch import HEADER_PREFIX, TMP_MARKER, read_output_header
+from daemon.batch_files import HEADER_PREFIX, TMP_MARKER, read_output_header
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
 
 EXAMPLES = REPO_ROOT / "examples" / "cpp_project"
@@ -32,7 +32,7 @@ def _make_sources(root: Path) -> dict[str, list[str]]:
     # last in sorted order: a function far beyond the 2048-token source limit fails alone, the run goes on
     body = "\n".join(f"    acc += v[{k}] * {k * 7919 % 10007} - w[{k}];" for k in range(1500))
     (root / "zz_huge.cpp").write_text(f"float huge(const float* v, const float* w) {{\n    float acc = 0;\n{body}\n    return acc;\n}}\n")
-    from daemon.batch import top_level_functions
+    from daemon.batch_files import top_level_functions
 
     return {p.relative_to(root).as_posix(): [f.name for f in top_level_functions(p.read_text())]
             for p in sorted(root.rglob("*")) if p.suffix in (".c", ".cc", ".cpp", ".hpp")}

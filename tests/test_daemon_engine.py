@@ -8,8 +8,9 @@ import time
 import pytest
 
 from daemon import protocol as P
-from daemon.client import BadRequest, Cancelled, InProcessEngine, Overloaded, RequestTimeout, TooLarge
-from daemon.engine import EngineConfig
+from daemon.client import BadRequest, Cancelled, Overloaded, RequestTimeout, TooLarge
+from daemon.engine_config import EngineConfig
+from daemon.inprocess import InProcessEngine
 
 SOURCES = [
     "void add(const float* a, const float* b, float* c, int n) { for (int i = 0; i < n; ++i) c[i] = a[i] + b[i]; }",

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from daemon import protocol as P
-from daemon.batch import (
+from daemon.batch_files import (
     collect_sources,
     output_is_complete,
     output_paths,

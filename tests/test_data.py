@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from train.data import (
-    Pair,
-    apply_length_policy,
-    detokenize,
-    load_babeltower,
-    load_jsonl,
-    load_pairs,
-    split_pairs,
-)
+from train.data import load_babeltower, load_jsonl, load_pairs
+from train.detokenize import detokenize
+from train.pairs import Pair
+from train.splits import apply_length_policy, split_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -313,7 +308,7 @@ def test_split_is_a_reproducible_partition():
 
 def test_split_does_not_depend_on_hash_seed():
     script = (
-        "from train.data import Pair, split_pairs\n"
+        "from train.pairs import Pair\nfrom train.splits import split_pairs\n"
         "pairs = [Pair(str(i), str(i), str(i)) for i in range(50)]\n"
         "print([[p.origin for p in part] for part in split_pairs(pairs, 0.6, 0.2, seed=3)])\n"
     )

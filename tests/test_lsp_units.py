@@ -302,3 +302,29 @@ def test_incremental_trees_answer_like_a_full_parse_through_random_edits(grammar
             got = trees.function_at("file:///a.cpp", version, text, grammar, line, col)
             assert _same(got, expected), (version, line, col, got, expected, text)
     assert trees.incremental_parses > 90 and trees.full_parses == 1
+
+
+def test_features_see_the_server_only_through_the_host_protocol():
+    """Features depend on features.host.ServerHost, never on lsp_server.server; the server offers every member."""
+    import ast
+    from pathlib import Path
+
+    from lsp_server.features import host
+    from lsp_server.server import MotLanguageServer
+
+    features = Path(host.__file__).parent
+    for path in features.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert module not in ("..server", "lsp_server.server"), f"{path.name} imports the server module"
+    members = set(host.ServerHost.__annotations__) | {
+        name for name in vars(host.ServerHost) if not name.startswith("_")
+    }
+    server = MotLanguageServer()
+    try:
+        # methods and properties on the class (a property may need an initialized session), the rest on the object
+        missing = sorted(name for name in members if not hasattr(type(server), name) and name not in vars(server))
+    finally:
+        server.close()
+    assert not missing, f"MotLanguageServer lacks {missing} of ServerHost"

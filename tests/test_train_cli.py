@@ -88,12 +88,12 @@ BAD = [
 
 @pytest.mark.parametrize("extra,message", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_values_are_refused_before_any_model_loads(tmp_path, monkeypatch, capsys, extra, message):
-    import train.evaluate
+    import train.building
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded for bad arguments")
 
-    monkeypatch.setattr(train.evaluate, "build_model", no_model)
+    monkeypatch.setattr(train.building, "build_model", no_model)
     monkeypatch.setattr("mot_engine.build_mot", no_model)
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"cpp": "int f();", "generated_cuda": "__global__ void f();"}) + "\n")
@@ -150,7 +150,7 @@ def test_python_m_train_dispatches_subcommands():
 
 
 def test_learning_rate_groups(tiny_mot):
-    from train.trainer import build_optimizer
+    from train.optim import build_optimizer
 
     opt = build_optimizer(tiny_mot, 1e-3, weight_decay=0.01)
     seen = {}
@@ -168,7 +168,7 @@ def test_learning_rate_groups(tiny_mot):
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    from train.trainer import lr_factor
+    from train.optim import lr_factor
 
     assert [lr_factor(s, 4, 10) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     linear = [lr_factor(s, 4, 10) for s in range(4, 10)]

@@ -1,7 +1,7 @@
 """Command lines of training and evaluation: `mot-train`, `mot-eval`, `python -m train {train,eval,functional}`.
 
 Every flag is accepted with underscores or dashes (`--batch_size` == `--batch-size`); `--help` shows each default.
-Bad values are rejected here, all at once, with exit status 2 and before any model is loaded.
+Bad values are rejected (train.cli_checks), all at once, with exit status 2 and before any model is loaded.
 
     mot-train --data_path pairs.jsonl --preset seed --output_dir runs/seed
     accelerate launch -m train train --data_path pairs.jsonl --preset seed --output_dir runs/seed   # data parallel
@@ -12,18 +12,15 @@ Bad values are rejected here, all at once, with exit status 2 and before any mod
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from pathlib import Path
 
 from kernelcheck import cli as kernelcheck_cli
+from mot_engine.presets.names import PRESETS
 
-# Values kept in one place so that help texts, validation and the trainer agree.
-BEST_MODEL_METRICS = ("bleu", "chrf", "rouge_l", "exact_match", "edit_similarity")  # == train.metrics.BEST_MODEL_METRICS
-DEFAULT_NUM_STACKS = 4
-DEFAULT_TOP_K = 2
-DEFAULT_LAMBDA_CONSISTENCY = 0.05
+from . import defaults
+from .cli_checks import validate_args
+
 SPLITS = ("test", "validation", "train", "all")
 
 
@@ -62,15 +59,15 @@ def _float(text: str) -> float:
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
-    from mot_engine.presets.names import PRESETS
-
     data = p.add_argument_group("data")
     _add(data, "data_path", help="JSONL of {\"cpp\", \"generated_cuda\"} lines, a BabelTower cpp.X.tok/cuda.X.tok file, "
          "a folder of such pairs, or an executable BabelTower JSONL (exec_dev.jsonl) (required)", show_default=False)
-    _add(data, "train_ratio", type=_float, default=0.8, help="share of the pairs in the training split")
-    _add(data, "test_ratio", type=_float, default=0.1, help="share in the test split; validation gets the rest")
-    _add(data, "seed", type=_int, default=42, help="seed of the split, the data order and the router noise")
-    _add(data, "max_length", type=_int, default=512,
+    _add(data, "train_ratio", type=_float, default=defaults.TRAIN_RATIO,
+         help="share of the pairs in the training split")
+    _add(data, "test_ratio", type=_float, default=defaults.TEST_RATIO,
+         help="share in the test split; validation gets the rest")
+    _add(data, "seed", type=_int, default=defaults.SEED, help="seed of the split, the data order and the router noise")
+    _add(data, "max_length", type=_int, default=defaults.MAX_LENGTH,
          help="longest prompt + target + EOS in tokens (longest tokenization among the experts); longer pairs are "
               "skipped in every split and counted in data_report.json, never truncated")
     _add(data, "source_field", default=None, help="JSONL field of the C/C++ source (default: 'cpp', or 'cpp_code' "
@@ -90,12 +87,12 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     _add(model, "encoder", default=None, help="sentence-transformers encoder of the router, id or folder "
          "(default: the preset's)", show_default=False)
     _add(model, "num_stacks", type=_int, default=None,
-         help=f"stacks per expert (default: {DEFAULT_NUM_STACKS}, or the checkpoint's)", show_default=False)
+         help=f"stacks per expert (default: {defaults.NUM_STACKS}, or the checkpoint's)", show_default=False)
     _add(model, "top_k", type=_int, default=None,
-         help=f"active experts per source, primary included (default: {DEFAULT_TOP_K}, or the checkpoint's)",
+         help=f"active experts per source, primary included (default: {defaults.TOP_K}, or the checkpoint's)",
          show_default=False)
     _add(model, "lambda_consistency", type=_float, default=None,
-         help=f"weight of the routing consistency loss (default: {DEFAULT_LAMBDA_CONSISTENCY}, or the checkpoint's)",
+         help=f"weight of the routing consistency loss (default: {defaults.LAMBDA_CONSISTENCY}, or the checkpoint's)",
          show_default=False)
     _add(model, "use_4bit", action="store_true", help="load the experts in 4-bit NF4 (bitsandbytes, CUDA only)")
     _add(model, "use_8bit", action="store_true", help="load the experts in 8-bit (bitsandbytes, CUDA only)")
@@ -109,13 +106,15 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
               "need loss scaling)")
 
     gen = p.add_argument_group("generation and evaluation")
-    _add(gen, "max_new_tokens", type=_int, default=256, help="generated tokens per translation, at most")
+    _add(gen, "max_new_tokens", type=_int, default=defaults.EVAL_MAX_NEW_TOKENS,
+         help="generated tokens per translation, at most")
     _add(gen, "use_mot_generate", action="store_true",
          help="full-MoT generation (the primary reads the secondaries at every stack); default: fast mode, the "
               "routed primary expert alone")
     _add(gen, "save_predictions", action="store_true",
          help="write per-sample predictions (JSONL: source, reference, prediction, routing, metrics)")
-    _add(gen, "eval_batch_size", type=_int, default=8, help="sources generated / scored together")
+    _add(gen, "eval_batch_size", type=_int, default=defaults.EVAL_BATCH_SIZE,
+         help="sources generated / scored together")
     _add(gen, "no_compile_check", action="store_true",
          help="skip the nvcc compile rate of the final evaluation (it is 'unavailable' anyway without nvcc)")
 
@@ -127,16 +126,20 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 def _training_flags(p: argparse.ArgumentParser, *, ignored: bool = False) -> None:
     title = "training (accepted for compatibility with mot-train; evaluation ignores them)" if ignored else "training"
     g = p.add_argument_group(title)
-    _add(g, "batch_size", type=_int, default=1, help="pairs per micro-batch and process")
-    _add(g, "gradient_accumulation_steps", type=_int, default=8, help="micro-batches per optimizer step")
-    _add(g, "num_epochs", type=_int, default=3, help="passes over the training split")
-    _add(g, "learning_rate", type=_float, default=5e-6,
+    _add(g, "batch_size", type=_int, default=defaults.BATCH_SIZE, help="pairs per micro-batch and process")
+    _add(g, "gradient_accumulation_steps", type=_int, default=defaults.GRADIENT_ACCUMULATION_STEPS,
+         help="micro-batches per optimizer step")
+    _add(g, "num_epochs", type=_int, default=defaults.NUM_EPOCHS, help="passes over the training split")
+    _add(g, "learning_rate", type=_float, default=defaults.LEARNING_RATE,
          help="base learning rate: router x2, interaction layers x1, other trainable parts (encoder) x0.5")
-    _add(g, "weight_decay", type=_float, default=0.01, help="AdamW weight decay of matrices (not biases, norms, gates)")
-    _add(g, "warmup_steps", type=_int, default=200, help="optimizer steps of linear warm-up")
-    _add(g, "lr_scheduler", choices=("linear", "cosine"), default="linear", help="decay to 0 after the warm-up")
-    _add(g, "gradient_clip", type=_float, default=0.3, help="max global gradient norm; 0 disables clipping")
-    _add(g, "best_model_metric", choices=BEST_MODEL_METRICS, default="bleu",
+    _add(g, "weight_decay", type=_float, default=defaults.WEIGHT_DECAY,
+         help="AdamW weight decay of matrices (not biases, norms, gates)")
+    _add(g, "warmup_steps", type=_int, default=defaults.WARMUP_STEPS, help="optimizer steps of linear warm-up")
+    _add(g, "lr_scheduler", choices=defaults.LR_SCHEDULERS, default=defaults.LR_SCHEDULER,
+         help="decay to 0 after the warm-up")
+    _add(g, "gradient_clip", type=_float, default=defaults.GRADIENT_CLIP,
+         help="max global gradient norm; 0 disables clipping")
+    _add(g, "best_model_metric", choices=defaults.BEST_MODEL_METRICS, default=defaults.BEST_MODEL_METRIC,
          help="validation metric that picks best_model/")
     _add(g, "train_encoder", action="store_true", help="also train the router's sentence encoder (0.5x lr)")
     if not ignored:  # mot-eval has its own --checkpoint_path
@@ -146,17 +149,20 @@ def _training_flags(p: argparse.ArgumentParser, *, ignored: bool = False) -> Non
     _add(g, "resume", nargs="?", const="latest", default=None,
          help="continue a run exactly: a checkpoint-N folder, or no value / 'latest' for the newest checkpoint in "
               "--output_dir (default: off)", show_default=False)
-    _add(g, "eval_steps", type=_int, default=500,
+    _add(g, "eval_steps", type=_int, default=defaults.EVAL_STEPS,
          help="validation LM loss every N optimizer steps (also at each epoch end); 0: epoch ends only")
-    _add(g, "eval_max_samples", type=_int, default=100,
+    _add(g, "eval_max_samples", type=_int, default=defaults.EVAL_MAX_SAMPLES,
          help="validation pairs generated at each epoch end for the metrics that pick best_model/; 0: all")
-    _add(g, "test_max_samples", type=_int, default=0,
+    _add(g, "test_max_samples", type=_int, default=defaults.TEST_MAX_SAMPLES,
          help="test pairs generated for final_results_*.json; 0: all")
-    _add(g, "save_steps", type=_int, default=500, help="checkpoint every N optimizer steps (also at each "
+    _add(g, "save_steps", type=_int, default=defaults.SAVE_STEPS,
+         help="checkpoint every N optimizer steps (also at each "
          "epoch end); 0: epoch ends only")
-    _add(g, "save_total_limit", type=_int, default=0, help="keep only the newest N checkpoint-* folders; "
+    _add(g, "save_total_limit", type=_int, default=defaults.SAVE_TOTAL_LIMIT,
+         help="keep only the newest N checkpoint-* folders; "
          "0: keep all")
-    _add(g, "logging_steps", type=_int, default=10, help="a metrics.jsonl line every N optimizer steps")
+    _add(g, "logging_steps", type=_int, default=defaults.LOGGING_STEPS,
+         help="a metrics.jsonl line every N optimizer steps")
     _add(g, "stop_after_steps", type=_int, default=0,
          help="stop after this optimizer step with a checkpoint, as if interrupted (the schedule is unchanged; "
               "--resume continues); 0: run to the end")
@@ -197,154 +203,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
     _add(g, "functional", choices=("auto", "on", "off"), default="auto",
          help="functional correctness (nvcc build + run of the tests, pass@1) for executable BabelTower data; "
               "auto: when the data has tests")
-    _add(g, "functional_timeout", type=_float, default=10.0, help="seconds per functional test run")
+    _add(g, "functional_timeout", type=_float, default=defaults.FUNCTIONAL_TIMEOUT_S,
+         help="seconds per functional test run")
     _common_flags(p)
     _training_flags(p, ignored=True)
     return p
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation (no model is loaded here)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _checkpoint_metadata(args) -> dict | None:
-    """Metadata of the checkpoint a run resumes or starts from (None: no checkpoint, or a legacy .pt file)."""
-    from mot_engine.model.checkpoint import read_checkpoint_metadata
-
-    path = getattr(args, "checkpoint_path", None)
-    if getattr(args, "resume", None):
-        from .trainer import latest_checkpoint
-
-        path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
-    if not path:
-        return None
-    from .evaluate import resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path)
-    return read_checkpoint_metadata(ckpt) if ckpt is not None and ckpt.suffix != ".pt" else None
-
-
-def validate_args(args, *, mode: str) -> list[str]:
-    """Every problem with the arguments, as messages (empty: fine). `mode` is 'train' or 'eval'."""
-    errors: list[str] = []
-    if not args.data_path:
-        errors.append("--data_path is required")
-    elif not Path(args.data_path).exists() and not _is_tok_prefix(args.data_path):
-        errors.append(f"--data_path {args.data_path}: no such file or directory")
-    for name in ("train_ratio", "test_ratio"):
-        v = getattr(args, name)
-        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-            errors.append(f"--{name} must be in [0, 1], got {v}")
-    if args.train_ratio + args.test_ratio > 1.0 + 1e-9:
-        errors.append(f"--train_ratio + --test_ratio must be <= 1, got {args.train_ratio} + {args.test_ratio}")
-    if mode == "train" and args.train_ratio == 0:
-        errors.append("--train_ratio 0 leaves nothing to train on")
-    for name in ("max_length", "max_new_tokens", "eval_batch_size"):
-        if getattr(args, name) < 1:
-            errors.append(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.seed < 0:
-        errors.append(f"--seed must be >= 0, got {args.seed}")
-    if args.num_stacks is not None and args.num_stacks < 1:
-        errors.append(f"--num_stacks must be >= 1, got {args.num_stacks}")
-    if args.top_k is not None and args.top_k < 1:
-        errors.append(f"--top_k must be >= 1, got {args.top_k}")
-    if args.lambda_consistency is not None and not (math.isfinite(args.lambda_consistency) and args.lambda_consistency >= 0):
-        errors.append(f"--lambda_consistency must be >= 0, got {args.lambda_consistency}")
-    if args.use_4bit and args.use_8bit:
-        errors.append("--use_4bit and --use_8bit exclude each other")
-    if args.use_4bit or args.use_8bit:
-        import importlib.util
-
-        import torch
-
-        flag = "--use_4bit" if args.use_4bit else "--use_8bit"
-        if not torch.cuda.is_available():
-            errors.append(f"{flag} needs a CUDA GPU (bitsandbytes quantization); none is visible")
-        elif importlib.util.find_spec("bitsandbytes") is None:
-            errors.append(f"{flag} needs bitsandbytes: pip install '.[quant]'")
-    if args.mixed_precision == "bf16":
-        import torch
-
-        if not torch.cuda.is_available():
-            errors.append(f"--mixed_precision {args.mixed_precision} needs a CUDA GPU; use 'no' or 'auto' on CPU")
-    if args.experts and args.preset:
-        errors.append("give --preset or --experts, not both")
-    if args.experts:
-        try:
-            from .evaluate import parse_experts
-
-            parse_experts(args.experts)
-        except (ValueError, OSError) as e:
-            errors.append(f"--experts: {e}")
-    if not args.output_dir:
-        errors.append("--output_dir is required")
-    elif Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        errors.append(f"--output_dir {args.output_dir} exists and is not a folder")
-    if mode == "train":
-        for name in ("gradient_accumulation_steps", "num_epochs", "batch_size"):
-            if getattr(args, name) < 1:
-                errors.append(f"--{name} must be >= 1, got {getattr(args, name)}")
-        if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-            errors.append(f"--learning_rate must be > 0, got {args.learning_rate}")
-        if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-            errors.append(f"--weight_decay must be >= 0, got {args.weight_decay}")
-        if not (math.isfinite(args.gradient_clip) and args.gradient_clip >= 0):
-            errors.append(f"--gradient_clip must be >= 0 (0 disables clipping), got {args.gradient_clip}")
-        for name in ("warmup_steps", "eval_steps", "eval_max_samples", "test_max_samples", "save_steps",
-                     "save_total_limit", "stop_after_steps"):
-            if getattr(args, name) < 0:
-                errors.append(f"--{name} must be >= 0, got {getattr(args, name)}")
-        if args.logging_steps < 1:
-            errors.append(f"--logging_steps must be >= 1, got {args.logging_steps}")
-        if args.resume and args.checkpoint_path:
-            errors.append("--resume continues a run (its weights, optimizer and data position); --checkpoint_path "
-                          "starts a new one from a checkpoint's weights: give one of them")
-        if args.resume and args.resume != "latest":
-            if not (Path(args.resume) / "trainer_state.json").is_file():
-                errors.append(f"--resume {args.resume}: not a training checkpoint (trainer_state.json is missing)")
-        elif args.resume == "latest" and args.output_dir and Path(args.output_dir).is_dir():
-            from .trainer import latest_checkpoint
-
-            if latest_checkpoint(args.output_dir) is None:
-                errors.append(f"--resume: no checkpoint-N folder in {args.output_dir} to continue from")
-        elif args.resume == "latest":
-            errors.append(f"--resume: {args.output_dir} does not exist, so there is no checkpoint to continue from")
-    else:
-        if args.max_samples < 0:
-            errors.append(f"--max_samples must be >= 0, got {args.max_samples}")
-        if not (math.isfinite(args.functional_timeout) and args.functional_timeout > 0):
-            errors.append(f"--functional_timeout must be > 0, got {args.functional_timeout}")
-    if getattr(args, "checkpoint_path", None):
-        cp = Path(args.checkpoint_path)
-        if not cp.exists():
-            errors.append(f"--checkpoint_path {cp}: no such file or directory")
-        elif cp.is_dir():
-            from .evaluate import resolve_checkpoint
-
-            if resolve_checkpoint(cp) is None:
-                errors.append(f"--checkpoint_path {cp}: neither a checkpoint (mot_checkpoint.json) nor a training "
-                              "output folder with best_model/")
-    if not errors:  # which experts, and whether they can be had, is known without loading a model
-        from mot_engine import MoTError
-
-        try:
-            from .evaluate import choose_experts
-
-            n = len(choose_experts(args, _checkpoint_metadata(args))[0])
-        except (MoTError, ValueError, OSError) as e:  # PresetUnavailable says how to get the preset
-            errors.append(str(e))
-            n = None
-        if n is not None and args.top_k is not None and args.top_k > n:
-            errors.append(f"--top_k {args.top_k} exceeds the {n} experts of "
-                          f"{'--experts' if args.experts else 'preset ' + repr(args.preset)}")
-    return errors
-
-
-def _is_tok_prefix(path: str) -> bool:
-    p = Path(path)
-    prefix = p.name[: -len(".tok")] if p.name.endswith(".tok") else p.name
-    return (p.parent / f"cpp.{prefix}.tok").exists() or (p.parent / f"cuda.{prefix}.tok").exists()
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None, mode: str) -> argparse.Namespace:
@@ -371,18 +234,18 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
+    # transformers loads when a command runs, not for --help or an argument error (it takes seconds)
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except Exception:  # an older/newer transformers without these helpers: only noise is lost
-        pass
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def train_main(argv: list[str] | None = None) -> int:
     args = parse_train_args(argv)
     _quiet_libraries()
+    # The command's modules load when it runs: --help and argument errors answer without their imports (the
+    # metrics' rouge-score -> nltk -> scipy alone take ~2 s).
     from .trainer import run_training
 
     result = run_training(args)
@@ -395,7 +258,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         return functional_main(argv[1:])
     args = parse_eval_args(argv)
     _quiet_libraries()
-    from .evaluate import run_evaluation
+    from .run_eval import run_evaluation  # loaded when the command runs, as train_main's run_training
 
     run_evaluation(args)
     return 0

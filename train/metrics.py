@@ -26,6 +26,8 @@ from rouge_score import rouge_scorer
 from kernelcheck import parsing, toolchain
 from kernelcheck.compile_check import nvcc_compile_check
 
+from .defaults import BEST_MODEL_METRICS  # noqa: F401 - the metrics --best_model_metric may name (this module's API)
+
 METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
     "bleu": True,
     "chrf": True,
@@ -35,8 +37,6 @@ METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
     "syntax_validity": True,
     "compile_rate": True,
 }
-# The metrics `--best_model_metric` may name: cheap, always available, computed on every evaluation.
-BEST_MODEL_METRICS: tuple[str, ...] = ("bleu", "chrf", "rouge_l", "exact_match", "edit_similarity")
 METRIC_SCALE: dict[str, float] = {
     "bleu": 100.0,
     "chrf": 100.0,

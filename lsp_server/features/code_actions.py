@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lsprotocol import types
 
-from ..documents import OpenDocument, outermost_only, uri_key
+from ..documents import OpenDocument, Source, outermost_only, uri_key
 from .edits import Kernel, build_edit, clean_kernel, ensure_file, target_for
-from .translate import Source, TranslationCancelled, TranslationFailed
-
-if TYPE_CHECKING:
-    from ..server import MotLanguageServer
+from .host import ServerHost
+from .translate import TranslationCancelled, TranslationFailed
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ def _kind_requested(only: list[str] | None) -> bool:
     return any(KIND == kind or KIND.startswith(kind + ".") for kind in only)
 
 
-def targets_at(ls: "MotLanguageServer", document: OpenDocument, range_: types.Range) -> list[ActionData]:
+def targets_at(ls: ServerHost, document: OpenDocument, range_: types.Range) -> list[ActionData]:
     """The translation targets for a cursor / selection (no model call)."""
     start = document.view.to_point(range_.start)
     end = document.view.to_point(range_.end)
@@ -97,7 +95,7 @@ def _selection_label(target: ActionData) -> str:
     return f"selection (line {first + 1})" if last == first else f"selection (lines {first + 1}-{last + 1})"
 
 
-def _supports_resolve(ls: "MotLanguageServer") -> bool:
+def _supports_resolve(ls: ServerHost) -> bool:
     capabilities = ls.client_capabilities
     code_action = capabilities.text_document.code_action if capabilities and capabilities.text_document else None
     if code_action is None or not code_action.data_support or code_action.resolve_support is None:
@@ -105,7 +103,7 @@ def _supports_resolve(ls: "MotLanguageServer") -> bool:
     return "edit" in (code_action.resolve_support.properties or [])
 
 
-def code_actions(ls: "MotLanguageServer", params: types.CodeActionParams) -> list[types.CodeAction] | None:
+def code_actions(ls: ServerHost, params: types.CodeActionParams) -> list[types.CodeAction] | None:
     """textDocument/codeAction: list the translate actions. Pure parsing; never waits for the daemon."""
     if not _kind_requested(params.context.only):
         return None
@@ -125,7 +123,7 @@ def code_actions(ls: "MotLanguageServer", params: types.CodeActionParams) -> lis
     return actions or None
 
 
-async def resolve_code_action(ls: "MotLanguageServer", action: types.CodeAction) -> types.CodeAction:
+async def resolve_code_action(ls: ServerHost, action: types.CodeAction) -> types.CodeAction:
     """codeAction/resolve: translate and attach the edit; on any failure the action comes back without one."""
     try:
         data = ActionData.from_json(action.data)
@@ -139,7 +137,7 @@ async def resolve_code_action(ls: "MotLanguageServer", action: types.CodeAction)
     return action
 
 
-def _document_changed(ls: "MotLanguageServer", data: ActionData) -> str | None:
+def _document_changed(ls: ServerHost, data: ActionData) -> str | None:
     document = ls.open_document(data.uri)
     name = data.uri.rsplit("/", 1)[-1]
     if document is None:
@@ -149,7 +147,7 @@ def _document_changed(ls: "MotLanguageServer", data: ActionData) -> str | None:
     return None
 
 
-async def translate_to_edit(ls: "MotLanguageServer", data: ActionData) -> types.WorkspaceEdit | None:
+async def translate_to_edit(ls: ServerHost, data: ActionData) -> types.WorkspaceEdit | None:
     """Translate one target and build its edit, or tell the user why not and return None."""
     stale = _document_changed(ls, data)
     document = ls.open_document(data.uri)
@@ -165,7 +163,7 @@ async def translate_to_edit(ls: "MotLanguageServer", data: ActionData) -> types.
     return await _translate_sources(ls, document, sources, f"Translating {what} to CUDA (MoT)", data.version)
 
 
-async def translate_file_to_edit(ls: "MotLanguageServer", uri: str) -> types.WorkspaceEdit | None:
+async def translate_file_to_edit(ls: ServerHost, uri: str) -> types.WorkspaceEdit | None:
     """Translate every (outermost) function of a document into one edit."""
     document = ls.open_document(uri)
     if document is None:
@@ -186,7 +184,7 @@ async def translate_file_to_edit(ls: "MotLanguageServer", uri: str) -> types.Wor
 
 
 async def _translate_sources(
-    ls: "MotLanguageServer", document: OpenDocument, sources: list[Source], title: str, version: int | None
+    ls: ServerHost, document: OpenDocument, sources: list[Source], title: str, version: int | None
 ) -> types.WorkspaceEdit | None:
     settings = ls.settings
     try:

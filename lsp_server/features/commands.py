@@ -12,16 +12,14 @@ Each returns a small JSON object saying what happened (editors may ignore it; te
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon import protocol as P
 from lsprotocol import types
 
 from ..daemon_link import DaemonDown, LinkState
 from .code_actions import ActionData, targets_at, translate_file_to_edit, translate_to_edit
-
-if TYPE_CHECKING:
-    from ..server import MotLanguageServer
+from .host import ServerHost
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +30,11 @@ RESTART_DAEMON = "mot.restartDaemon"
 ALL = (TRANSLATE, TRANSLATE_FILE, DAEMON_STATUS, RESTART_DAEMON)
 
 
-def _structure(ls: "MotLanguageServer", raw: Any, kind: type) -> Any:
+def _structure(ls: ServerHost, raw: Any, kind: type) -> Any:
     return ls.protocol._converter.structure(raw, kind)
 
 
-def _target_from_args(ls: "MotLanguageServer", args: tuple) -> ActionData:
+def _target_from_args(ls: ServerHost, args: tuple) -> ActionData:
     if len(args) != 1 or not isinstance(args[0], dict):
         raise ValueError("expects one argument: a code action's data, or {uri, range} or {uri, position}")
     raw = args[0]
@@ -59,7 +57,7 @@ def _target_from_args(ls: "MotLanguageServer", args: tuple) -> ActionData:
     return targets[0]
 
 
-async def _apply(ls: "MotLanguageServer", edit: types.WorkspaceEdit | None, label: str) -> dict[str, Any]:
+async def _apply(ls: ServerHost, edit: types.WorkspaceEdit | None, label: str) -> dict[str, Any]:
     if edit is None:
         return {"applied": False}
     try:
@@ -75,7 +73,7 @@ async def _apply(ls: "MotLanguageServer", edit: types.WorkspaceEdit | None, labe
     return {"applied": True}
 
 
-async def translate(ls, *args) -> dict[str, Any]:
+async def translate(ls: ServerHost, *args) -> dict[str, Any]:
     try:
         target = _target_from_args(ls, args)
     except ValueError as e:
@@ -84,7 +82,7 @@ async def translate(ls, *args) -> dict[str, Any]:
     return await _apply(ls, await translate_to_edit(ls, target), "Translate to CUDA (MoT)")
 
 
-async def translate_file(ls, *args) -> dict[str, Any]:
+async def translate_file(ls: ServerHost, *args) -> dict[str, Any]:
     uri = args[0].get("uri") if len(args) == 1 and isinstance(args[0], dict) else (args[0] if args else None)
     if not isinstance(uri, str):
         message = f"{TRANSLATE_FILE} expects one argument: the document's URI"
@@ -93,7 +91,7 @@ async def translate_file(ls, *args) -> dict[str, Any]:
     return await _apply(ls, await translate_file_to_edit(ls, uri), "Translate file to CUDA (MoT)")
 
 
-def status_summary(ls: "MotLanguageServer", status: P.StatusResult | None) -> str:
+def status_summary(ls: ServerHost, status: P.StatusResult | None) -> str:
     link = ls.link
     owner = " (started by mot-lsp)" if link.owns_daemon else ""
     if status is None:
@@ -107,7 +105,7 @@ def status_summary(ls: "MotLanguageServer", status: P.StatusResult | None) -> st
     )
 
 
-async def daemon_status(ls, *args) -> dict[str, Any]:
+async def daemon_status(ls: ServerHost, *args) -> dict[str, Any]:
     status = None
     if ls.link.state in (LinkState.READY, LinkState.LOADING):
         try:
@@ -125,7 +123,7 @@ async def daemon_status(ls, *args) -> dict[str, Any]:
     }
 
 
-async def restart_daemon(ls, *args) -> dict[str, Any]:
+async def restart_daemon(ls: ServerHost, *args) -> dict[str, Any]:
     ls.tell(types.MessageType.Info, f"MoT: restarting the daemon at {ls.link.endpoint_text()}…")
     try:
         await ls.link.restart_async()

@@ -13,18 +13,15 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from kernelcheck.compile_check import nvcc_compile_check
 from kernelcheck.parsing import SyntaxProblem, check_cuda_syntax
 from kernelcheck.toolchain import find_nvcc
 from lsprotocol import types
 
-from ..documents import uri_key, uri_to_path
+from ..documents import TextView, uri_key, uri_to_path
 from .edits import PlacedKernel
-
-if TYPE_CHECKING:
-    from ..server import MotLanguageServer
+from .host import ServerHost
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ class TrackedKernel:
 class KernelDiagnostics:
     """Problems of produced kernels per target document. Methods run on the server's event loop."""
 
-    def __init__(self, server: "MotLanguageServer"):
+    def __init__(self, server: ServerHost):
         self.server = server
         self._tracked: dict[str, list[TrackedKernel]] = {}  # uri_key -> kernels
         self._uris: dict[str, str] = {}  # uri_key -> the uri to publish on
@@ -180,8 +177,6 @@ class KernelDiagnostics:
             )
 
     def _diagnostics(self, check: KernelCheck, line0: int, col0: int, text: str) -> list[types.Diagnostic]:
-        from ..documents import TextView
-
         view = TextView(text, self.server.position_encoding)
         out = []
         for problem in check.problems:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from daemon import protocol as P
 from daemon.client import DaemonError
@@ -19,9 +18,7 @@ from lsprotocol import types
 
 from ..daemon_link import DaemonDown, LinkState
 from ..documents import text_hash
-
-if TYPE_CHECKING:
-    from ..server import LastTranslation, MotLanguageServer
+from .host import LastTranslation, ServerHost
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +61,7 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def render_translation(last: "LastTranslation", current_hash: str) -> str:
+def render_translation(last: LastTranslation, current_hash: str) -> str:
     lines = last.kernel.split("\n")
     shown = "\n".join(lines[:MAX_TRANSLATION_LINES])
     more = f"\n… {len(lines) - MAX_TRANSLATION_LINES} more lines" if len(lines) > MAX_TRANSLATION_LINES else ""
@@ -76,7 +73,7 @@ def render_translation(last: "LastTranslation", current_hash: str) -> str:
     )
 
 
-async def hover(ls: "MotLanguageServer", params: types.HoverParams) -> types.Hover | None:
+async def hover(ls: ServerHost, params: types.HoverParams) -> types.Hover | None:
     document = ls.open_document(params.text_document.uri)
     if document is None:
         return None

@@ -24,18 +24,16 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon import protocol as P
 from daemon.client import Cancelled, DaemonClient, DaemonError, DaemonUnavailable
 from lsprotocol import types
 
 from ..daemon_link import DaemonDown, DaemonLink
+from ..documents import Source
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    from ..server import MotLanguageServer
+from .host import ServerHost
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +46,6 @@ class TranslationCancelled(Exception):
 
 class TranslationFailed(Exception):
     """The translation could not be done; the message is for the user."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One piece of code to translate."""
-
-    name: str  # function name or "selection"
-    text: str
-    start: tuple[int, int]  # span in the document (line, code point col)
-    end: tuple[int, int]
 
 
 class TranslationJob:
@@ -105,7 +93,7 @@ class TranslationJob:
 class WorkProgress:
     """Server-initiated work-done progress for one run (a no-op when the client does not support it)."""
 
-    def __init__(self, server: "MotLanguageServer", title: str):
+    def __init__(self, server: ServerHost, title: str):
         self.server = server
         self.title = title
         self.token: str | None = None
@@ -171,7 +159,7 @@ def _plural(n: int, word: str) -> str:
 class TranslationRunner:
     """Runs translations for the features; keeps the jobs in flight so cancellations can find them."""
 
-    def __init__(self, server: "MotLanguageServer"):
+    def __init__(self, server: ServerHost):
         self.server = server
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="mot-translate")
         self._by_token: dict[str, TranslationJob] = {}
