@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .programs import launch_names
+from .sourcetext import launch_names
 
 __all__ = ["REQUIRED_FIELDS", "PREDICTION_FIELDS", "ExecCase", "load_exec_cases", "has_test_cases",
            "load_predictions"]

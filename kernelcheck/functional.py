@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .cases import ExecCase
-from .programs import PRELUDE, build_cpp_program, build_cuda_program, kernel_span, match_close, strip_code_fences
+from .programs import PRELUDE, build_cpp_program, build_cuda_program
+from .sourcetext import kernel_span, match_close, strip_code_fences
 from .reports import FunctionalReport, ReferenceCheck, SampleResult, TestRun
 from .sandbox import (
     DEFAULT_COMPILE_TIMEOUT_S,

@@ -22,20 +22,19 @@ runs in its own function on a zeroed stack (`dispatch_source`) and its local arr
 exec_dev.jsonl reproduce ``consistent_outputs`` (case 196 reads ``vec[1..2]`` of a one-element array: it
 depends on the original stack layout).
 
-Source helpers on plain text (no parser: candidates are often broken): `launch_names`, `global_functions`,
-`kernel_span`, `match_close`, `strip_code_fences` (markdown fences of model output).
+The source helpers on plain text it uses (`launch_names`, `global_functions`, `kernel_span`, `match_close`) are in
+`kernelcheck.sourcetext`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:  # cases.py imports launch_names from here; ExecCase is only a type in this module
-    from .cases import ExecCase
+from .cases import ExecCase
+from .sourcetext import global_functions, launch_names, match_close
 
-__all__ = ["PRELUDE", "CUDA_CHECK", "launch_names", "global_functions", "strip_code_fences", "match_close",
-           "kernel_span", "adapt_wrapper", "isolate_arrays", "dispatch_source", "build_cpp_program",
+__all__ = ["PRELUDE", "CUDA_CHECK", "adapt_wrapper", "isolate_arrays", "dispatch_source", "build_cpp_program",
            "build_cuda_program"]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -136,66 +135,7 @@ CUDA_CHECK = r"""
 # --------------------------------------------------------------------------------------------------------------
 # Source helpers
 # --------------------------------------------------------------------------------------------------------------
-_LAUNCH_RE = re.compile(r"\b([A-Za-z_]\w*)\s*(?:<[^<>;(){}]*>\s*)?<<<")
-_GLOBAL_RE = re.compile(r"__global__\b[^;{}()]*?\b([A-Za-z_]\w*)\s*\(")
-_FENCE_RE = re.compile(r"```[ \t]*[\w+.-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
 _MAIN_RE = re.compile(r"\bmain\s*\(")
-
-
-def launch_names(code: str) -> list[str]:
-    """Names of the kernels ``code`` launches with ``<<<...>>>``, each once, in order of first launch."""
-    names: list[str] = []
-    for m in _LAUNCH_RE.finditer(code):
-        if m.group(1) not in names:
-            names.append(m.group(1))
-    return names
-
-
-def global_functions(code: str) -> list[str]:
-    """Names of the ``__global__`` functions ``code`` declares or defines, each once, in source order."""
-    names: list[str] = []
-    for m in _GLOBAL_RE.finditer(code):
-        if m.group(1) not in names and m.group(1) not in ("__launch_bounds__",):
-            names.append(m.group(1))
-    return names
-
-
-def strip_code_fences(text: str) -> str:
-    """Keep the contents of markdown code blocks when a prediction has any."""
-    if "```" not in text:
-        return text
-    blocks = _FENCE_RE.findall(text)
-    return "\n".join(blocks) if blocks else text.replace("```", "")
-
-
-def match_close(code: str, open_index: int, opening: str, closing: str) -> int:
-    """Index of the ``closing`` that balances the ``opening`` at ``open_index`` (-1 when unbalanced)."""
-    depth = 0
-    for i in range(open_index, len(code)):
-        ch = code[i]
-        if ch == opening:
-            depth += 1
-        elif ch == closing:
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
-
-
-def kernel_span(code: str, name: str | None = None) -> tuple[int, int] | None:
-    """(index of the body's ``{``, index of its ``}``) of a ``__global__`` function (the first if no name)."""
-    for m in _GLOBAL_RE.finditer(code):
-        if name is not None and m.group(1) != name:
-            continue
-        close_paren = match_close(code, m.end() - 1, "(", ")")
-        if close_paren < 0:
-            return None
-        brace = code.find("{", close_paren)
-        if brace < 0:
-            return None
-        end = match_close(code, brace, "{", "}")
-        return (brace, end) if end > 0 else None
-    return None
 
 
 def _param_count(code: str, name: str) -> int | None:

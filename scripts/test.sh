@@ -19,4 +19,6 @@ else
   echo "npm not found: the VS Code extension build is skipped" >&2
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The architecture's import rules (pyproject.toml, [tool.importlinter]): layers, forbidden imports, no cycles.
+lint-imports --no-cache
 $PY -m pytest -q "$@"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kernelcheck import cases as kc_cases
-from kernelcheck import cli, programs, reports, sandbox
+from kernelcheck import cli, programs, reports, sandbox, sourcetext
 from kernelcheck import toolchain as kc_toolchain
 from kernelcheck import functional as F
 
@@ -161,7 +161,7 @@ def test_wrapper_launch_follows_the_candidate_kernel_name(cases):
     case = cases["110"]
     renamed = case.cuda_code.replace("shiftIndices", "shift_indices_kernel")
     fenced = f"Here is the kernel:\n```cuda\n{renamed}\n```\nDone."
-    code = programs.strip_code_fences(fenced)
+    code = sourcetext.strip_code_fences(fenced)
     assert code.strip() == renamed.strip()
     source, note = programs.build_cuda_program(case, code)
     assert "shift_indices_kernel<<<" in source and "shiftIndices<<<" not in source
