@@ -272,7 +272,7 @@ class BatchRun:
 
     def _finish(self, job: FunctionJob, *, result=None, error=None, endpoint=None) -> None:
         job.result, job.error, job.endpoint = result, error, endpoint
-        job.status = "ok" if result is not None else "failed"
+        job.status = result.status if result is not None else "failed"  # what came out: kernel, no_kernel, ...
         sf = job.file
         with self._lock:
             self.done_functions += 1

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernelcheck.extract import KERNEL, NO_KERNEL, TRUNCATED
+
 from . import protocol as P
 from .endpoints import pid_alive as _pid_alive
 
@@ -53,7 +55,7 @@ class FunctionJob:
     error: dict | None = None
     endpoint: str | None = None
     attempts: int = 0
-    status: str = "pending"  # ok | failed | skipped | not_done
+    status: str = "pending"  # kernel | truncated | no_kernel (what came out) | failed | skipped | not_done
 
     @property
     def location(self) -> str:
@@ -178,12 +180,17 @@ def remove_stale_temp_files(out_dir: Path) -> list[Path]:
     return removed
 
 
+# What each non-kernel status means, for the `.cu` comment of a function that produced no kernel.
+STATUS_WORDS = {NO_KERNEL: "the answer holds no __global__ function", TRUNCATED: "the kernel did not end before the "
+                "token limit (raise --max-new-tokens)"}
+
+
 def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:
     """The `.cu` text of a finished source: the header line, then each function's kernel (or why it failed)."""
-    failed = sum(1 for j in sf.jobs if j.status != "ok")
+    failed = sum(1 for j in sf.jobs if j.result is None)
     meta = {
         "format": OUTPUT_FORMAT, "source": sf.rel.as_posix(), "source_sha256": sf.sha256, "functions": len(sf.jobs),
-        "failed": failed, "complete": failed == 0, "mode": mode, "preset": model_info.get("preset"),
+        "failed": failed, "complete": failed == 0, "kernels": sum(1 for j in sf.jobs if j.status == KERNEL), "mode": mode, "preset": model_info.get("preset"),
         "checkpoint": model_info.get("checkpoint"),
     }
     lines = [
@@ -193,10 +200,15 @@ def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:
     ]
     for job in sf.jobs:
         name = job.span.name or "<unnamed>"
-        if job.status == "ok":
-            r = job.result
-            lines.append(f"// ---- {name} ({job.location}): expert {r.primary_expert_name}, {r.num_generated_tokens} tokens")
-            lines.append(r.text.rstrip("\n"))
+        r = job.result
+        if r is not None and r.status == KERNEL:
+            lines.append(f"// ---- {name} ({job.location}): kernel; expert {r.primary_expert_name}, "
+                         f"{r.num_generated_tokens} tokens{''.join('; ' + n for n in r.notes)}")
+            lines.append(r.kernel.rstrip("\n"))
+        elif r is not None:  # the model answered, but not with a kernel: say so, and write no code
+            why = "; ".join(r.notes) or STATUS_WORDS.get(r.status, r.status)
+            lines.append(f"// ---- {name} ({job.location}): NO KERNEL ({r.status}): {why}; expert "
+                         f"{r.primary_expert_name}, {r.num_generated_tokens} tokens")
         else:
             err = job.error or {"code": "not_done", "message": "not translated"}
             message = " ".join(str(err.get("message", "")).split())

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
+from kernelcheck.extract import STATUSES
+
 from .batch_files import FunctionJob, SourceFile
 
 MAX_FAILURES_LISTED = 50
@@ -29,10 +31,11 @@ def report_line(job: FunctionJob) -> dict[str, Any]:
                 "active_experts": r.active_experts, "expert_names": r.expert_names, "probs": r.routing_probs,
             },
             num_prompt_tokens=r.num_prompt_tokens, num_generated_tokens=r.num_generated_tokens,
-            finish_reason=r.finish_reason, timings=r.timings,
+            finish_reason=r.finish_reason, timings=r.timings, notes=r.notes,
         )
     else:
-        line.update(routing=None, num_prompt_tokens=None, num_generated_tokens=None, finish_reason=None, timings=None)
+        line.update(routing=None, num_prompt_tokens=None, num_generated_tokens=None, finish_reason=None, timings=None,
+                    notes=[])
     return line
 
 
@@ -43,7 +46,7 @@ def summary_table(
     (`endpoints`: (name, still alive)). `t_translate`: seconds spent translating (None: the whole run)."""
     count = lambda pred: sum(1 for x in files if pred(x))  # noqa: E731
     jobs = [j for sf in files for j in sf.jobs]
-    ok = [j for j in jobs if j.status == "ok"]
+    ok = [j for j in jobs if j.result is not None]  # translated, whatever came out
     failed = [j for j in jobs if j.status == "failed"]
     elapsed = time.monotonic() - t_start
     tokens = sum(j.result.num_generated_tokens for j in ok)
@@ -54,12 +57,14 @@ def summary_table(
     table.add_row("source files", str(len(files)))
     table.add_row("  written", str(count(lambda f: f.status == "written")))
     table.add_row("  with failed functions",
-                  str(count(lambda f: f.status == "written" and any(j.status != "ok" for j in f.jobs))))
+                  str(count(lambda f: f.status == "written" and any(j.status == "failed" for j in f.jobs))))
     table.add_row("  skipped (--resume, complete)", str(count(lambda f: f.status == "skipped")))
     table.add_row("  no functions", str(count(lambda f: f.status == "no_functions")))
     table.add_row("  unreadable / unwritable", str(count(lambda f: f.status in ("unreadable", "unwritable"))))
     table.add_row("  not done (run stopped)", str(count(lambda f: f.status == "not_done")))
     table.add_row("functions translated", str(len(ok)))
+    for status in STATUSES:  # what came out: a kernel, or what instead
+        table.add_row(f"  {status}", str(sum(1 for j in ok if j.status == status)))
     table.add_row("functions failed", str(len(failed)))
     table.add_row("functions skipped", str(sum(1 for j in jobs if j.status == "skipped")))
     table.add_row("generated tokens", str(tokens))

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 
 from mot_engine.defaults import MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, MODES, TEMPERATURE, TOP_P
+from mot_engine.presets.names import PRESETS
 
 from .batch import EXIT_USAGE, BatchOptions, run_batch
 from .client import DaemonClient, DaemonUnavailable
@@ -41,7 +42,6 @@ from .endpoints import (
 from .engine_config import EngineConfig
 from .server import serve
 
-PRESET_NAMES = ("seed", "seed-7b", "pocket", "tiny", "seed-random")  # mot_engine.presets.PRESETS, without torch
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -61,7 +61,7 @@ def _add_client_curve(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+    p.add_argument("--preset", choices=PRESETS, default=None,
                    help="expert set (default: seed if cached, else pocket; a checkpoint's own preset wins)")
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="router + interaction checkpoint folder")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

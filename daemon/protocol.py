@@ -35,7 +35,7 @@ from msgspec import Meta, Struct, field
 
 from mot_engine.defaults import MAX_NEW_TOKENS, MODE, TEMPERATURE, TOP_P
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: translate_result says what came out (status, kernel, answer_prefix, notes)
 
 ErrorCode = Literal["bad_request", "too_large", "overloaded", "cancelled", "timeout", "internal"]
 ERROR_CODES: tuple[str, ...] = ("bad_request", "too_large", "overloaded", "cancelled", "timeout", "internal")
@@ -120,7 +120,14 @@ class Partial(_Reply, tag="partial"):
 
 
 class TranslateResult(_Reply, tag="translate_result"):
+    """`text` is what the model generated (the partials, joined); `answer_prefix` the start of the answer its prompt
+    wrote (the kernel's head). `status` says what came out of the answer (kernelcheck.extract): "kernel", "truncated"
+    or "no_kernel"; `kernel` is what a user gets — the kernel with its helpers and launcher — and is empty unless
+    the status is "kernel"."""
+
     text: str
+    status: str
+    kernel: str
     primary_expert: int
     primary_expert_name: str
     active_experts: list[int]
@@ -128,8 +135,10 @@ class TranslateResult(_Reply, tag="translate_result"):
     routing_probs: list[float]  # softmax of the router's scores, one per expert (expert_names order)
     num_prompt_tokens: int
     num_generated_tokens: int
-    finish_reason: str  # "eos" | "length"
+    finish_reason: str  # "stop" (the answer's end) | "eos" | "length"
     timings: dict[str, float | None] = field(default_factory=dict)
+    answer_prefix: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 class RouteResult(_Reply, tag="route_result"):

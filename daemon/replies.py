@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from kernelcheck.extract import extract_kernel
+
 from . import protocol as P
 from .engine_config import EngineConfig
 
@@ -85,8 +87,10 @@ def translate_result(
     timings = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.timings.items()}
     timings["daemon_queue_s"] = round((t_admitted or now) - t_received, 6)
     timings["daemon_total_s"] = round(now - t_received, 6)
+    extraction = extract_kernel(result.answer)
     return P.TranslateResult(
-        id=request.id, text=result.text, num_prompt_tokens=result.num_prompt_tokens,
+        id=request.id, text=result.text, status=extraction.status, kernel=extraction.code,
+        answer_prefix=result.answer_prefix, notes=list(extraction.notes), num_prompt_tokens=result.num_prompt_tokens,
         num_generated_tokens=result.num_generated_tokens, finish_reason=result.finish_reason, timings=timings,
         **routing_fields(result.routing, expert_names),
     )

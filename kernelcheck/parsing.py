@@ -226,7 +226,8 @@ def _parameter(node: tree_sitter.Node) -> Parameter:
             (c for c in declarator.named_children if c.type not in ("type_qualifier",)), None)
     name = declarator.text.decode("utf-8") if declarator is not None and declarator.type == "identifier" else ""
     type_text = " ".join(type_node.text.decode("utf-8").split()) if type_node is not None else ""
-    if type_node is None or type_node.type not in _BUILTIN_TYPE_NODES and type_text not in _TYPEDEF_NAMES:
+    if type_node is None or type_node.type not in _BUILTIN_TYPE_NODES and type_text.removeprefix("std::") \
+            not in _TYPEDEF_NAMES:
         kind = "other"
     elif kind == "scalar" and depth:
         kind = "pointer"

@@ -64,3 +64,60 @@ def kernel_span(code: str, name: str | None = None) -> tuple[int, int] | None:
         end = match_close(code, brace, "{", "}")
         return (brace, end) if end > 0 else None
     return None
+
+
+class CodeScanner:
+    """Brace depth over C/C++/CUDA text fed piece by piece, with strings, character literals and comments skipped:
+    where each top-level `{ ... }` block opens and closes. Used to stop generation where a kernel ends (the decoding
+    engine feeds it each token's text) and to cut an answer into its top-level items (`top_level_blocks`)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.offset = 0  # characters fed so far
+        self._state = "code"  # code | line_comment | block_comment | string | char
+        self._previous = ""  # the last character fed (for `//`, `/*`, `*/` and escapes across pieces)
+        self._escaped = False
+        self.closed: list[tuple[int, int]] = []  # (open index, close index) of each completed top-level block
+        self._open_at = -1
+
+    def feed(self, text: str) -> list[tuple[int, int]]:
+        """Scan `text`; returns the top-level blocks it completed, as (open, close) character offsets."""
+        done = []
+        for ch in text:
+            self._step(ch, done)
+            self.offset += 1
+        return done
+
+    def _step(self, ch: str, done: list) -> None:
+        state, prev = self._state, self._previous
+        if state == "code":
+            if prev == "/" and ch == "/":
+                self._state = "line_comment"
+            elif prev == "/" and ch == "*":
+                self._state, ch = "block_comment", ""  # `/*/` does not close it
+            elif ch == '"':
+                self._state, self._escaped = "string", False
+            elif ch == "'":
+                self._state, self._escaped = "char", False
+            elif ch == "{":
+                if self.depth == 0:
+                    self._open_at = self.offset
+                self.depth += 1
+            elif ch == "}" and self.depth > 0:
+                self.depth -= 1
+                if self.depth == 0:
+                    done.append((self._open_at, self.offset))
+                    self.closed.append(done[-1])
+        elif state == "line_comment":
+            if ch == "\n":
+                self._state = "code"
+        elif state == "block_comment":
+            if prev == "*" and ch == "/":
+                self._state, ch = "code", ""  # `*/*` does not open another
+        elif self._escaped:
+            self._escaped = False
+        elif ch == "\\":
+            self._escaped = True
+        elif (state == "string" and ch == '"') or (state == "char" and ch == "'") or ch == "\n":
+            self._state = "code"  # a newline ends an unterminated literal: broken output must not hide braces
+        self._previous = ch

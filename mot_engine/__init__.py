@@ -36,7 +36,7 @@ _LAZY = {
     "GenerationRequest": "mot_engine.decoding.requests", "GenerationResult": "mot_engine.decoding.requests",
     "StepOutput": "mot_engine.decoding.requests",
     "Generator": "mot_engine.decoding.generator",
-    "translate": "mot_engine.decoding.translate",
+    "translate": "mot_engine.decoding.translate", "Translation": "mot_engine.decoding.translate",
     "build_mot": "mot_engine.presets.registry", "default_preset": "mot_engine.presets.registry",
 }
 
@@ -55,5 +55,5 @@ __all__ = [
     "GenerationResult", "Generator", "InvalidEnvironment", "MixtureOfThoughts", "MoTConfig", "MoTError", "MoTOutput",
     "NonFiniteError", "PresetUnavailable", "QuantizationUnavailable", "RuntimeConfig", "SourceTooLong", "StepOutput",
     "build_mot", "default_preset", "load_checkpoint", "print_gpu_memory", "read_checkpoint_metadata",
-    "save_checkpoint", "translate",
+    "save_checkpoint", "translate", "Translation",
 ]

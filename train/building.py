@@ -14,7 +14,8 @@ import torch
 from accelerate import Accelerator
 
 import mot_engine
-from mot_engine import ExpertConfig, MoTConfig, presets
+from mot_engine import ExpertConfig, MoTConfig
+from mot_engine.presets import registry
 from mot_engine.model.checkpoint import METADATA, read_checkpoint_metadata
 
 from .defaults import LAMBDA_CONSISTENCY, NUM_STACKS, TOP_K
@@ -73,8 +74,8 @@ def choose_experts(args, meta: dict | None = None) -> tuple[list, str | None]:
         experts = [ExpertConfig(**{**e, "device": None}) for e in meta["mot_config"]["experts"]]
         return experts, args.encoder or meta["encoder"]["id"]
     if args.preset is None:
-        args.preset = (meta or {}).get("preset") or presets.default_preset()
-    experts, encoder = presets.resolve_preset(args.preset)
+        args.preset = (meta or {}).get("preset") or registry.default_preset()
+    experts, encoder = registry.resolve_preset(args.preset)
     return experts, args.encoder or encoder
 
 

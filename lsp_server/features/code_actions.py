@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kernelcheck.extract import KERNEL
 from lsprotocol import types
 
 from ..documents import OpenDocument, Source, outermost_only, uri_key
@@ -204,18 +205,19 @@ async def _translate_sources(
         )
         return None
     document = ls.open_document(document.uri) or document
-    kernels, empty = [], []
+    kernels, missing = [], []
     for source, result in zip(sources, results):
-        text = clean_kernel(result.text)
-        if not text:
-            empty.append(source.name)
+        text = clean_kernel(result.kernel) if result.status == KERNEL else ""
+        if not text:  # the daemon says what came out instead of a kernel: never pass it off as CUDA
+            why = "; ".join(result.notes) or result.status
+            missing.append(f"{source.name} ({result.status}: {why})")
             continue
         kernels.append(Kernel(text, source.name, source.start, source.end, result.primary_expert_name))
         ls.remember_translation(document, source, text, result)
-    if empty:
+    if missing:
         ls.tell(
             types.MessageType.Warning,
-            f"MoT: the model produced no code for {', '.join(empty)}; nothing was changed.",
+            f"MoT: no kernel came out for {', '.join(missing)}; nothing was changed.",
         )
         return None
     placement = settings.placement

@@ -34,6 +34,7 @@ from mot_engine.decoding.sequences import (
     stack_routings,
     strip_eos,
 )
+from mot_engine.decoding.stopping import KernelEnd
 from mot_engine.decoding.slabs import (
     MIN_COLUMNS,
     MIN_MEMORY,
@@ -149,7 +150,10 @@ class Generator:
             raise ValueError(f"request id {request_id!r} is already in use")
         mot = self.mot
         # Tokenize for every expert now, so a too-long source is refused at once, whichever experts get it.
-        prompt_ids = [mot.prompt_ids(e, request.source, request.prompt_template) for e in range(mot.num_experts)]
+        prompt_format = mot.format_for(request.prompt_template, request.prompt_format)
+        prompt_ids = [mot.prompt_ids(e, request.source, request.prompt_template, request.prompt_format)
+                      for e in range(mot.num_experts)]
+        prefix = prompt_format.answer_prefix(request.source)
         for e, ids in enumerate(prompt_ids):
             limit = max_positions(mot.experts[e])
             if limit is not None and len(ids) + request.max_new_tokens > limit:
@@ -160,7 +164,9 @@ class Generator:
                 )
         if request.force_active is not None and len(request.force_active) != mot.config.top_k:
             raise ValueError(f"force_active must name top_k={mot.config.top_k} experts, got {request.force_active}")
-        self.waiting.append(Sequence(request_id, request, prompt_ids, time.perf_counter()))
+        stop = KernelEnd(prefix, prompt_format.markers) if request.stop_at_eos and request.stop_at_kernel_end else None
+        self.waiting.append(Sequence(request_id, request, prompt_ids, time.perf_counter(), answer_prefix=prefix,
+                                     stop=stop))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request; its slot is freed at the next step. False if it is unknown or already finished."""
@@ -280,7 +286,7 @@ class Generator:
         first = seq.t_first or seq.t_done
         self.results[seq.request_id] = GenerationResult(
             request_id=seq.request_id, text=text, token_ids=list(seq.generated), routing=seq.routing or {},
-            finish_reason=reason, error=error,
+            finish_reason=reason, error=error, answer_prefix=seq.answer_prefix,
             num_prompt_tokens=len(seq.prompt_ids[seq.primary]) if seq.primary >= 0 else 0,
             num_generated_tokens=len(seq.generated),
             timings={
@@ -562,7 +568,8 @@ class Generator:
         return sampled
 
     def _emit(self, primary: int, rows: list, next_list: list[int], finite_list: list[bool]) -> list[StepOutput]:
-        """Append each live row's token to its request, finish requests (EOS, length, NaN/Inf), stream text."""
+        """Append each live row's token to its request, finish requests (EOS, the answer's end — decoding/stopping.py
+        —, length, NaN/Inf), stream text."""
         mot = self.mot
         tok = mot.tokenizers[primary]
         eos = mot.eos_token_ids[primary]
@@ -577,18 +584,21 @@ class Generator:
                 continue
             t = next_list[b]
             s.generated.append(t)
+            emitted = s.emitted
             reason = None
             if s.request.stop_at_eos and t in eos:
                 reason = "eos"
-            elif len(s.generated) >= s.request.max_new_tokens:
-                reason = "length"
+            else:
+                delta = detokenize_incrementally(tok, s)
+                if s.stop is not None and s.stop.feed(delta):
+                    reason = "stop"
+                elif len(s.generated) >= s.request.max_new_tokens:
+                    reason = "length"
             if reason:
                 self._finish(s, reason)
                 final = self.results[s.request_id].text
-                delta = final[len(s.emitted) :] if final.startswith(s.emitted) else ""
+                delta = final[len(emitted) :] if final.startswith(emitted) else ""
                 s.emitted = final
-            else:
-                delta = detokenize_incrementally(tok, s)
             outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
         return outputs
 

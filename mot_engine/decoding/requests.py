@@ -16,8 +16,10 @@ class GenerationRequest:
     temperature: float = defaults.TEMPERATURE  # 0 = greedy
     top_p: float = defaults.TOP_P
     seed: int | None = None
-    prompt_template: str | None = None
-    stop_at_eos: bool = True
+    prompt_template: str | None = None  # a template with {source} instead of the model's prompt format
+    prompt_format: str | None = None  # a named prompt format (model/prompts.py) instead of the model's own
+    stop_at_eos: bool = True  # False: generate exactly max_new_tokens, no stop of any kind (benchmarks)
+    stop_at_kernel_end: bool = True  # end the answer where its kernel ends, or at the format's marker
     force_active: list[int] | None = None  # analysis/tests: the active experts, primary first
 
     def validate(self) -> None:
@@ -39,7 +41,7 @@ class StepOutput:
     new_token_ids: list[int]
     text_delta: str
     finished: bool
-    finish_reason: str | None = None  # "eos" | "length" | "aborted" | "error"
+    finish_reason: str | None = None  # "eos" | "stop" (the answer's end) | "length" | "aborted" | "error"
     error: str | None = None
 
 
@@ -54,3 +56,9 @@ class GenerationResult:
     num_generated_tokens: int
     timings: dict = field(default_factory=dict)
     error: str | None = None
+    answer_prefix: str = ""  # the start of the answer the prompt wrote (the kernel's head); `text` continues it
+
+    @property
+    def answer(self) -> str:
+        """The whole answer: the prompt's answer prefix, then the generated text."""
+        return self.answer_prefix + self.text

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import torch
 
 from mot_engine.decoding.requests import GenerationRequest
+from mot_engine.decoding.stopping import KernelEnd
 from mot_engine.model.memory import MemoryContext
 from mot_engine.model.router import Routing
 
@@ -30,6 +31,8 @@ class Sequence:
     error: str | None = None
     t_first: float | None = None
     t_done: float | None = None
+    answer_prefix: str = ""  # the answer's start, written by the prompt
+    stop: KernelEnd | None = None  # the answer's end (decoding/stopping.py); None: EOS and length only
 
 
 @dataclass

@@ -66,6 +66,9 @@ class MoTConfig:
     encoder_max_length: int = 512
     max_source_tokens: int = 2048  # per expert, prompt included; longer sources are refused (never truncated)
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    # A named, versioned prompt format (model/prompts.py); None: `prompt_template` (the seed's: `seed-v1`), which is
+    # what checkpoints from before named formats were trained with. Checkpoints record it; inference uses it.
+    prompt_format: str | None = None
     experts: list[ExpertConfig] = field(default_factory=list)
 
     def validate(self, num_experts: int) -> None:

@@ -34,6 +34,7 @@ from mot_engine.model.experts import (
 )
 from mot_engine.model.interaction import SMALL_QUERY, InteractionLayer, MemorySlot
 from mot_engine.model.memory import MemoryContext
+from mot_engine.model.prompts import Prompt, PromptFormat, TemplateFormat, get_format
 from mot_engine.model.router import Router, Routing, SentenceEncoder
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class MixtureOfThoughts(nn.Module):
         if len(names) != len(expert_models):
             raise ValueError(f"got {len(names)} expert names for {len(expert_models)} experts: {names}")
         self.expert_names = list(names)
+        self.prompt_format: PromptFormat = (get_format(config.prompt_format) if config.prompt_format is not None
+                                            else TemplateFormat(config.prompt_template))
         self.device = torch.device(device) if device is not None else next(expert_models[0].parameters()).device
 
         self.hidden_sizes = [hidden_size_of(m) for m in expert_models]
@@ -205,11 +208,21 @@ class MixtureOfThoughts(nn.Module):
 
     # ------------------------------------------------------------------ tokens
 
-    def prompt_text(self, source: str, template: str | None = None) -> str:
-        return (template or self.config.prompt_template).replace("{source}", source)
+    def format_for(self, template: str | None = None, format_name: str | None = None) -> PromptFormat:
+        """The prompt format of a request: a named one, else a template, else this model's own."""
+        if format_name is not None:
+            return get_format(format_name)
+        return TemplateFormat(template) if template is not None else self.prompt_format
 
-    def prompt_ids(self, e: int, source: str, template: str | None = None) -> list[int]:
-        ids = self.tokenizers[e](self.prompt_text(source, template), add_special_tokens=True)["input_ids"]
+    def prompt(self, e: int, source: str, template: str | None = None, format_name: str | None = None) -> Prompt:
+        return self.format_for(template, format_name).render(source, self.tokenizers[e])
+
+    def prompt_text(self, source: str, template: str | None = None, format_name: str | None = None) -> str:
+        return self.prompt(0, source, template, format_name).text
+
+    def prompt_ids(self, e: int, source: str, template: str | None = None, format_name: str | None = None) -> list[int]:
+        prompt = self.prompt(e, source, template, format_name)
+        ids = self.tokenizers[e](prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
         limit = self.config.max_source_tokens
         if len(ids) > limit:
             raise SourceTooLong(
@@ -344,7 +357,10 @@ class MixtureOfThoughts(nn.Module):
             prompts = [self.prompt_ids(p, s) for s in srcs]
             tgts = []
             for b in rows.tolist():
-                t = self.target_ids(p, targets[b])
+                # a reference answer (text) continues the format's answer prefix: only that part is a target
+                target = targets[b] if not isinstance(targets[b], str) else \
+                    self.prompt_format.target_for(sources[b], targets[b])
+                t = self.target_ids(p, target)
                 eos = self.tokenizers[p].eos_token_id
                 tgts.append(t + [eos] if add_eos and eos is not None else t)
                 if not tgts[-1]:
