@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernelcheck.extract import KERNEL, NO_KERNEL, TRUNCATED
+from kernelcheck.extract import KERNEL, describe
 
 from . import protocol as P
 from .endpoints import pid_alive as _pid_alive
@@ -180,11 +180,6 @@ def remove_stale_temp_files(out_dir: Path) -> list[Path]:
     return removed
 
 
-# What each non-kernel status means, for the `.cu` comment of a function that produced no kernel.
-STATUS_WORDS = {NO_KERNEL: "the answer holds no __global__ function", TRUNCATED: "the kernel did not end before the "
-                "token limit (raise --max-new-tokens)"}
-
-
 def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:
     """The `.cu` text of a finished source: the header line, then each function's kernel (or why it failed)."""
     failed = sum(1 for j in sf.jobs if j.result is None)
@@ -206,8 +201,7 @@ def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:
                          f"{r.num_generated_tokens} tokens{''.join('; ' + n for n in r.notes)}")
             lines.append(r.kernel.rstrip("\n"))
         elif r is not None:  # the model answered, but not with a kernel: say so, and write no code
-            why = "; ".join(r.notes) or STATUS_WORDS.get(r.status, r.status)
-            lines.append(f"// ---- {name} ({job.location}): NO KERNEL ({r.status}): {why}; expert "
+            lines.append(f"// ---- {name} ({job.location}): NO KERNEL ({r.status}): {describe(r.status, r.notes)}; expert "
                          f"{r.primary_expert_name}, {r.num_generated_tokens} tokens")
         else:
             err = job.error or {"code": "not_done", "message": "not translated"}

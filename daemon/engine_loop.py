@@ -351,7 +351,7 @@ class EngineLoop:
             if stream and t.abort_reason is None and (out.text_delta or out.new_token_ids):
                 self._partial(t, out.text_delta)
             return
-        if out.finish_reason in ("eos", "length") and result is not None:
+        if out.finish_reason in ("eos", "stop", "length") and result is not None:
             if stream and out.text_delta:
                 self._partial(t, out.text_delta)
             self._send(t.client, replies.translate_result(

@@ -99,10 +99,11 @@ def daemon_env(home: Path, extra: dict | None = None) -> dict:
 
 
 def spawn_daemon(
-    home: Path, *, endpoint: str | None = None, preset: str = "tiny", device: str = "cpu", args: list[str] = (),
+    home: Path, *, endpoint: str | None = None, preset: str | None = "tiny", device: str = "cpu", args: list[str] = (),
     env_extra: dict | None = None,
 ) -> DaemonProcess:
-    """Start `python -m daemon serve` confined to `home` (endpoint None: the default ipc socket under home)."""
+    """Start `python -m daemon serve` confined to `home` (endpoint None: the default ipc socket under home; preset
+    None: the experts a `--checkpoint` in `args` names)."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     env = daemon_env(home, env_extra)
@@ -111,7 +112,8 @@ def spawn_daemon(
         cmd_endpoint: list[str] = []
     else:
         cmd_endpoint = ["--endpoint", endpoint]
-    cmd = [sys.executable, "-m", "daemon", "serve", "--preset", preset, "--device", device, *cmd_endpoint, *args]
+    cmd = [sys.executable, "-m", "daemon", "serve", *(["--preset", preset] if preset else []), "--device", device,
+           *cmd_endpoint, *args]
     log_path = home / "daemon-output.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

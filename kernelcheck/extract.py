@@ -24,6 +24,13 @@ from kernelcheck.sourcetext import CodeScanner, strip_code_fences
 
 KERNEL, TRUNCATED, NO_KERNEL = "kernel", "truncated", "no_kernel"
 STATUSES = (KERNEL, TRUNCATED, NO_KERNEL)
+MEANINGS = {KERNEL: "a kernel came out", TRUNCATED: "the kernel did not end before the token limit",
+            NO_KERNEL: "the answer holds no __global__ function"}
+
+
+def describe(status: str, notes=()) -> str:
+    """What came out, in words a user reads: the status's meaning, then the extraction's notes."""
+    return "; ".join([MEANINGS.get(status, status), *notes])
 
 _MARKER = re.compile(r"^[ \t]*###", re.M)
 _GLOBAL_NAME = re.compile(r"__global__\b[^;{}()]*?\b([A-Za-z_]\w*)\s*\(")
@@ -110,8 +117,7 @@ def extract_kernel(answer: str) -> Extraction:
     if kernel_index is None:
         if "__global__" in tail:
             name = _GLOBAL_NAME.search(tail)
-            return Extraction(TRUNCATED, "", name.group(1) if name else None,
-                              ("the kernel did not end before the answer did (raise max_new_tokens)",))
+            return Extraction(TRUNCATED, "", name.group(1) if name else None, ("raise max_new_tokens",))
         notes = ("the answer holds host code, not a kernel (an echo of the source?)",) \
             if any(item.kind == "function" for item in items) else ()
         return Extraction(NO_KERNEL, "", None, notes)

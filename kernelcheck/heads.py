@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kernelcheck.parsing import FunctionSignature, Parameter, function_signatures
 
+FRAGMENT_KERNEL = "translated_kernel"  # the name of a kernel made from code that is not a whole function
 _HOST_SUFFIX = re.compile(r"(_cpu|_host|_CPU|Cpu|CPU|_seq|_serial)$")
 
 
@@ -52,7 +53,10 @@ def head_for(signature: FunctionSignature) -> KernelHead:
     return KernelHead(name, f"__global__ void {name}(", False, signature.name)
 
 
-def kernel_head(source: str) -> KernelHead | None:
-    """The head for the first function defined in `source`; None when it defines none."""
+def kernel_head(source: str) -> KernelHead:
+    """The head for the first function defined in `source`; for a fragment (a loop selected in an editor) an open
+    head, `__global__ void translated_kernel(`, whose parameters the model writes."""
     signatures = function_signatures(source)
-    return head_for(signatures[0]) if signatures else None
+    if signatures:
+        return head_for(signatures[0])
+    return KernelHead(FRAGMENT_KERNEL, f"__global__ void {FRAGMENT_KERNEL}(", False, "")

@@ -153,3 +153,36 @@ def test_kill9_during_a_batch_then_resume_leaves_no_missing_partial_or_corrupt_f
 
 def test_outputs_start_with_the_metadata_line():
     assert HEADER_PREFIX == "// mot-cuda: "  # the format scripts grep for; changing it breaks --resume of old runs
+
+
+def test_outputs_hold_kernels_only_and_say_what_came_out(tmp_path):
+    """An embedded run over examples/cpp_project, twice: with experts that write (empty) kernels, each `.cu` holds
+    the kernels under their comment and the report says `kernel`; with the tiny preset's random experts nothing
+    comes out, so each function's comment says NO KERNEL with the status, and no code is written."""
+    from kernel_writers import kernel_writing_checkpoint
+
+    checkpoint = kernel_writing_checkpoint(tmp_path / "writers")
+    env = daemon_env(tmp_path / "home")
+    src = tmp_path / "src"
+    shutil.copytree(EXAMPLES, src)
+    runs = {"writers": ["--checkpoint", str(checkpoint)], "random": ["--preset", "tiny"]}
+    for name, model in runs.items():
+        out, report = tmp_path / f"out-{name}", tmp_path / f"{name}.jsonl"
+        cli = _cli(env, str(src), "--out", str(out), *model, "--device", "cpu", "--max-new-tokens", TOKENS,
+                   "--report", str(report), "--no-progress")
+        stdout, stderr = cli.communicate(timeout=300)
+        assert cli.returncode == 0, (stdout, stderr)
+        lines = [json.loads(line) for line in report.read_text().splitlines()]
+        saxpy = (out / "src" / "saxpy.cu").read_text()
+        if name == "writers":
+            assert {r["status"] for r in lines} == {"kernel"}
+            assert "// ---- saxpy (src/saxpy.cpp:2:1): kernel; expert tiny-" in saxpy
+            assert "__global__ void saxpy_kernel(int n, float a, const float* x, float* y) {\n}\n" in saxpy
+            assert "### " not in saxpy and "void saxpy(int n" not in saxpy  # no echo, no marker
+        else:
+            assert {r["status"] for r in lines} <= {"no_kernel", "truncated"}
+            code = [line for line in saxpy.splitlines() if line.strip() and not line.startswith("//")]
+            assert code == []  # only comments: no code passed off as CUDA
+            assert "// ---- saxpy (src/saxpy.cpp:2:1): NO KERNEL (" in saxpy
+        assert "kernel" in stdout and read_output_header(out / "src" / "saxpy.cu")["kernels"] == \
+            (2 if name == "writers" else 0)

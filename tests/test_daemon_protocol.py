@@ -43,7 +43,8 @@ def test_every_request_and_reply_round_trips():
         assert P.decode_request(P.encode(m)) == m
     replies = [
         P.Partial(id="a", index=0, text="__global__", num_generated_tokens=2),
-        P.TranslateResult(id="a", text="t", primary_expert=1, primary_expert_name="e1", active_experts=[1, 0],
+        P.TranslateResult(id="a", text=" {}", status="kernel", kernel="__global__ void f() {}\n",
+                          answer_prefix="__global__ void f()", notes=["a note"], primary_expert=1, primary_expert_name="e1", active_experts=[1, 0],
                           expert_names=["e0", "e1"], routing_probs=[0.4, 0.6], num_prompt_tokens=5,
                           num_generated_tokens=1, finish_reason="eos", timings={"total_s": 0.1, "queue_s": None}),
         P.RouteResult(id="b", primary_expert=0, primary_expert_name="e0", active_experts=[0, 1], expert_names=["e0", "e1"],
@@ -56,7 +57,7 @@ def test_every_request_and_reply_round_trips():
 
 
 def test_defaults_are_greedy_fast_and_unknown_fields_are_ignored():
-    frame = msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "x", "source": "s", "future_field": [1, 2]})
+    frame = msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "x", "source": "s", "future_field": [1, 2]})
     req = P.decode_request(frame)
     assert req.options == P.TranslateOptions()
     assert (req.options.mode, req.options.temperature, req.options.top_p) == ("fast", 0.0, 1.0)
@@ -67,20 +68,20 @@ def test_defaults_are_greedy_fast_and_unknown_fields_are_ignored():
     [
         (b"\xc1\xff garbage", "", "not a msgpack map"),
         (msgspec.msgpack.encode([1, 2, 3]), "", "not a msgpack map"),
-        (msgspec.msgpack.encode({"type": "status", "v": 2, "id": "q"}), "q", "protocol version 2"),
+        (msgspec.msgpack.encode({"type": "status", "v": P.PROTOCOL_VERSION + 1, "id": "q"}), "q", f"protocol version {P.PROTOCOL_VERSION + 1}"),
         (msgspec.msgpack.encode({"type": "status", "id": "q"}), "q", "protocol version None"),
         (msgspec.msgpack.encode({"type": "status", "v": "1", "id": "q"}), "q", "protocol version '1'"),
-        (msgspec.msgpack.encode({"type": "launch", "v": 1, "id": "q"}), "q", "unknown request type 'launch'"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q"}), "q", "missing required field `source`"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q", "source": 5}), "q", "Expected `str`"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q", "source": "s", "options": {"max_new_tokens": "9"}}), "q", "max_new_tokens"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q", "source": "s", "options": {"max_new_tokens": 0}}), "q", ">= 1"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q", "source": "s", "options": {"top_p": 0}}), "q", "top_p"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q", "source": "s", "options": {"temperature": -1}}), "q", "temperature"),
-        (msgspec.msgpack.encode({"type": "translate", "v": 1, "id": "q", "source": "s", "options": {"mode": "slow"}}), "q", "mode"),
-        (msgspec.msgpack.encode({"type": "status", "v": 1, "id": ""}), "", "id"),
-        (msgspec.msgpack.encode({"type": "status", "v": 1, "id": "x" * 500}), "", "id"),
-        (msgspec.msgpack.encode({"type": "cancel", "v": 1, "id": "q"}), "q", "target_id"),
+        (msgspec.msgpack.encode({"type": "launch", "v": P.PROTOCOL_VERSION, "id": "q"}), "q", "unknown request type 'launch'"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q"}), "q", "missing required field `source`"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": 5}), "q", "Expected `str`"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": "s", "options": {"max_new_tokens": "9"}}), "q", "max_new_tokens"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": "s", "options": {"max_new_tokens": 0}}), "q", ">= 1"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": "s", "options": {"top_p": 0}}), "q", "top_p"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": "s", "options": {"temperature": -1}}), "q", "temperature"),
+        (msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": "s", "options": {"mode": "slow"}}), "q", "mode"),
+        (msgspec.msgpack.encode({"type": "status", "v": P.PROTOCOL_VERSION, "id": ""}), "", "id"),
+        (msgspec.msgpack.encode({"type": "status", "v": P.PROTOCOL_VERSION, "id": "x" * 500}), "", "id"),
+        (msgspec.msgpack.encode({"type": "cancel", "v": P.PROTOCOL_VERSION, "id": "q"}), "q", "target_id"),
     ],
 )
 def test_malformed_requests_raise_protocol_errors_that_become_bad_request_replies(payload, expect_id, words):

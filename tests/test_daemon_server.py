@@ -334,23 +334,23 @@ def _fuzz_frames(rng: random.Random, n: int):
         elif kind == 2:
             yield [msgspec.msgpack.encode({"type": rng.choice(P.REQUEST_TYPES[:-1]), "v": rng.choice([0, 2, -1, "1", None, 1.0]), "id": "f"})]
         elif kind == 3:
-            fields = {"type": rng.choice(["translate", "route", "cancel", "reload", "status"]), "v": 1, "id": junk()}
+            fields = {"type": rng.choice(["translate", "route", "cancel", "reload", "status"]), "v": P.PROTOCOL_VERSION, "id": junk()}
             fields.update({k: junk() for k in rng.sample(["source", "options", "target_id", "checkpoint"], rng.randint(0, 3))})
             yield [msgspec.msgpack.encode(fields)]
         elif kind == 4:
             opts = {k: junk() for k in rng.sample(["mode", "max_new_tokens", "temperature", "top_p", "seed", "timeout_s", "stream"], 3)}
-            yield [msgspec.msgpack.encode({"type": "translate", "v": 1, "id": f"t{i}", "source": "int f();", "options": opts})]
+            yield [msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": f"t{i}", "source": "int f();", "options": opts})]
         elif kind == 5:  # lying length headers: a map/array/str/bin claiming up to 4 GiB
             yield [rng.choice([b"\xdf", b"\xdd", b"\xdb", b"\xc6"]) + rng.getrandbits(32).to_bytes(4, "big") + b"\x00" * rng.randint(0, 8)]
         elif kind == 6:
-            yield [msgspec.msgpack.encode({"type": "status", "v": 1, "id": "m"})] * rng.randint(2, 4)
+            yield [msgspec.msgpack.encode({"type": "status", "v": P.PROTOCOL_VERSION, "id": "m"})] * rng.randint(2, 4)
         elif kind == 7:
             yield [b""]
         elif kind == 8:
-            yield [msgspec.msgpack.encode({"type": "translate", "v": 1, "id": f"big{i}", "source": "x" * rng.randint(1, 30_000),
+            yield [msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": f"big{i}", "source": "x" * rng.randint(1, 30_000),
                                            "options": {"max_new_tokens": rng.choice([1, 70_000, 2**40])}})]
         else:
-            yield [msgspec.msgpack.encode({"type": "cancel", "v": 1, "id": "c", "target_id": junk() if rng.random() < 0.5 else "zz"})]
+            yield [msgspec.msgpack.encode({"type": "cancel", "v": P.PROTOCOL_VERSION, "id": "c", "target_id": junk() if rng.random() < 0.5 else "zz"})]
 
 
 def test_fuzzed_frames_never_crash_or_stall_the_daemon_nor_grow_its_memory(daemons, client):

@@ -1,6 +1,9 @@
 """End to end: the real language server process (`python -m lsp_server`, what `mot-lsp` runs) driven by pytest-lsp's
-client, talking to a real daemon subprocess (tiny preset: random weights, so the kernels are garbage; the tests
-check structure and behaviour), and a real editor: headless Neovim running tests/nvim/translate.lua.
+client, talking to a real daemon subprocess, and a real editor: headless Neovim running tests/nvim/translate.lua.
+
+The shared daemon serves the tiny experts made kernel writers (tests/kernel_writers.py: every answer opened with a
+kernel's head continues with an empty body), since the language server only edits a file when a kernel came out;
+the tiny preset's random experts, which never write one, show the status when no kernel came out.
 
 One daemon is shared by the module; the tests that kill, restart or autostart daemons use their own.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 from daemon.client import DaemonClient
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
+from kernel_writers import kernel_writing_checkpoint
 from lsp_server.features.diagnostics import check_kernel
 from kernelcheck.toolchain import find_nvcc
 from lsprotocol import types
@@ -58,8 +62,13 @@ FAST = {"maxNewTokens": 12, "ignoreEos": True}  # a few tokens, never empty
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    proc = spawn_daemon(tmp_path_factory.mktemp("lsp-daemon"))
+def kernel_checkpoint(tmp_path_factory):
+    return kernel_writing_checkpoint(tmp_path_factory.mktemp("kernel-writers"))
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, kernel_checkpoint):
+    proc = spawn_daemon(tmp_path_factory.mktemp("lsp-daemon"), preset=None, args=["--checkpoint", str(kernel_checkpoint)])
     try:
         proc.wait_ready(180)
         yield proc
@@ -506,7 +515,7 @@ async def test_hover_shows_routing_and_the_last_translation(tmp_path, daemon):
 
 
 @pytest.mark.asyncio
-async def test_commands_translate_apply_edits_and_report_status(tmp_path, daemon):
+async def test_commands_translate_apply_edits_and_report_status(tmp_path, daemon, kernel_checkpoint):
     settings = {"endpoint": daemon.endpoint, "autostart": False, **FAST}
     async with lsp_session(tmp_path, settings) as s:
         uri = s.open("main.cpp")
@@ -527,7 +536,7 @@ async def test_commands_translate_apply_edits_and_report_status(tmp_path, daemon
 
         status = await s.command("mot.daemonStatus")
         assert status["state"] == "ready" and status["owned"] is False
-        assert status["status"]["preset"] == "tiny" and status["status"]["pid"] == daemon.pid
+        assert status["status"]["checkpoint"] == str(kernel_checkpoint) and status["status"]["pid"] == daemon.pid
         assert any("MoT daemon at" in m and "ready" in m for m in s.messages(types.MessageType.Info))
 
         bad = await s.command("mot.translate", {"uri": uri})
@@ -539,8 +548,8 @@ async def test_commands_translate_apply_edits_and_report_status(tmp_path, daemon
 
 @pytest.mark.asyncio
 @pytest.mark.slow
-async def test_daemon_down_and_back(tmp_path):
-    own = spawn_daemon(tmp_path / "own-daemon")
+async def test_daemon_down_and_back(tmp_path, kernel_checkpoint):
+    own = spawn_daemon(tmp_path / "own-daemon", preset=None, args=["--checkpoint", str(kernel_checkpoint)])
     try:
         await asyncio.to_thread(own.wait_ready, 180)
         settings = {"endpoint": own.endpoint, "autostart": False, **FAST}
@@ -561,6 +570,7 @@ async def test_daemon_down_and_back(tmp_path):
             outage = [m for m in s.messages(types.MessageType.Warning) if "no daemon available" in m]
             assert len(outage) == 1, s.messages()  # told once
 
+            # Back, with the tiny preset's random experts: they write no kernel, and the user is told so.
             again = spawn_daemon(tmp_path / "own-daemon", endpoint=own.endpoint)
             try:
                 await asyncio.to_thread(again.wait_ready, 180)
@@ -568,7 +578,10 @@ async def test_daemon_down_and_back(tmp_path):
                 await until(lambda: any("available again" in m for m in s.messages(types.MessageType.Info)), 10,
                             what="the 'available again' message")
                 resolved = await s.client.code_action_resolve_async(await s.action(uri))
-                assert resolved.edit is not None
+                assert resolved.edit is None
+                (told,) = [m for m in s.messages(types.MessageType.Warning) if "no kernel came out" in m]
+                assert "vector_add (truncated: the kernel did not end before the token limit" in told \
+                    or "vector_add (no_kernel: the answer holds no __global__ function" in told, told
             finally:
                 again.terminate()
     finally:

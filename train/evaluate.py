@@ -152,7 +152,7 @@ def evaluate_generation(
         summary["metrics"] = None
     summary["routing"] = routing_statistics([r["routing"] for r in records], names)
     summary["errors"] = sum(1 for r in records if r["finish_reason"] == "error")
-    summary["finish_reasons"] = {k: sum(r["finish_reason"] == k for r in records) for k in ("eos", "length", "error")}
+    summary["finish_reasons"] = {k: sum(r["finish_reason"] == k for r in records) for k in ("stop", "eos", "length", "error")}
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary, records
 

@@ -15,7 +15,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kernelcheck.extract import KERNEL
+from kernelcheck.extract import KERNEL, describe
 from lsprotocol import types
 
 from ..documents import OpenDocument, Source, outermost_only, uri_key
@@ -209,8 +209,7 @@ async def _translate_sources(
     for source, result in zip(sources, results):
         text = clean_kernel(result.kernel) if result.status == KERNEL else ""
         if not text:  # the daemon says what came out instead of a kernel: never pass it off as CUDA
-            why = "; ".join(result.notes) or result.status
-            missing.append(f"{source.name} ({result.status}: {why})")
+            missing.append(f"{source.name} ({result.status}: {describe(result.status, result.notes)})")
             continue
         kernels.append(Kernel(text, source.name, source.start, source.end, result.primary_expert_name))
         ls.remember_translation(document, source, text, result)

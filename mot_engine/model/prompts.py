@@ -82,8 +82,7 @@ class HeadFormat(PromptFormat):
     markers = ("###", "```")
 
     def answer_prefix(self, source: str) -> str:
-        head = kernel_head(source)
-        return head.text if head is not None else ""
+        return kernel_head(source).text
 
     def render(self, source: str, tokenizer) -> Prompt:
         prefix = self.answer_prefix(source)
@@ -103,8 +102,6 @@ class FewShotFormat(HeadFormat):
 
     def answer_prefix(self, source: str) -> str:
         head = kernel_head(source)
-        if head is None:
-            return ""
         loop = _LOOP_VARIABLE.search(source)
         if self.open_index and head.complete and loop is not None:
             return f"{head.text} {{\n    int {loop.group(1)} = blockIdx.x * blockDim.x + threadIdx.x;\n"
@@ -124,11 +121,11 @@ class FewShotFormat(HeadFormat):
         return Prompt(f"{shots}### C++:\n{source.strip()}\n### CUDA:\n{prefix}", prefix)
 
 
-def continuation(reference: str, head: KernelHead | None, prefix: str) -> str:
+def continuation(reference: str, head: KernelHead, prefix: str) -> str:
     """What follows `prefix` in a reference kernel: after its parameter list's `)` for a complete head (the head's
     name and parameters stand for the reference's), after its `(` for an open one, and after the body's first
     statement when the prefix also opened the body with the thread's index; the whole reference without a head."""
-    if not prefix or head is None:
+    if not prefix:
         return reference
     kernel = re.search(r"__global__[^(;{}]*\(", reference)
     if kernel is None:
