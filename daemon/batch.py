@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mot_engine.defaults import MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, TEMPERATURE, TOP_P
+from mot_engine.envs import RuntimeConfig
 
 from . import protocol as P
 from .batch_files import (
@@ -211,6 +212,7 @@ class BatchRun:
         config = EngineConfig(  # it allows what a daemon allows by default, or what this run asks for if more
             preset=opts.preset, checkpoint=opts.checkpoint, device=opts.device, dtype=opts.dtype,
             max_batch_size=opts.max_batch_size, max_new_tokens=max(MAX_NEW_TOKENS_LIMIT, opts.max_new_tokens),
+            runtime=RuntimeConfig.from_env(),
         )
         self._hub = InProcessEngine(config)
         client = self._hub.client(timeout_s=opts.client_timeout_s)

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 
 from mot_engine.defaults import MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, MODES, TEMPERATURE, TOP_P
+from mot_engine.envs import RuntimeConfig
 from mot_engine.presets.names import PRESETS
 
 from .batch import EXIT_USAGE, BatchOptions, run_batch
@@ -180,11 +181,12 @@ def cmd_serve(args) -> int:
             max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_source_chars=args.max_source_chars,
             max_new_tokens=args.max_new_tokens, default_timeout_s=args.request_timeout,
             batch_wait_s=args.batch_wait_ms / 1000.0, batch_wait_max_s=args.batch_wait_max_ms / 1000.0,
-            init_seed=args.init_seed,
+            init_seed=args.init_seed, runtime=RuntimeConfig.from_env(),
         )
         config.validate()
+        log.info("runtime (mot_engine/envs.py, * = changed by the environment): %s", config.runtime.describe())
         return serve(config, args.endpoint, curve_dir=args.curve_dir, max_message_bytes=args.max_message_bytes)
-    except (DaemonAlreadyRunning, EndpointError, ValueError) as e:
+    except (DaemonAlreadyRunning, EndpointError, ValueError) as e:  # InvalidEnvironment is a ValueError
         log.error("%s", e)
         return 1
 

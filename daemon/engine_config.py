@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mot_engine.defaults import MAX_NEW_TOKENS_LIMIT
+from mot_engine.envs import RuntimeConfig
 
 
 @dataclass
@@ -30,6 +31,8 @@ class EngineConfig:
     # Seed of torch's RNG before the model is built: without a checkpoint the router and interaction layers are
     # random, and this makes their routing the same on every start (and benchmarks repeatable). None: unseeded.
     init_seed: int | None = 0
+    # How the engine decodes (mot_engine/envs.py); `mot-daemon serve` reads it from the environment and logs it.
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> None:
         for name in ("max_batch_size", "max_new_tokens", "max_source_chars", "max_pending_routes", "route_batch_size"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mot_engine import GenerationRequest, Generator, build_mot, load_checkpoint
+from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot, load_checkpoint
 
 from . import protocol as P
 from .engine_config import EngineConfig
@@ -40,8 +40,9 @@ def resolve_device(device: str | None) -> str:
 class ServedModel:
     """The MixtureOfThoughts a daemon serves, and the calls its engine thread makes on it (on that thread only)."""
 
-    def __init__(self, mot):
+    def __init__(self, mot, runtime: RuntimeConfig):
         self.mot = mot
+        self.runtime = runtime
 
     @classmethod
     def load(cls, config: EngineConfig, *, model=None, load_model: Callable[[], Any] | None = None) -> ServedModel:
@@ -52,15 +53,15 @@ class ServedModel:
             if config.init_seed is not None:
                 torch.manual_seed(config.init_seed)
             model = build_mot(config.preset, config.checkpoint, device=resolve_device(config.device),
-                              dtype=config.dtype)
-        return cls(model)
+                              dtype=config.dtype, runtime=config.runtime)
+        return cls(model, config.runtime)
 
     @property
     def expert_names(self) -> list[str]:
         return self.mot.expert_names
 
     def new_generator(self, max_batch_size: int) -> Generator:
-        return Generator(self.mot, max_batch_size=max_batch_size)
+        return Generator(self.mot, max_batch_size=max_batch_size, runtime=self.runtime)
 
     def prepare(self, gen: Generator) -> None:
         """Warm up (GPU: graph capture and compilation now, not on the first user's request) and log how the model

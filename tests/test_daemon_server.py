@@ -144,6 +144,16 @@ def test_status_permissions_and_log_file(daemons, client):
     assert out.returncode == 0 and "ready" in out.stdout and f"pid {d.pid}" in out.stdout
 
 
+def test_serve_logs_its_runtime_and_refuses_a_switch_it_cannot_read(daemons):
+    log_file = daemons.main.home / "state" / "mot-cuda" / "log" / "daemon.log"
+    line = next(line for line in log_file.read_text().splitlines() if "runtime (mot_engine/envs.py" in line)
+    assert "MOT_CUDA_GRAPHS=1 " in line and "MOT_FUSED_NORMS=1 " in line and "*" not in line.split("): ")[1]
+    env = dict(daemons.main.env, MOT_PDL="sometimes")
+    out = _run_cli(env, "serve", "--preset", "tiny", "--device", "cpu", "--endpoint", f"tcp://127.0.0.1:{free_tcp_port()}",
+                   timeout=60)
+    assert out.returncode == 1 and "MOT_PDL='sometimes': expected 1 or 0" in out.stderr
+
+
 def test_second_instance_on_the_same_endpoint_is_refused(daemons, client):
     d = daemons.main
     out = _run_cli(d.env, "serve", "--preset", "tiny", "--device", "cpu", timeout=60)

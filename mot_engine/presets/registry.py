@@ -28,12 +28,7 @@ from mot_engine.model.config import ExpertConfig, MoTConfig
 from mot_engine.model.experts import ExpertLoader
 from mot_engine.model.mixture import MixtureOfThoughts
 from mot_engine.presets import pocket
-from mot_engine.presets.names import (
-    PRESETS,
-    SEED_7B_EXPERTS,
-    SEED_ENCODER,
-    SEED_EXPERTS,
-)
+from mot_engine.presets.names import PRESET_PROMPT_FORMATS, PRESETS, SEED_7B_EXPERTS, SEED_ENCODER, SEED_EXPERTS
 from mot_engine.presets.tiny import TINY_ENCODER, TINY_EXPERTS, ensure_tiny
 
 log = logging.getLogger(__name__)
@@ -134,7 +129,7 @@ def build_mot(
         experts, preset_encoder = resolve_preset(preset)
     else:
         preset_encoder = None
-    cfg_dict = dict(meta["mot_config"]) if meta else {}
+    cfg_dict = dict(meta["mot_config"]) if meta else {"prompt_format": PRESET_PROMPT_FORMATS.get(preset)}
     cfg_dict.pop("experts", None)
     cfg_dict.update(overrides)
     config = MoTConfig.from_dict(cfg_dict)
