@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mot_engine import ExpertConfig, GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
 from mot_engine.model.experts import ExpertLoader  # noqa: E402
 from mot_engine.presets.names import SEED_EXPERTS  # noqa: E402
-from mot_engine.presets.registry import resolve_preset  # noqa: E402
+from mot_engine.presets.resolve import resolve_preset  # noqa: E402
 from mot_engine.presets.tiny import TINY_ENCODER, ensure_tiny  # noqa: E402
 
 SRC = "void saxpy(int n, float a, const float* x, float* y) { for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i]; }\n" * 8

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import build_mot  # noqa: E402
 from mot_engine.model.config import ExpertConfig  # noqa: E402
-from mot_engine.presets.registry import resolve_preset  # noqa: E402
+from mot_engine.presets.resolve import resolve_preset  # noqa: E402
 from train.optim import build_optimizer  # noqa: E402
 
 OPS = ["+", "-", "*", "/"]

@@ -37,7 +37,7 @@ _LAZY = {
     "StepOutput": "mot_engine.decoding.requests",
     "Generator": "mot_engine.decoding.generator",
     "translate": "mot_engine.decoding.translate", "Translation": "mot_engine.decoding.translate",
-    "build_mot": "mot_engine.presets.registry", "default_preset": "mot_engine.presets.registry",
+    "build_mot": "mot_engine.presets.registry", "default_preset": "mot_engine.presets.resolve",
 }
 
 

@@ -107,7 +107,7 @@ def test_pocket_preset_without_packages_names_the_install_command(monkeypatch):
 
 
 def test_default_preset_says_which_it_chose(monkeypatch, capsys):
-    from mot_engine.presets import registry as presets
+    from mot_engine.presets import resolve as presets
     monkeypatch.setattr(presets, "hub_cached", lambda repo: False)
     assert presets.default_preset() == "pocket"
     err = capsys.readouterr().err

@@ -109,7 +109,7 @@ def test_unavailable_preset_is_refused_before_loading(tmp_path, monkeypatch, cap
     def unavailable(name):
         raise PresetUnavailable(f"the {name} preset needs the packages x, y: run pip install '.[{name}]'")
 
-    monkeypatch.setattr("mot_engine.presets.registry.resolve_preset", unavailable)
+    monkeypatch.setattr("mot_engine.presets.resolve.resolve_preset", unavailable)
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"cpp": "int f();", "generated_cuda": "__global__ void f();"}) + "\n")
     with pytest.raises(SystemExit):

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 
 import mot_engine
 from mot_engine import ExpertConfig, MoTConfig
-from mot_engine.presets import registry
+from mot_engine.presets import resolve
 from mot_engine.model.checkpoint import METADATA, read_checkpoint_metadata
 
 from .defaults import LAMBDA_CONSISTENCY, NUM_STACKS, TOP_K
@@ -74,15 +74,15 @@ def choose_experts(args, meta: dict | None = None) -> tuple[list, str | None]:
         experts = [ExpertConfig(**{**e, "device": None}) for e in meta["mot_config"]["experts"]]
         return experts, args.encoder or meta["encoder"]["id"]
     if args.preset is None:
-        args.preset = (meta or {}).get("preset") or registry.default_preset()
-    experts, encoder = registry.resolve_preset(args.preset)
+        args.preset = (meta or {}).get("preset") or resolve.default_preset()
+    experts, encoder = resolve.resolve_preset(args.preset)
     return experts, args.encoder or encoder
 
 
 def model_overrides(args) -> dict:
     """The MoT options the command line sets (None: not given, the checkpoint's or the default applies)."""
     over = {}
-    for name in ("num_stacks", "top_k", "lambda_consistency"):
+    for name in ("num_stacks", "top_k", "lambda_consistency", "prompt_format"):
         if getattr(args, name, None) is not None:
             over[name] = getattr(args, name)
     if getattr(args, "train_encoder", False):

@@ -16,6 +16,7 @@ import os
 import sys
 
 from kernelcheck import cli as kernelcheck_cli
+from mot_engine.model.prompts import FORMATS
 from mot_engine.presets.names import PRESETS
 
 from . import defaults
@@ -94,6 +95,9 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     _add(model, "lambda_consistency", type=_float, default=None,
          help=f"weight of the routing consistency loss (default: {defaults.LAMBDA_CONSISTENCY}, or the checkpoint's)",
          show_default=False)
+    _add(model, "prompt_format", choices=tuple(FORMATS), default=None,
+         help="the prompt format to train (and later translate) with; the checkpoint records it (default: the "
+         "checkpoint's, else the preset's)", show_default=False)
     _add(model, "use_4bit", action="store_true", help="load the experts in 4-bit NF4 (bitsandbytes, CUDA only)")
     _add(model, "use_8bit", action="store_true", help="load the experts in 8-bit (bitsandbytes, CUDA only)")
     _add(model, "single_gpu", action="store_true",
