@@ -69,7 +69,8 @@ def _model(who: str, args, cache: dict):
         if key == "trained" and not args.checkpoint:
             raise SystemExit(f"row {who!r} needs --checkpoint")
         cache[key] = build_mot(args.preset if key == "untrained" else None,
-                               args.checkpoint if key == "trained" else None, device="cpu")
+                               args.checkpoint if key == "trained" else None, device="cpu",
+                               untrained=key == "untrained")
     return cache[key]
 
 

@@ -28,7 +28,7 @@ def pocket_mot():
         pytest.skip(f"pocket packages missing: {missing} (pip install '.[pocket]')")
     from mot_engine import build_mot
 
-    return build_mot("pocket", device="cpu").eval()
+    return build_mot("pocket", device="cpu", untrained=True).eval()  # fresh layers: the invariants of a fresh MoT
 
 
 @pytest.fixture(scope="module")

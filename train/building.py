@@ -117,7 +117,7 @@ def build_model(args, device, *, checkpoint=None, world_size: int = 1):
     # mot_engine.build_mot and presets.* are looked up when called: tests replace them to prove that bad arguments
     # are refused before any model loads.
     return mot_engine.build_mot(args.preset, checkpoint, device=device, dtype=dtype, quantization=quant,
-                                experts=experts, encoder=encoder, **overrides)
+                                experts=experts, encoder=encoder, untrained=checkpoint is None, **overrides)
 
 
 def make_accelerator(args) -> Accelerator:

@@ -10,3 +10,6 @@ SEED_ENCODER = "microsoft/deberta-v3-large"
 # The prompt format a preset uses without a checkpoint (a checkpoint's own format always wins): chosen by measurement
 # (BENCHMARKS.md, bench_quality). The others use the seed's template, which their checkpoints were trained with.
 PRESET_PROMPT_FORMATS = {"pocket": "fewshot-head-v1"}
+# Checkpoints that ship with the package (mot_engine/presets/checkpoints/<name>/): a preset named without a checkpoint
+# loads its own, so the quickstart and an editor's autostarted daemon get trained layers with no hub.
+SHIPPED_CHECKPOINTS = {"pocket": "pocket"}

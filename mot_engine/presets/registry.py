@@ -17,12 +17,19 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from mot_engine.envs import RuntimeConfig
-from mot_engine.model.checkpoint import load_checkpoint, read_checkpoint_metadata
+from mot_engine.model.checkpoint import METADATA, load_checkpoint, read_checkpoint_metadata
 from mot_engine.model.config import ExpertConfig, MoTConfig
 from mot_engine.model.experts import ExpertLoader
 from mot_engine.model.mixture import MixtureOfThoughts
-from mot_engine.presets.names import PRESET_PROMPT_FORMATS
+from mot_engine.presets.names import PRESET_PROMPT_FORMATS, SHIPPED_CHECKPOINTS
 from mot_engine.presets.resolve import default_preset, resolve_preset
+
+
+def shipped_checkpoint(preset: str) -> Path | None:
+    """The checkpoint folder that ships with the package for this preset, if there is one."""
+    name = SHIPPED_CHECKPOINTS.get(preset)
+    folder = Path(__file__).resolve().parent / "checkpoints" / name if name else None
+    return folder if folder is not None and (folder / METADATA).is_file() else None
 
 
 def default_device() -> torch.device:
@@ -39,13 +46,15 @@ def build_mot(
     experts: list[ExpertConfig] | None = None,
     encoder: str | None = None,
     runtime: RuntimeConfig | None = None,
+    untrained: bool = False,
     **overrides,
 ):
     """Build a MixtureOfThoughts from a preset (or explicit experts), optionally loading a trained checkpoint.
 
     With a checkpoint, its MoT configuration is used (the architecture must match the weights) and, when no preset
     is named, its preset too. `overrides` set other MoTConfig fields (num_stacks, top_k, ...). `runtime`: the
-    decode-path switches (default: as the environment sets them); here only `encoder_graphs` matters.
+    decode-path switches (default: as the environment sets them); here only `encoder_graphs` matters. A preset named
+    without a checkpoint loads the checkpoint that ships for it (`shipped_checkpoint`), unless `untrained`.
     """
     meta = read_checkpoint_metadata(checkpoint) if checkpoint is not None and not str(checkpoint).endswith(".pt") else None
     if preset is None and experts is None and meta is not None and not meta.get("preset") and meta["mot_config"].get("experts"):
@@ -53,6 +62,9 @@ def build_mot(
         experts = [ExpertConfig(**e) for e in meta["mot_config"]["experts"]]
     if preset is None and experts is None:
         preset = (meta or {}).get("preset") or default_preset()
+    if checkpoint is None and not untrained and experts is None:
+        checkpoint = shipped_checkpoint(preset)
+        meta = read_checkpoint_metadata(checkpoint) if checkpoint is not None else None
     if experts is None:
         experts, preset_encoder = resolve_preset(preset)
     else:
