@@ -191,3 +191,26 @@ def test_cli_writes_loadable_pairs_and_a_summary_and_reports_gates_not_run(tmp_p
     assert summary["gates"]["parse"] == "run" and set(summary["families"]) == set(FAMILIES)
     assert all(f["verified"] is None for f in summary["families"].values())
     assert summary["written"] == len(records)
+
+
+def test_the_verify_gate_counts_verdicts_rejects_failures_and_can_keep_them(monkeypatch):
+    class FakeVerdict:
+        def __init__(self, status: str):
+            self.status, self.reason = status, f"fake {status}"
+
+    def fake_verify(cpp: str, cuda: str, *, backend: str):
+        assert backend == "cpu"
+        return FakeVerdict("mismatch" if "atomicAdd" in cuda else "verified")
+
+    monkeypatch.setattr(compile_gate.toolchain, "find_nvcc", lambda env=None: None)  # the compile gates are
+    monkeypatch.setattr(compile_gate.toolchain, "find_gxx", lambda env=None: None)  # tested above: skip them
+    monkeypatch.setattr(verify_gate, "_verify", fake_verify)
+    families = ["histogram", "map_unary"]
+    candidates, summary = pipeline.run(16, 1, verify=True, families=families)
+    data = summary.as_dict()
+    assert data["gates"]["verify"] == "run"
+    assert data["families"]["histogram"]["verified"] == 0 and data["families"]["map_unary"]["verified"] == 8
+    assert data["families"]["histogram"]["rejected"] == {"verify:mismatch": 8}
+    assert all(c.verified is (c.pair.family == "map_unary") for c in candidates)
+    kept, _ = pipeline.run(16, 1, verify=True, families=families, keep_unverified=True)
+    assert sum(not c.rejected for c in kept) == 16 and sum(c.verified is False for c in kept) == 8

@@ -47,7 +47,8 @@ def format_summary(summary: Summary) -> str:
     header = f"{'family':<15} {'gen':>5} {'dup':>4} {gate_cells} {'written':>7}  rejected"
     lines = [header]
     for name, fam in data["families"].items():
-        cells = " ".join(f"{fam['gates'][g]['passed']:>6}/{fam['gates'][g]['entered']:<5}" for g in run_gates)
+        passed = {g: fam["verified"] if g == "verify" else fam["gates"][g]["passed"] for g in run_gates}
+        cells = " ".join(f"{passed[g]:>6}/{fam['gates'][g]['entered']:<5}" for g in run_gates)
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(fam["rejected"].items()))
         lines.append(f"{name:<15} {fam['generated']:>5} {fam['duplicates_skipped']:>4} {cells} {fam['written']:>7}  "
                      f"{reasons}")

@@ -35,6 +35,7 @@ class Candidate:
     rejected: str = ""  # the reason, once a gate rejects it
     detail: str = ""
     verified: bool | None = None
+    verify_status: str = ""  # the verifier's status, when it ran
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Summary:
     duplicates: Counter = field(default_factory=Counter)
     generated: Counter = field(default_factory=Counter)
     written: Counter = field(default_factory=Counter)
+    verify_statuses: dict[str, Counter] = field(default_factory=dict)  # family -> verifier status -> count
     examples: dict[str, str] = field(default_factory=dict)  # reason -> one rejected pair's detail
 
     def as_dict(self) -> dict:
@@ -60,7 +62,9 @@ class Summary:
                 "rejected": dict(self.rejected.get(name, Counter())),
                 "gates": {g: {"entered": self.entered[g][name], "passed": self.passed[g][name]}
                           for g in GATES if self.gates.get(g) == "run"},
-                "verified": self.passed.get("verify", Counter())[name] if self.gates.get("verify") == "run" else None,
+                "verified": (self.verify_statuses.get(name, Counter())["verified"]
+                             if self.gates.get("verify") == "run" else None),
+                "verify_statuses": dict(self.verify_statuses.get(name, Counter())),
                 "written": self.written[name],
             }
         return {"n": self.n, "seed": self.seed, "gates": self.gates, "seconds": self.seconds,
@@ -131,7 +135,7 @@ def _verify_judge(workers: int, keep_unverified: bool):
         outcomes = verify_gate.verify_all([(c.pair.cpp, c.pair.cuda) for c in alive], workers=workers)
         verdicts = []
         for candidate, outcome in zip(alive, outcomes):
-            candidate.verified = outcome.verified
+            candidate.verified, candidate.verify_status = outcome.verified, outcome.status
             failed = not outcome.verified and not keep_unverified
             verdicts.append((f"verify:{outcome.status}", outcome.detail) if failed else None)
         return verdicts
@@ -164,6 +168,9 @@ def run(n: int, seed: int, *, verify: bool = False, workers: int = 1, eval_index
         gates.not_run("verify", verify_gate.NOT_AVAILABLE)
     else:
         gates.apply("verify", candidates, _verify_judge(workers, keep_unverified))
+    for c in candidates:
+        if c.verify_status:
+            summary.verify_statuses.setdefault(c.pair.family, Counter())[c.verify_status] += 1
     summary.written.update(c.pair.family for c in candidates if not c.rejected)
     summary.seconds["total"] = round(time.perf_counter() - start, 2)
     return candidates, summary

@@ -41,8 +41,7 @@ def verify_one(cpp: str, cuda: str) -> VerifyOutcome:
     if _verify is None:
         raise RuntimeError(NOT_AVAILABLE)
     verdict = _verify(cpp, cuda, backend="cpu")
-    detail = str(getattr(verdict, "reason", "") or getattr(verdict, "message", "") or "")
-    return VerifyOutcome(str(verdict.status), detail)
+    return VerifyOutcome(verdict.status, verdict.reason)
 
 
 def verify_all(pairs: Sequence[tuple[str, str]], workers: int = 1) -> list[VerifyOutcome]:
