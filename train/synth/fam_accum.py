@@ -11,6 +11,8 @@ trusts its index array (`gather/plain`) says so in its notes.
 
 from __future__ import annotations
 
+from functools import partial
+
 from . import names as vocab
 from .kit import Draw, Family
 from .spec import If, Spec
@@ -95,14 +97,15 @@ def sum2d(d: Draw) -> Spec:
                      [f"atomicAdd({ptr}, {at});"])
 
 
-def histogram(d: Draw) -> Spec:
+def histogram(d: Draw, kind: str) -> Spec:
+    """The bin of an unsigned value modulo the bin count, of a signed one brought into range, or of a float in
+    [0, 1) scaled and clamped; a third of them weighted (float counts)."""
     n, i = d.size(), d.var()
     bins = d.scalar("int", vocab.BIN_COUNTS, "bins")
     b = d.names.take(("b", "bin", "slot", "bucket", "which"))
     weighted = d.chance(0.3)
     ht = d.choice(("float", "double")) if weighted else d.choice(("int", "unsigned int"))
     hist = d.array(ht, vocab.HISTOGRAMS, "acc")
-    kind = d.choice(("unsigned", "signed", "scaled"))
     if kind == "unsigned":
         x = d.array("unsigned int", vocab.INPUTS, "in")
         prefix = [f"int {b} = {x.name}[{i}] % {bins.name};"]
@@ -186,7 +189,8 @@ def lookup_rows(d: Draw) -> Spec:
 FAMILIES = (
     Family("reduce", {"sum": reduce_sum, "count": count, "extremum": extremum, "sum2d": sum2d},
            "reductions with atomics: sums and dot products (atomicAdd), counts, int max/min (atomicMax/Min)"),
-    Family("histogram", {"bins": histogram}, "histograms: atomicAdd on a bin computed in range from the value"),
+    Family("histogram", {k: partial(histogram, kind=k) for k in ("unsigned", "signed", "scaled")},
+           "histograms: atomicAdd on a bin computed in range from the value"),
     Family("gather_scatter", {"gather": gather, "scatter_add": scatter_add, "lookup_rows": lookup_rows},
            "gathers through an index array (checked, modulo, or trusted) and guarded scatter-adds"),
 )

@@ -7,6 +7,7 @@ correct for any input values.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from . import names as vocab
@@ -145,18 +146,19 @@ def binary_inplace(d: Draw) -> Spec:
                      n.name, [body])
 
 
-def ternary_map(d: Draw) -> Spec:
-    t = d.choice(vocab.ELEMENT_TYPES)
+TERNARY = {"fma": (("fma", "muladd"), "{a} * {b} + {c}"), "sum3": (("add3", "sum3"), "{a} + {b} + {c}"),
+           "select": (("select", "choose"), "{c} > {zero} ? {a} : {b}"),
+           "combine": (("combine", "mix3"), "({a} - {b}) * {c}"),
+           "lerp": (("lerp", "interpolate"), "{a} + {c} * ({b} - {a})")}
+
+
+def ternary_map(d: Draw, kind: str) -> Spec:
+    t = d.choice(vocab.FLOATS if kind == "lerp" else vocab.ELEMENT_TYPES)
     n, i = d.size(), d.var()
     a, b = d.array(t, vocab.INPUTS, "in"), d.array(t, vocab.SECOND, "in")
     c, out = d.array(t, vocab.THIRD, "in"), d.array(t, vocab.OUTPUTS, "out")
-    ai, bi, ci = f"{a.name}[{i}]", f"{b.name}[{i}]", f"{c.name}[{i}]"
-    options = [(("fma", "muladd"), f"{ai} * {bi} + {ci}"), (("add3", "sum3"), f"{ai} + {bi} + {ci}"),
-               (("select", "choose"), f"{ci} > {vocab.literal(t, '0')} ? {ai} : {bi}"),
-               (("combine", "mix3"), f"({ai} - {bi}) * {ci}")]
-    if t in vocab.FLOATS:
-        options.append((("lerp", "interpolate"), f"{ai} + {ci} * ({bi} - {ai})"))
-    verbs, expr = d.choice(options)
+    verbs, template = TERNARY[kind]
+    expr = template.format(a=f"{a.name}[{i}]", b=f"{b.name}[{i}]", c=f"{c.name}[{i}]", zero=vocab.literal(t, "0"))
     params = d.choice(([a, b, c, out, n], [out, a, b, c, n], [n, a, b, c, out]))
     return d.spec_1d(d.fname(verbs, NOUNS), params, i, n.name, [f"{out.name}[{i}] = {expr};"])
 
@@ -209,7 +211,8 @@ FAMILIES = (
            "out[i] = f(in[i]) or a[i] = f(a[i]): arithmetic, math functions, integer and bit operations"),
     Family("map_binary", {"out": binary_map, "inplace": binary_inplace},
            "out[i] = a[i] op b[i], or a[i] op= b[i]"),
-    Family("map_ternary", {"out": ternary_map}, "out[i] = f(a[i], b[i], c[i]): fma, lerp, select"),
+    Family("map_ternary", {kind: partial(ternary_map, kind=kind) for kind in TERNARY},
+           "out[i] = f(a[i], b[i], c[i]): fma, lerp, select"),
     Family("scalar_map", {"affine": scalar_affine, "update": scalar_update, "inplace": scalar_inplace},
            "maps with scalar parameters: scale and offset, y += s * x, a[i] op= s"),
 )

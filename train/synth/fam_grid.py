@@ -9,6 +9,7 @@ output element, and flat loops whose bound is a product (`rows * cols`, `w * h *
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 from . import names as vocab
 from .kit import Draw, Family
@@ -187,14 +188,16 @@ def matmul(d: Draw) -> Spec:
                      [a, b, out, m_, n_, kdim], r, m_.name, c, n_.name, body)
 
 
-def flat_product(d: Draw) -> Spec:
+def flat_product(d: Draw, kind: str) -> Spec:
+    """`product`: `i < rows * cols`; `three_dims`: `i < w * h * c`; `local_total`: the product in a local first;
+    `per_column`: a per-column factor read at `i % cols`."""
     t = d.choice(vocab.ELEMENT_TYPES)
     rows, cols = d.rows_cols()
     i = d.var()
     src, dst = d.array(t, vocab.INPUTS, "in"), d.array(t, vocab.OUTPUTS, "out")
     s = d.scalar(t, vocab.SCALARS)
     dims, params = [rows.name, cols.name], [src, dst, s, rows, cols]
-    if d.chance(0.3):
+    if kind == "three_dims":
         ch = d.scalar(rows.type, ("channels", "depth", "nc", "planes"), "size")
         dims.append(ch.name)
         params.append(ch)
@@ -202,10 +205,10 @@ def flat_product(d: Draw) -> Spec:
     op = d.choice(("*", "+", "-"))
     body = [f"{dst.name}[{i}] = {src.name}[{i}] {op} {s.name};"]
     pre: list[str] = []
-    if d.chance(0.5):
+    if kind == "local_total" or (kind != "product" and d.chance(0.4)):
         total = d.names.take(("total", "numel", "count_all", "sz", "nTotal"))
         pre, product = [f"int {total} = {product};"], total
-    if d.chance(0.3):
+    if kind == "per_column":
         col_scale = d.array(t, ("colScale", "perCol", "gain_c"), "in")
         params.insert(2, col_scale)
         body = [f"{dst.name}[{i}] = {src.name}[{i}] * {col_scale.name}[{i} % {cols.name}] + {s.name};"]
@@ -219,5 +222,7 @@ FAMILIES = (
            "2-D rows x columns: biases, row/column scaling, transposes, outer products, pitched copies, matmul"),
     Family("matvec", {"matvec": matvec, "row_reduce": row_reduce, "row_max": row_max},
            "one thread per output row (or column) with an inner loop: matrix-vector, row sums/means/norms/max"),
-    Family("flat2d", {"product": flat_product}, "1-D loops whose bound is a product of sizes (rows * cols)"),
+    Family("flat2d", {k: partial(flat_product, kind=k) for k in ("product", "three_dims", "local_total",
+                                                                 "per_column")},
+           "1-D loops whose bound is a product of sizes (rows * cols)"),
 )

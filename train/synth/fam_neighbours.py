@@ -11,6 +11,7 @@ as the C loop steps (`int i = 1 + blockIdx.x * blockDim.x + threadIdx.x;`, `(...
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 from . import names as vocab
 from .kit import Draw, Family
@@ -87,12 +88,12 @@ def stencil2d(d: Draw) -> Spec:
                      rows.name, c, cols.name, body)
 
 
-def start_offset(d: Draw) -> Spec:
+def start_offset(d: Draw, kind: str) -> Spec:
+    """A constant start (`const`), a start parameter (`param`), or a `[begin, end)` range (`range`)."""
     t = d.choice(vocab.ELEMENT_TYPES)
     n, i = d.size(signed=True), d.var()
     a = d.array(t, vocab.INPUTS + vocab.OUTPUTS, "inout")
     s = d.scalar(t, vocab.SCALARS)
-    kind = d.choice(("const", "param", "range"))
     body = [d.choice((f"{a.name}[{i}] *= {s.name};", f"{a.name}[{i}] = {a.name}[{i}] + {s.name};",
                       f"{a.name}[{i}] = {s.name};"))]
     if kind == "const":
@@ -109,11 +110,12 @@ def start_offset(d: Draw) -> Spec:
                      d.choice(([a, s, first, end], [a, first, end, s])), i, end.name, body, start=first.name)
 
 
-def step_loop(d: Draw) -> Spec:
+def step_loop(d: Draw, kind: str) -> Spec:
+    """`i += 2` (`step_const`) or `i += stride` (`step_param`), from 0 or (a third of the time) 1 or 2."""
     t = d.choice(vocab.ELEMENT_TYPES)
     n, i = d.size(), d.var()
     src, dst = d.array(t, vocab.INPUTS, "in"), d.array(t, vocab.OUTPUTS, "out")
-    if d.chance(0.5):
+    if kind == "step_const":
         step = d.choice(("2", "3", "4"))
         params = [src, dst, n]
     else:
@@ -132,6 +134,7 @@ def step_loop(d: Draw) -> Spec:
 FAMILIES = (
     Family("stencil", {"diff": diff, "smooth3": smooth3, "clamped3": clamped3, "stencil2d": stencil2d},
            "neighbours read from an input into a separate output, bounds kept by the range, a check, or a clamp"),
-    Family("offset_step", {"start": start_offset, "step": step_loop},
+    Family("offset_step", {**{k: partial(start_offset, kind=k) for k in ("const", "param", "range")},
+                           **{k: partial(step_loop, kind=k) for k in ("step_const", "step_param")}},
            "loops with a non-zero start, a [begin, end) range, or a step"),
 )

@@ -10,6 +10,7 @@ would then decide the result.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 from . import names as vocab
 from .kit import Draw, Family
@@ -111,24 +112,29 @@ def masked(d: Draw) -> Spec:
                      n.name, body)
 
 
-def fill_index(d: Draw) -> Spec:
+FILLS = ("ramp", "linspace", "constant", "squares", "ratio")
+
+
+def fill_index(d: Draw, kind: str) -> Spec:
     t = d.choice(vocab.ELEMENT_TYPES)
     n, i = d.size(), d.var()
     a = d.array(t, vocab.OUTPUTS + ("arr", "buf", "table", "ramp", "seq"), "out")
     k = d.scalar(t, vocab.SCALARS + ("step", "spacing", "dx"))
     o = d.scalar(t, vocab.OFFSETS + ("start", "origin", "x0"))
-    options = [(("ramp", "fill", "iota"), [a, k, n], f"{i} * {k.name}"),
-               (("linspace", "fill_range", "arange"), [a, o, k, n], f"{o.name} + {i} * {k.name}"),
-               (("fill", "set", "init", "reset"), [a, o, n], o.name),
-               (("squares", "fill_squares"), [a, n], f"{i} * {i}")]
-    if t in vocab.FLOATS:
-        options.append((("normalized_index", "unit_ramp"), [a, n], f"({t}){i} / {n.name}"))
+    if kind == "ramp":
+        verbs, params, expr = ("ramp", "fill", "iota"), [a, k, n], f"{i} * {k.name}"
+    elif kind == "linspace":
+        verbs, params, expr = ("linspace", "fill_range", "arange"), [a, o, k, n], f"{o.name} + {i} * {k.name}"
+    elif kind == "constant":
+        verbs, params, expr = ("fill", "set", "init", "reset"), [a, o, n], o.name
+        if t not in vocab.FLOATS and d.chance(0.4):
+            params, expr = [a, n], d.choice(("0", "1", "-1")) if t != "unsigned int" else "0"
+    elif kind == "squares":
+        verbs, params, expr = ("squares", "fill_squares"), [a, n], f"{i} * {i}"
+    elif t in vocab.FLOATS:  # ratio: the index over the size, or modulo a constant for integers
+        verbs, params, expr = ("normalized_index", "unit_ramp"), [a, n], f"({t}){i} / {n.name}"
     else:
-        options.append((("cycle", "fill_mod", "wrap_index"), [a, n], f"{i} % {d.choice(('4', '7', '8', '16'))}"))
-    verbs, params, expr = d.choice(options)
-    if expr == o.name and t not in vocab.FLOATS and d.chance(0.4):
-        expr = d.choice(("0", "1", "-1")) if t != "unsigned int" else "0"
-        params = [a, n]
+        verbs, params, expr = ("cycle", "fill_mod", "wrap_index"), [a, n], f"{i} % {d.choice(('4', '7', '8', '16'))}"
     return d.spec_1d(d.fname(verbs, NOUNS + ("table", "grid", "positions")), d.choice((params, params[::-1])), i,
                      n.name, [f"{a.name}[{i}] = {expr};"])
 
@@ -183,17 +189,22 @@ CASTS = (("float", "double"), ("double", "float"), ("int", "float"), ("int", "do
          ("long", "int"), ("unsigned int", "double"))
 
 
-def convert(d: Draw) -> Spec:
-    src_t, dst_t = d.choice(CASTS)
+def convert(d: Draw, kind: str) -> Spec:
+    """`cast`: any of `CASTS`; `scaled`: into a floating type, scaled; `rounded`: floating to integer, rounded."""
+    casts = {"cast": CASTS, "scaled": [c for c in CASTS if c[1] in vocab.FLOATS],
+             "rounded": [c for c in CASTS if c[0] in vocab.FLOATS and c[1] not in vocab.FLOATS]}[kind]
+    src_t, dst_t = d.choice(casts)
     n, i = d.size(), d.var()
     src, dst = d.array(src_t, vocab.INPUTS, "in"), d.array(dst_t, vocab.OUTPUTS, "out")
     x = f"{src.name}[{i}]"
-    options = [f"({dst_t}){x}", f"({dst_t})({x})"]
-    if dst_t in vocab.FLOATS:
-        options.append(f"({dst_t}){x} * {vocab.literal(dst_t, d.choice(('0.5', '0.25', '2')))}")
-        options.append(f"({dst_t}){x} / {vocab.literal(dst_t, d.choice(('255', '256', '1000')))}")
-    elif src_t in vocab.FLOATS:
-        options.append(f"({dst_t})({x} + {vocab.literal(src_t, '0.5')})")
+    if kind == "cast":
+        options = [f"({dst_t}){x}", f"({dst_t})({x})"]
+    elif kind == "scaled":
+        options = [f"({dst_t}){x} * {vocab.literal(dst_t, d.choice(('0.5', '0.25', '2')))}",
+                   f"({dst_t}){x} / {vocab.literal(dst_t, d.choice(('255', '256', '1000')))}"]
+    else:
+        options = [f"({dst_t})({x} + {vocab.literal(src_t, '0.5')})",
+                   f"({dst_t}){vocab.math_fn(src_t, 'floor')}({x} + {vocab.literal(src_t, '0.5')})"]
     widen = "widen" if dst_t == "double" else "narrow"
     verb = d.choice(("convert", "cast", "to_" + dst_t.split()[-1], "copy_as", widen))
     return d.spec_1d(d.fname((verb,), NOUNS), d.choice(([src, dst, n], [dst, src, n], [n, src, dst])), i, n.name,
@@ -204,8 +215,10 @@ FAMILIES = (
     Family("select", {"threshold": threshold, "clamp": clamp, "relu": relu, "replace": replace_value, "sign": sign,
                       "masked": masked},
            "conditional assignments: thresholds, clamps, relu, sign, masks, replacing a value"),
-    Family("fill_index", {"fill": fill_index}, "fills computed from the index: a[i] = i * k, o + i * k, i % m"),
+    Family("fill_index", {kind: partial(fill_index, kind=kind) for kind in FILLS},
+           "fills computed from the index: a[i] = i * k, o + i * k, i % m"),
     Family("strided", {"read": strided_read, "write": strided_write, "interleave": interleave},
            "strided or offset access: out[i] = in[i * s + o], out[i * 2 + 1] = in[i], (de)interleaving"),
-    Family("convert", {"cast": convert}, "copies between arrays of different types"),
+    Family("convert", {kind: partial(convert, kind=kind) for kind in ("cast", "scaled", "rounded")},
+           "copies between arrays of different types"),
 )
