@@ -49,7 +49,7 @@ segment of a thread (up to its next barrier) the watched memory — every ``cuda
 copy; a byte changed by two threads that no barrier orders (the same barrier interval of a block, or different
 blocks) is a race unless both wrote it through atomics.  A write of the value already there is invisible to a
 diff (same-value races are not reported).  Cost: one comparison of the watched bytes per segment; the check stops
-after ``MOT_CPU_RACE_BUDGET`` (512 MiB) of comparisons a launch (the first blocks are covered; a ``MOT_NOTE`` says
+after ``MOT_CPU_RACE_BUDGET`` (1 GiB) of comparisons a launch (the first blocks are covered; a ``MOT_NOTE`` says
 how many) and is off above ``MOT_CPU_RACE_MAX_BYTES`` (32 MiB) watched.  (2) Order dependence: the launch is
 re-run from the same memory with blocks and threads in reverse order (and shared memory poisoned with another
 pattern); a watched byte that differs is a race (a read of memory another thread writes, or of uninitialised
@@ -113,8 +113,8 @@ BINARY_NAME = "prog"
 # AddressSanitizer reserves terabytes of address space, so it runs without RLIMIT_AS and bounds itself.
 _ASAN_OPTIONS = "detect_leaks=0:allocator_may_return_null=1:hard_rss_limit_mb=2048:print_summary=1"
 
-FINDING_KINDS = ("race", "oob", "fault", "barrier", "error", "note")
-_FINDING_RE = re.compile(r"^MOT_(RACE|OOB|FAULT|BARRIER|ERROR|NOTE): (.*)$", re.M)
+FINDING_KINDS = ("race", "oob", "fault", "barrier", "host_pointer", "error", "note")
+_FINDING_RE = re.compile(r"^MOT_(RACE|OOB|FAULT|BARRIER|HOST_POINTER|ERROR|NOTE): (.*)$", re.M)
 _SUMMARY_RE = re.compile(r"^MOT_CPU_SUMMARY: (.*)$", re.M)
 _ASAN_RE = re.compile(r"ERROR: AddressSanitizer: ([\w-]+).*?\n(READ|WRITE)? ?(?:of size (\d+))?.*?\n\s*#0 [^\n]*? in "
                       r"([^\n(]+)", re.S)
@@ -133,7 +133,8 @@ class Finding:
 
     @property
     def is_problem(self) -> bool:
-        """Races, out-of-bounds writes, faults, barrier divergence, internal errors; notes are not."""
+        """Races, out-of-bounds writes, faults, barrier divergence, host pointers given to a kernel, internal
+        errors; notes are not."""
         return self.kind != "note"
 
 

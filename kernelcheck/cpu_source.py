@@ -424,7 +424,7 @@ def _launch(source: str, tokens: list[_Token], i: int, device: bool) -> _Edit | 
     name = " ".join(kernel.split())
     call = f'::mot_cpu::launch_named("{name}", {kernel}, {", ".join(config)}{", " + args if args else ""})'
     original = source[tokens[start].start : tokens[args_end - 1].end]
-    return _Edit(tokens[start].start, tokens[args_end - 1].end, call + "\n" * original.count("\n"))
+    return _Edit(tokens[start].start, tokens[args_end - 1].end, call + "\n" * (original.count("\n") - call.count("\n")))
 
 
 def _device_variable(statement: list[_Token]) -> _Edit | None:

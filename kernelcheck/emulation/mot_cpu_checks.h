@@ -8,10 +8,10 @@
 //    copy; each changed byte gets the segment as its owner.  A byte changed by two segments that the barriers do
 //    not order (different threads of one barrier interval, or threads of different blocks) is a write-write
 //    race, unless both writes went through atomic functions (atomics log their addresses).  A write of the value
-//    already there is invisible to a diff: such "same value" races are not reported.  Cost: one comparison of all
-//    watched bytes per segment, so the check stops when a launch has compared MOT_CPU_RACE_BUDGET bytes (the
-//    first blocks are covered; a MOT_NOTE line says how many) and is off when more than MOT_CPU_RACE_MAX_BYTES
-//    are watched.
+//    already there is invisible to a diff: such "same value" races are not reported.  Buffers the kernel gets
+//    only through `const T*` parameters are not diffed.  Cost: one comparison of the other watched bytes per
+//    segment, so the check stops when a launch has compared MOT_CPU_RACE_BUDGET bytes (the first blocks are
+//    covered; a MOT_NOTE line says how many) and is off when more than MOT_CPU_RACE_MAX_BYTES are watched.
 // 2. Order dependence: the launch is run again from the same memory with blocks and threads in reverse order
 //    (shared memory poisoned with another pattern); any watched byte that ends up different is reported, except
 //    bytes written only by atomics (float atomics legitimately round differently in another order).  This
@@ -27,7 +27,7 @@
 #include <vector>
 
 #ifndef MOT_CPU_RACE_BUDGET
-#define MOT_CPU_RACE_BUDGET (512ull << 20)
+#define MOT_CPU_RACE_BUDGET (1ull << 30)
 #endif
 #ifndef MOT_CPU_RACE_MAX_BYTES
 #define MOT_CPU_RACE_MAX_BYTES (32ull << 20)
@@ -56,6 +56,7 @@ struct PointerArgument {
     const unsigned char* pointer;
     size_t element_size;
     int index;
+    bool to_const;  // `const T*`: the kernel does not write through it
 };
 
 struct KernelDescription {
@@ -101,6 +102,7 @@ struct Region {
     unsigned char* data = nullptr;
     size_t size = 0;
     bool shared = false;     // per block: reset at each block
+    bool read_only = false;  // the kernel gets it only as `const T*`: not diffed (a write needs a const_cast)
     std::vector<unsigned char> shadow;
     std::vector<uint32_t> owner;  // per byte: segment number + 1, bit 31 set for an atomic write; 0: none yet
 };
@@ -226,9 +228,10 @@ inline void note_guard_writers(uint64_t block, uint32_t thread) {
     }
 }
 
+// Bytes one diff compares (the regions the kernel can write).
 inline uint64_t watched_bytes() {
     uint64_t total = 0;
-    for (const Region& region : g_race.regions) total += region.size;
+    for (const Region& region : g_race.regions) total += region.read_only ? 0 : region.size;
     return total;
 }
 
@@ -245,7 +248,8 @@ inline void end_segment(uint64_t block, uint32_t thread, uint32_t interval) {
     g_race.budget_left -= cost;
     const uint32_t segment = static_cast<uint32_t>(g_race.segments.size());
     g_race.segments.push_back(Segment{block, thread, interval});
-    for (Region& region : g_race.regions) diff_region(region, segment);
+    for (Region& region : g_race.regions)
+        if (!region.read_only) diff_region(region, segment);
     note_guard_writers(block, thread);
     g_race.segment_atomics.clear();
     if (g_race.segments.size() >= (kAtomicBit >> 1)) g_race.tracking = false, g_race.stopped = true;

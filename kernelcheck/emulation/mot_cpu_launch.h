@@ -60,6 +60,20 @@ inline void collect_regions(size_t dynamic_bytes) {
         g_race.regions.push_back(make_region("dynamic shared memory", g_dynamic_shared, dynamic_bytes, true, nullptr));
 }
 
+// A buffer the kernel receives only as `const T*` is read-only for the write-write check.
+inline void mark_read_only_regions() {
+    for (Region& region : g_race.regions) {
+        if (region.shared) continue;
+        bool referenced = false, writable = false;
+        for (const PointerArgument& argument : g_launch.pointers) {
+            if (argument.pointer < region.data || argument.pointer > region.data + region.size) continue;
+            referenced = true;
+            writable = writable || !argument.to_const;
+        }
+        region.read_only = referenced && !writable;
+    }
+}
+
 inline uint64_t global_bytes() {
     uint64_t total = 0;
     for (const Region& region : g_race.regions) total += region.shared ? 0 : region.size;
@@ -75,7 +89,8 @@ inline bool start_tracking() {
     g_race.segments.clear();
     g_race.segment_atomics.clear();
     if (watched_bytes() > MOT_CPU_RACE_MAX_BYTES) return false;
-    for (Region& region : g_race.regions) region.shadow.assign(region.data, region.data + region.size);
+    for (Region& region : g_race.regions)
+        if (!region.read_only) region.shadow.assign(region.data, region.data + region.size);
     g_race.budget_left = MOT_CPU_RACE_BUDGET;
     g_race.tracking = true;
     return true;
@@ -178,6 +193,23 @@ inline void release_tracking() {
     std::unordered_set<uintptr_t>().swap(g_race.atomic_bytes);
 }
 
+// A pointer argument that is neither null nor into watched memory (a cudaMalloc allocation, watch()ed memory,
+// __device__ variables) is host memory: a GPU kernel that dereferences it fails with an illegal address.  The
+// kernel still runs here, so its output can be compared; the line says why a GPU would not produce it.
+inline void check_pointer_arguments() {
+    for (const PointerArgument& argument : g_launch.pointers) {
+        if (argument.pointer == nullptr || find_buffer(argument.pointer, true) != nullptr) continue;
+        if (argument.pointer >= __start_mot_cpu_device && argument.pointer < __stop_mot_cpu_device) continue;
+        std::string parameter = "argument " + std::to_string(argument.index);
+        if (g_launch.description != nullptr && argument.index < static_cast<int>(g_launch.description->parameters.size()))
+            parameter += " (" + g_launch.description->parameters[argument.index] + ")";
+        report("HOST_POINTER", &g_memory.findings.host_pointers,
+               "%s of kernel %s (launch %d) is %p, not device memory (not from cudaMalloc): a GPU kernel that "
+               "dereferences it fails with an illegal address", parameter.c_str(), g_launch.kernel.c_str(),
+               g_launch.number, static_cast<const void*>(argument.pointer));
+    }
+}
+
 inline void begin_launch(const char* name, const void* kernel, dim3 grid, dim3 block,
                          std::vector<PointerArgument> pointers) {
     auto described = kernel_descriptions().find(kernel);
@@ -207,11 +239,13 @@ inline void run_launch(const char* name, const void* kernel, dim3 grid, dim3 blo
     }
     install_fault_handlers();
     begin_launch(name, kernel, grid, block, std::move(pointers));
+    check_pointer_arguments();
     g_fibers.body = body;
     g_fibers.body_arg = argument;
     g_dynamic_shared_bytes = dynamic_bytes;
     std::memset(g_dynamic_shared + dynamic_bytes, kCanary, kGuardBytes);
     collect_regions(dynamic_bytes);
+    mark_read_only_regions();
     const bool ordered = MOT_CPU_ORDER_CHECK && global_bytes() <= MOT_CPU_ORDER_MAX_BYTES;
     const bool tracked = start_tracking();
     Snapshot before;
@@ -247,7 +281,8 @@ inline std::vector<PointerArgument> pointer_arguments(const Tuple& params, std::
             using Element = std::remove_cv_t<std::remove_pointer_t<T>>;
             size_t size = 1;
             if constexpr (!std::is_void<Element>::value) size = sizeof(Element);
-            pointers.push_back(PointerArgument{reinterpret_cast<const unsigned char*>(value), size, index});
+            pointers.push_back(PointerArgument{reinterpret_cast<const unsigned char*>(value), size, index,
+                                               std::is_const<std::remove_pointer_t<T>>::value});
         }
     };
     (add(std::get<I>(params), static_cast<int>(I)), ...);

@@ -46,7 +46,7 @@ struct Buffer {
 
 // Counters of what was found, printed in the MOT_CPU_SUMMARY line at exit.
 struct Findings {
-    int races = 0, oob = 0, faults = 0, barrier = 0, notes = 0, launches = 0, launch_errors = 0;
+    int races = 0, oob = 0, faults = 0, barrier = 0, host_pointers = 0, notes = 0, launches = 0, launch_errors = 0;
 };
 
 struct Memory {
@@ -238,10 +238,10 @@ inline void label(const void* pointer, const char* name) {
 // Check every live allocation's guard zones now: "" when intact, else the findings (also printed as MOT_OOB).
 inline std::string check_guards() { return detail::check_all_guards("(found by mot_cpu::check_guards)"); }
 
-// Findings so far (MOT_RACE, MOT_OOB, MOT_FAULT and MOT_BARRIER lines), for a harness that wants to stop early.
+// Findings so far (MOT_RACE, MOT_OOB, MOT_FAULT, MOT_BARRIER and MOT_HOST_POINTER lines), for a harness that wants to stop early.
 inline int findings_count() {
     const detail::Findings& f = detail::g_memory.findings;
-    return f.races + f.oob + f.faults + f.barrier;
+    return f.races + f.oob + f.faults + f.barrier + f.host_pointers;
 }
 
 }  // namespace mot_cpu

@@ -124,7 +124,7 @@ inline void run_block_fibers(uint64_t block, uint32_t threads, bool reverse, boo
             if (!fiber->finished) ++waiting, predicates += fiber->predicate;
         }
         if (waiting == 0) return;
-        check_barrier_divergence(block, threads, divergence_reported);
+        if (!reverse) check_barrier_divergence(block, threads, divergence_reported);  // once: not in the re-run
         g_barrier.arrived = static_cast<int>(waiting);
         g_barrier.predicate_count = predicates;
     }
@@ -166,6 +166,7 @@ inline void fault_handler(int signal_number, siginfo_t* info, void*) {
     const char* what = signal_number == SIGFPE    ? "arithmetic fault (integer division by zero?)"
                        : signal_number == SIGABRT ? "abort (a failed assert or __trap)"
                        : signal_number == SIGBUS  ? "bus error"
+                       : signal_number == SIGILL  ? "illegal instruction (undefined behaviour g++ turned into a trap)"
                                                   : "invalid memory access (an illegal address on a GPU)";
     char message[768];
     if (g_in_kernel) {
@@ -197,7 +198,7 @@ inline void install_fault_handlers() {
     action.sa_sigaction = &fault_handler;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
-    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGABRT}) sigaction(s, &action, nullptr);
+    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL}) sigaction(s, &action, nullptr);
 #endif
 }
 
