@@ -98,8 +98,8 @@ from .sandbox import (
 )
 from .toolchain import find_gxx
 
-__all__ = ["HEADER_DIR", "GXX_CPU_FLAGS", "SANITIZE_FLAGS", "FINDING_KINDS", "CpuBackendError", "Finding", "CpuRun",
-           "CpuCheck", "Prepared", "Unsupported", "prepare_for_cpu", "gxx_cpu_command", "build_cpu_program",
+__all__ = ["HEADER_DIR", "GXX_CPU_FLAGS", "SANITIZE_FLAGS", "INSTRUMENT_FLAGS", "FINDING_KINDS", "CpuBackendError", "Finding", "CpuRun",
+           "CpuCheck", "Prepared", "Unsupported", "prepare_for_cpu", "instrumentable", "gxx_cpu_command", "build_cpu_program",
            "run_cpu_program", "parse_findings", "check_on_cpu"]
 
 HEADER_DIR = Path(__file__).resolve().parent / "emulation"
@@ -108,6 +108,11 @@ HEADER_DIR = Path(__file__).resolve().parent / "emulation"
 # (atomicCAS loops).  -w: the harness shows errors, and warnings about model output are noise there.
 GXX_CPU_FLAGS = ("-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-w")
 SANITIZE_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
+# Every load and store of the program calls the runtime's hooks (kernel-address instrumentation, no sanitizer
+# runtime): exact write tracking for the race checks and out-of-bounds reads (mot_cpu_instrument.h).  GCC's
+# spelling; other compilers build without it (the race check then diffs memory, with a budget).
+INSTRUMENT_FLAGS = ("-fsanitize=kernel-address", "--param", "asan-instrumentation-with-call-threshold=0", "--param",
+                    "asan-stack=0", "--param", "asan-globals=0", "-DMOT_CPU_INSTRUMENTED=1")
 SOURCE_NAME = "prog.cpp"
 BINARY_NAME = "prog"
 # AddressSanitizer reserves terabytes of address space, so it runs without RLIMIT_AS and bounds itself.
@@ -194,16 +199,26 @@ class CpuCheck:
         return ""
 
 
+def instrumentable(gxx: str) -> bool:
+    """Whether ``gxx`` takes `INSTRUMENT_FLAGS` (GCC's g++; not clang++)."""
+    return "clang" not in Path(gxx).name
+
+
 def gxx_cpu_command(gxx: str, source: str = SOURCE_NAME, output: str = BINARY_NAME, *, sanitize: bool = False,
-                    defines: Mapping[str, object] | None = None) -> list[str]:
-    """The g++ command line for a prepared program (``defines``: the header's MOT_CPU_* settings)."""
-    flags = [*GXX_CPU_FLAGS, *(SANITIZE_FLAGS if sanitize else ())]
+                    instrument: bool = True, defines: Mapping[str, object] | None = None) -> list[str]:
+    """The g++ command line for a prepared program.  ``sanitize``: AddressSanitizer (then no instrumentation);
+    ``instrument``: the access hooks where the compiler has them; ``defines``: the header's MOT_CPU_* settings."""
+    flags = list(GXX_CPU_FLAGS)
+    if sanitize:
+        flags += SANITIZE_FLAGS
+    elif instrument and instrumentable(gxx):
+        flags += INSTRUMENT_FLAGS
     flags += [f"-D{name}={value}" for name, value in (defines or {}).items()]
     return [gxx, *flags, "-I", str(HEADER_DIR), "-o", output, source, "-lm"]
 
 
 def build_cpu_program(source: str, workdir: str, *, gxx: str | None = None, sanitize: bool = False,
-                      defines: Mapping[str, object] | None = None,
+                      instrument: bool = True, defines: Mapping[str, object] | None = None,
                       timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S) -> Compiled:
     """Write prepared ``source`` into ``workdir`` and build it there in the sandbox (binary ``prog``).
 
@@ -212,8 +227,8 @@ def build_cpu_program(source: str, workdir: str, *, gxx: str | None = None, sani
     if compiler is None:
         raise CpuBackendError("no C++ compiler (g++, c++ or clang++) on PATH: the CPU backend needs one")
     (Path(workdir) / SOURCE_NAME).write_text(source, encoding="utf-8")
-    return compile_program(gxx_cpu_command(compiler, sanitize=sanitize, defines=defines), workdir, timeout_s,
-                           binary=BINARY_NAME)
+    command = gxx_cpu_command(compiler, sanitize=sanitize, instrument=instrument, defines=defines)
+    return compile_program(command, workdir, timeout_s, binary=BINARY_NAME)
 
 
 def _asan_findings(stderr: str) -> list[Finding]:
@@ -256,7 +271,7 @@ def run_cpu_program(workdir: str, args: Sequence[str] = (), *, timeout_s: float 
 
 
 def check_on_cpu(source: str, arg_sets: Sequence[Sequence[str]] = ((),), *, gxx: str | None = None,
-                 sanitize: bool = False, defines: Mapping[str, object] | None = None,
+                 sanitize: bool = False, instrument: bool = True, defines: Mapping[str, object] | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> CpuCheck:
     """Prepare ``source`` (a whole CUDA program), build it once in a fresh temporary directory and run it once
@@ -265,8 +280,8 @@ def check_on_cpu(source: str, arg_sets: Sequence[Sequence[str]] = ((),), *, gxx:
     if isinstance(prepared, Unsupported):
         return CpuCheck(prepared=None, unsupported=prepared, compiled=None)
     with tempfile.TemporaryDirectory(prefix="mot-cpu-") as workdir:
-        compiled = build_cpu_program(prepared.source, workdir, gxx=gxx, sanitize=sanitize, defines=defines,
-                                     timeout_s=compile_timeout_s)
+        compiled = build_cpu_program(prepared.source, workdir, gxx=gxx, sanitize=sanitize, instrument=instrument,
+                                     defines=defines, timeout_s=compile_timeout_s)
         check = CpuCheck(prepared=prepared, unsupported=None, compiled=compiled)
         if compiled.ok:
             check.runs = [run_cpu_program(workdir, args, timeout_s=timeout_s, max_output_bytes=max_output_bytes,

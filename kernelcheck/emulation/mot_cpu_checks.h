@@ -30,7 +30,7 @@
 #define MOT_CPU_RACE_BUDGET (1ull << 30)
 #endif
 #ifndef MOT_CPU_RACE_MAX_BYTES
-#define MOT_CPU_RACE_MAX_BYTES (32ull << 20)
+#define MOT_CPU_RACE_MAX_BYTES (64ull << 20)
 #endif
 #ifndef MOT_CPU_ORDER_CHECK
 #define MOT_CPU_ORDER_CHECK 1
@@ -121,7 +121,8 @@ struct RaceState {
     uint64_t budget_left = 0;
     uint64_t blocks_started = 0, blocks_covered = 0;
     int reported = 0;
-    std::vector<const Region*> reported_regions;  // one write-write line per region and launch
+    std::vector<const Region*> reported_regions;       // one write-write line per region and launch
+    std::vector<const Region*> reported_read_regions;  // one read-after-write line per region and launch
     std::vector<Region> regions;
     std::vector<Segment> segments;
     std::vector<std::pair<uintptr_t, uint32_t>> segment_atomics;  // (address, bytes) since the last diff
@@ -131,7 +132,7 @@ struct RaceState {
 inline RaceState g_race;
 
 // Atomic functions call this with the address they update.
-inline void note_atomic(const void* address, size_t bytes) {
+MOT_CPU_RUNTIME inline void note_atomic(const void* address, size_t bytes) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(address);
     if (g_race.tracking) g_race.segment_atomics.emplace_back(a, static_cast<uint32_t>(bytes));
     if (g_race.log_atomics)
@@ -178,14 +179,14 @@ inline void report_conflict(const Region& region, size_t offset, const Segment& 
            who.c_str(), describe_location(region, offset).c_str(), how, launch_words().c_str());
 }
 
-inline bool written_atomically(uintptr_t address) {
+MOT_CPU_RUNTIME inline bool written_atomically(uintptr_t address) {
     for (const auto& entry : g_race.segment_atomics)
         if (address >= entry.first && address < entry.first + entry.second) return true;
     return false;
 }
 
 // The segment that just ended changed byte `offset` of `region`: record it, report a conflict.
-inline void record_write(Region& region, size_t offset, uint32_t segment) {
+MOT_CPU_RUNTIME inline void record_write(Region& region, size_t offset, uint32_t segment) {
     if (region.owner.empty()) region.owner.assign(region.size, 0);
     const bool atomic = written_atomically(reinterpret_cast<uintptr_t>(region.data + offset));
     const uint32_t previous = region.owner[offset];
@@ -200,7 +201,7 @@ inline void record_write(Region& region, size_t offset, uint32_t segment) {
     report_conflict(region, offset, before, before_atomic, now, atomic);
 }
 
-inline void diff_region(Region& region, uint32_t segment) {
+MOT_CPU_RUNTIME inline void diff_region(Region& region, uint32_t segment) {
     if (std::memcmp(region.data, region.shadow.data(), region.size) == 0) return;
     size_t i = 0;
     for (; i + 8 <= region.size; i += 8) {
@@ -235,24 +236,12 @@ inline uint64_t watched_bytes() {
     return total;
 }
 
-// One thread's segment ended (it reached a barrier or returned).
-inline void end_segment(uint64_t block, uint32_t thread, uint32_t interval) {
-    if (!g_race.tracking) return;
-    const uint64_t cost = watched_bytes() + 1;
-    if (cost > g_race.budget_left) {  // out of budget: the rest of the launch goes unchecked
-        g_race.tracking = false;
-        g_race.stopped = true;
-        g_race.segment_atomics.clear();
-        return;
-    }
-    g_race.budget_left -= cost;
-    const uint32_t segment = static_cast<uint32_t>(g_race.segments.size());
-    g_race.segments.push_back(Segment{block, thread, interval});
+// The write-write check without instrumentation: diff every watched region the kernel can write.
+inline void diff_segment(uint32_t segment) {
     for (Region& region : g_race.regions)
         if (!region.read_only) diff_region(region, segment);
-    note_guard_writers(block, thread);
-    g_race.segment_atomics.clear();
-    if (g_race.segments.size() >= (kAtomicBit >> 1)) g_race.tracking = false, g_race.stopped = true;
+    const Segment& now = g_race.segments[segment];
+    note_guard_writers(now.block, now.thread);
 }
 
 }  // namespace detail

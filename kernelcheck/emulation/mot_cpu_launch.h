@@ -85,6 +85,7 @@ inline bool start_tracking() {
     g_race.tracking = g_race.stopped = false;
     g_race.reported = 0;
     g_race.reported_regions.clear();
+    g_race.reported_read_regions.clear();
     g_race.blocks_covered = 0;
     g_race.segments.clear();
     g_race.segment_atomics.clear();
@@ -245,9 +246,10 @@ inline void run_launch(const char* name, const void* kernel, dim3 grid, dim3 blo
     g_dynamic_shared_bytes = dynamic_bytes;
     std::memset(g_dynamic_shared + dynamic_bytes, kCanary, kGuardBytes);
     collect_regions(dynamic_bytes);
-    mark_read_only_regions();
+    if (!MOT_CPU_INSTRUMENTED) mark_read_only_regions();  // instrumented, a store costs the same anywhere
     const bool ordered = MOT_CPU_ORDER_CHECK && global_bytes() <= MOT_CPU_ORDER_MAX_BYTES;
     const bool tracked = start_tracking();
+    build_access_ranges(dynamic_bytes);
     Snapshot before;
     if (ordered) before = take_snapshot();
     g_race.log_atomics = ordered;

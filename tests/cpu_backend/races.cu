@@ -30,6 +30,10 @@ __global__ void write_past_end(float* out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i <= n) out[i] = 1.0f;  // one element too many
 }
+__global__ void read_past_end(const float* in, float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = in[i + 1];  // the last thread reads one element past the end
+}
 __global__ void write_before_start(int* out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i - 1] = i;
@@ -63,6 +67,7 @@ int main(int argc, char** argv) {
         float_sum<<<2, 32>>>(d_out, n, d_total);
     } else if (!strcmp(scenario, "write_past_end")) write_past_end<<<3, 32>>>(d_out, n);
     else if (!strcmp(scenario, "write_before_start")) write_before_start<<<1, 32>>>(d_count, 1);
+    else if (!strcmp(scenario, "read_past_end")) read_past_end<<<2, 32>>>(d_data, d_out, n);
     else if (!strcmp(scenario, "host_pointer")) scale_in_place<<<1, 32>>>(host, n);
     else if (!strcmp(scenario, "wild_write")) wild_write<<<2, 4>>>(d_count, 1LL << 40);
     else return 2;
