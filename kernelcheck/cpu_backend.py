@@ -41,31 +41,47 @@ N)"): warp-level primitives (``__shfl*``, ``__ballot*``, ``__any/__all_sync``, `
 ``__syncwarp``, ``__match*``, ``__reduce*_sync``), cooperative groups, textures and surfaces, streams and events
 (a launch on a stream other than 0 included), dynamic parallelism (a launch inside device code), inline PTX
 (``asm``), half precision, tensor cores (WMMA), Thrust/CUB/libcu++/cuBLAS/cuRAND..., the driver API,
-``cudaLaunchKernel`` and graphs, asynchronous copies, peer access (`kernelcheck.cpu_source.UNSUPPORTED_FEATURES`).
+``cudaLaunchKernel`` and graphs, asynchronous copies, peer access (`kernelcheck.cpu_features`).
 
-**Races** (a kernel with a race must not pass): every launch is checked twice.  (1) Write-write: after each
-segment of a thread (up to its next barrier) the watched memory — every ``cudaMalloc`` allocation (automatically),
-``mot_cpu::watch``ed memory, ``__device__`` variables, the block's shared memory — is diffed against a shadow
-copy; a byte changed by two threads that no barrier orders (the same barrier interval of a block, or different
-blocks) is a race unless both wrote it through atomics.  A write of the value already there is invisible to a
-diff (same-value races are not reported).  Cost: one comparison of the watched bytes per segment; the check stops
-after ``MOT_CPU_RACE_BUDGET`` (1 GiB) of comparisons a launch (the first blocks are covered; a ``MOT_NOTE`` says
-how many) and is off above ``MOT_CPU_RACE_MAX_BYTES`` (32 MiB) watched.  (2) Order dependence: the launch is
-re-run from the same memory with blocks and threads in reverse order (and shared memory poisoned with another
-pattern); a watched byte that differs is a race (a read of memory another thread writes, or of uninitialised
-shared memory), unless only atomics wrote it (float atomics round differently in another order).  The in-order
-result is kept; the re-run's ``printf`` output is dropped.  Off above ``MOT_CPU_ORDER_MAX_BYTES`` (256 MiB);
-each launch runs twice.  Findings print as ``MOT_RACE:`` lines naming the threads, blocks, kernel parameter and
-element, buffer and bytes.
+**Races** (a kernel with a race must not pass): every launch is checked twice.
 
-**Out-of-bounds writes**: each allocation sits between 256+ bytes of canary guards, checked after every launch, at
-``cudaFree``, by ``mot_cpu::check_guards()`` and at exit (``MOT_OOB: out-of-bounds write in buffer 2 "d_C" (36
-bytes) at offset +36..+39 (past its end) by thread (9,0,0) of block (0,0,0) in kernel k (launch 1)``; the thread is
-named while the write-write check runs).  Reads past the end read canary bytes (-6.5e35f), so results show them;
-writes beyond the guards are not seen.  ``sanitize=True`` builds with AddressSanitizer instead (exact-size
-allocations; out-of-bounds reads and writes are caught, also in shared and local arrays; fibers are announced to
-ASan): slower, no guards, and its report ends the run (parsed as an ``oob`` finding).  A kernel that crashes
-prints ``MOT_FAULT`` with its thread and block and dies of the signal (an illegal address on a GPU).
+1. Per thread segment (what a thread runs up to its next barrier), with the watched memory — every ``cudaMalloc``
+   allocation (automatically), ``mot_cpu::watch``ed memory, ``__device__`` variables, the block's shared memory.
+   The build instruments every load and store (``INSTRUMENT_FLAGS``: GCC's kernel-address instrumentation with a
+   call per access, served by the header's own hooks, no sanitizer runtime).  The bytes a segment touched in
+   allocations (the globals — shared memory, ``__device__`` variables — whole) are compared with a shadow copy
+   when it ends; a byte changed by two threads that no barrier orders (the same barrier interval of one block, or
+   two blocks) is a **write-write** race, unless both wrote it through atomics; a plain read of a byte that
+   another thread of the block changed with a plain store in the same interval is a **read-after-write** race,
+   reported where the read happens.  A write of the value already there changes nothing and is not reported
+   (same-value races); reads across blocks are left to check 2 (a block may legitimately read what another
+   published with ``__threadfence`` and an atomic).  Cost: a hook call per access (a kernel runs some 2-3x
+   slower) and, past ``MOT_CPU_RACE_BUDGET`` (2^30) tracked accesses and compared bytes in a launch, the check
+   stops (the first blocks are covered; a ``MOT_NOTE`` line says how many); it is off above
+   ``MOT_CPU_RACE_MAX_BYTES`` (64 MiB) watched.  Without instrumentation (``instrument=False``, or clang++) the
+   write-write check diffs all watched memory after every segment instead (buffers the kernel gets only as
+   ``const T*`` excepted), so the same budget covers far fewer threads of a large launch.
+2. Order dependence: the launch is re-run from the same memory with blocks and threads in reverse order (shared
+   memory poisoned with another pattern); a watched byte that differs is a race (a thread reads what another
+   writes, across blocks too, or reads uninitialised shared memory), unless only atomics wrote it (float atomics
+   round differently in another order).  The in-order result is kept; the re-run's ``printf`` output is dropped.
+   Off above ``MOT_CPU_ORDER_MAX_BYTES`` (256 MiB); each launch runs twice.
+
+Findings print as ``MOT_RACE:`` lines naming the threads, blocks, kernel parameter and element, buffer and bytes
+("data race: threads (3,0,0) and (7,0,0) of block (0,0,0) both write result[0] (buffer 2 "d_result", bytes
+0..3) without a barrier between them in kernel sum (launch 1)").
+
+**Out-of-bounds accesses**: each allocation sits between 256+ bytes of guard zones (canary-filled; the dynamic
+shared memory has one after it).  Instrumented, any read or write of a guard zone is reported at once
+(``MOT_OOB: out-of-bounds read of 4 bytes in buffer 1 "d_in" (256 bytes) at offset +256 (past its end) by thread
+(31,0,0) of block (1,0,0) in kernel k (launch 1)``).  The canaries are also checked after every launch, at
+``cudaFree``, by ``mot_cpu::check_guards()`` and at exit, which catches writes without instrumentation (reads then
+get the canary, -6.5e35f, and show in the results).  An access beyond the guard zones lands in other memory and is
+not seen as such; static ``__shared__`` arrays have no guards.  ``sanitize=True`` builds with AddressSanitizer
+instead (exact-size allocations; out-of-bounds reads and writes are caught, also in shared and local arrays;
+fibers are announced to ASan): slower, no guards, no race tracking by access, and its report ends the run (an
+``oob`` finding).  A kernel that crashes prints ``MOT_FAULT`` with its thread and block and dies of the signal (an
+illegal address on a GPU); a pointer argument that is not device memory is a ``MOT_HOST_POINTER`` finding.
 
 **Known differences from a GPU**: no FMA contraction (``-ffp-contract=off``; nvcc contracts ``a*b+c`` by default,
 so results can differ in the last bits unless the kernel calls ``fmaf``); fast intrinsics are exact; float

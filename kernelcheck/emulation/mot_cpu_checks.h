@@ -2,16 +2,17 @@
 //
 // A sequential emulation hides data races, so each launch is checked two ways (mot_cpu_launch.h drives them):
 //
-// 1. Write-write conflicts, by snapshot and diff.  A "segment" is what one thread runs between two of its
-//    barriers (the whole thread when the kernel has none).  After each segment the watched memory (device
-//    allocations, watch()ed memory, __device__ variables, the block's shared memory) is compared with a shadow
-//    copy; each changed byte gets the segment as its owner.  A byte changed by two segments that the barriers do
-//    not order (different threads of one barrier interval, or threads of different blocks) is a write-write
-//    race, unless both writes went through atomic functions (atomics log their addresses).  A write of the value
-//    already there is invisible to a diff: such "same value" races are not reported.  Buffers the kernel gets
-//    only through `const T*` parameters are not diffed.  Cost: one comparison of the other watched bytes per
-//    segment, so the check stops when a launch has compared MOT_CPU_RACE_BUDGET bytes (the first blocks are
-//    covered; a MOT_NOTE line says how many) and is off when more than MOT_CPU_RACE_MAX_BYTES are watched.
+// 1. Write-write conflicts.  A "segment" is what one thread runs between two of its barriers (the whole thread
+//    when the kernel has none).  After each segment the bytes it changed in the watched memory (device
+//    allocations, watch()ed memory, __device__ variables, the block's shared memory) are found by comparing
+//    with a shadow copy — the bytes it touched, as the access hooks logged them (mot_cpu_instrument.h), or, in a
+//    build without instrumentation, all watched memory (buffers the kernel gets only as `const T*` excepted).
+//    Each changed byte gets the segment as its owner.  A byte changed by two segments that the barriers do not
+//    order (different threads of one barrier interval, or threads of different blocks) is a write-write race,
+//    unless both writes went through atomic functions (atomics log their addresses).  A write of the value
+//    already there changes nothing: such "same value" races are not reported.  The check stops when a launch
+//    has tracked MOT_CPU_ACCESS_BUDGET accesses or its whole-region diffs compared MOT_CPU_RACE_BUDGET bytes (the
+//    first blocks are covered, a MOT_NOTE line says how many) and is off above MOT_CPU_RACE_MAX_BYTES watched.
 // 2. Order dependence: the launch is run again from the same memory with blocks and threads in reverse order
 //    (shared memory poisoned with another pattern); any watched byte that ends up different is reported, except
 //    bytes written only by atomics (float atomics legitimately round differently in another order).  This
@@ -27,7 +28,10 @@
 #include <vector>
 
 #ifndef MOT_CPU_RACE_BUDGET
-#define MOT_CPU_RACE_BUDGET (1ull << 30)
+#define MOT_CPU_RACE_BUDGET (1ull << 30)  // bytes the whole-region diffs of a launch may compare
+#endif
+#ifndef MOT_CPU_ACCESS_BUDGET
+#define MOT_CPU_ACCESS_BUDGET (1ull << 27)  // accesses (and their bytes) an instrumented launch may track
 #endif
 #ifndef MOT_CPU_RACE_MAX_BYTES
 #define MOT_CPU_RACE_MAX_BYTES (64ull << 20)
@@ -118,8 +122,10 @@ constexpr uint32_t kAtomicBit = 0x80000000u;
 struct RaceState {
     bool tracking = false;        // the write-write check runs now
     bool stopped = false;         // it ran out of budget during this launch
-    uint64_t budget_left = 0;
-    uint64_t blocks_started = 0, blocks_covered = 0;
+    bool diffs_stopped = false;   // whole-region diffs ran out of budget (instrumented: shared memory unchecked)
+    uint64_t budget_left = 0;     // bytes whole-region diffs may still compare
+    uint64_t access_budget_left = 0;  // accesses the hooks may still track (instrumented)
+    uint64_t blocks_covered = 0, diff_blocks_covered = 0;
     int reported = 0;
     std::vector<const Region*> reported_regions;       // one write-write line per region and launch
     std::vector<const Region*> reported_read_regions;  // one read-after-write line per region and launch

@@ -139,16 +139,23 @@ MOT_CPU_RUNTIME inline void on_access(const void* pointer, size_t bytes, bool wr
         return;
     }
     if (!g_race.tracking) return;
-    if (g_race.budget_left == 0) {
+    if (g_race.access_budget_left == 0) {
         g_race.tracking = false, g_race.stopped = true;
         return;
     }
-    --g_race.budget_left;
+    --g_race.access_budget_left;
     if (!write) check_read(*range->region, address - range->data_start, bytes);
     // Loads are logged too: the instrumentation checks an address once per basic block, so `*p += 1` calls only
     // the load hook before its store.
     const std::pair<uintptr_t, uint32_t> access(address, static_cast<uint32_t>(bytes));
     if (g_access.touched.empty() || g_access.touched.back() != access) g_access.touched.push_back(access);
+}
+
+// Bytes of the watched regions that are not allocations (diffed whole after each segment when instrumented).
+inline uint64_t unallocated_bytes() {
+    uint64_t total = 0;
+    for (const Region& region : g_race.regions) total += region.buffer == nullptr ? region.size : 0;
+    return total;
 }
 
 // The bytes the segment touched in allocations against the shadow copy (changed bytes get the segment as their
@@ -161,7 +168,7 @@ MOT_CPU_RUNTIME inline void process_accesses(uint32_t segment) {
         Region& region = *range->region;
         const size_t offset = access.first - range->data_start;
         const size_t end = std::min(offset + access.second, region.size);
-        g_race.budget_left -= std::min<uint64_t>(g_race.budget_left, end - offset);
+        g_race.access_budget_left -= std::min<uint64_t>(g_race.access_budget_left, end - offset);
         for (size_t i = offset; i < end; ++i) {
             if (region.data[i] == region.shadow[i]) continue;
             record_write(region, i, segment);
@@ -169,15 +176,21 @@ MOT_CPU_RUNTIME inline void process_accesses(uint32_t segment) {
         }
     }
     g_access.touched.clear();
-    for (Region& region : g_race.regions)
-        if (region.buffer == nullptr) diff_region(region, segment);
 }
 
-// Bytes of the watched regions that are not allocations (diffed whole after each segment when instrumented).
-inline uint64_t unallocated_bytes() {
-    uint64_t total = 0;
-    for (const Region& region : g_race.regions) total += region.buffer == nullptr ? region.size : 0;
-    return total;
+// Whole-region diffs of a segment, within their budget; false when it ran out.
+inline bool diff_within_budget(uint32_t segment) {
+    const uint64_t cost = MOT_CPU_INSTRUMENTED ? unallocated_bytes() : watched_bytes();
+    if (g_race.diffs_stopped || cost > g_race.budget_left) {
+        if (!g_race.diffs_stopped) g_race.diff_blocks_covered = g_race.blocks_covered;
+        g_race.diffs_stopped = true;
+        return false;
+    }
+    g_race.budget_left -= cost;
+    if (!MOT_CPU_INSTRUMENTED) return diff_segment(segment), true;
+    for (Region& region : g_race.regions)
+        if (region.buffer == nullptr) diff_region(region, segment);
+    return true;
 }
 
 inline void drop_segment_logs() {
@@ -185,20 +198,18 @@ inline void drop_segment_logs() {
     g_race.segment_atomics.clear();
 }
 
-// One thread's segment ended (it reached a barrier or returned): attribute its writes.
+// One thread's segment ended (it reached a barrier or returned): attribute its writes.  Without instrumentation
+// the diff budget is the whole check's; with it, only shared memory and __device__ variables stop with it.
 MOT_CPU_RUNTIME inline void end_segment(uint64_t block, uint32_t thread, uint32_t interval) {
     if (!g_race.tracking) return drop_segment_logs();
-    const uint64_t cost = (MOT_CPU_INSTRUMENTED ? unallocated_bytes() : watched_bytes()) + 1;
-    if (cost > g_race.budget_left || g_race.segments.size() >= (kAtomicBit >> 1)) {
-        g_race.tracking = false;  // out of budget: the rest of the launch goes unchecked
-        g_race.stopped = true;
+    if (g_race.segments.size() >= (kAtomicBit >> 1)) {  // the owner words' segment numbers are used up
+        g_race.tracking = false, g_race.stopped = true;
         return drop_segment_logs();
     }
-    g_race.budget_left -= cost;
     const uint32_t segment = static_cast<uint32_t>(g_race.segments.size());
     g_race.segments.push_back(Segment{block, thread, interval});
     if (MOT_CPU_INSTRUMENTED) process_accesses(segment);
-    else diff_segment(segment);
+    if (!diff_within_budget(segment) && !MOT_CPU_INSTRUMENTED) g_race.tracking = false, g_race.stopped = true;
     g_race.segment_atomics.clear();
 }
 

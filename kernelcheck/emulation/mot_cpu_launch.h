@@ -82,17 +82,18 @@ inline uint64_t global_bytes() {
 
 // The write-write check's starting point: shadows equal to memory, no owners, the budget full.
 inline bool start_tracking() {
-    g_race.tracking = g_race.stopped = false;
+    g_race.tracking = g_race.stopped = g_race.diffs_stopped = false;
     g_race.reported = 0;
     g_race.reported_regions.clear();
     g_race.reported_read_regions.clear();
-    g_race.blocks_covered = 0;
+    g_race.blocks_covered = g_race.diff_blocks_covered = 0;
     g_race.segments.clear();
     g_race.segment_atomics.clear();
     if (watched_bytes() > MOT_CPU_RACE_MAX_BYTES) return false;
     for (Region& region : g_race.regions)
         if (!region.read_only) region.shadow.assign(region.data, region.data + region.size);
     g_race.budget_left = MOT_CPU_RACE_BUDGET;
+    g_race.access_budget_left = MOT_CPU_ACCESS_BUDGET;
     g_race.tracking = true;
     return true;
 }
@@ -174,14 +175,22 @@ inline void check_dynamic_shared_guard(size_t dynamic_bytes) {
 inline void report_coverage(bool tracked, bool ordered) {
     const uint64_t blocks = static_cast<uint64_t>(g_grid_dim.x) * g_grid_dim.y * g_grid_dim.z;
     if (!tracked)
-        report("NOTE", &g_memory.findings.notes, "write-write race check off %s: %llu bytes watched (limit %llu)",
+        report("NOTE", &g_memory.findings.notes, "race check by thread off %s: %llu bytes watched (limit %llu)",
                launch_words().c_str(), static_cast<unsigned long long>(watched_bytes()),
                static_cast<unsigned long long>(MOT_CPU_RACE_MAX_BYTES));
     else if (g_race.stopped)
         report("NOTE", &g_memory.findings.notes,
-               "write-write race check covered the first %llu of %llu blocks %s (budget of %llu compared bytes)",
+               "race check by thread covered the first %llu of %llu blocks %s (budget: %llu %s)",
                static_cast<unsigned long long>(g_race.blocks_covered), static_cast<unsigned long long>(blocks),
-               launch_words().c_str(), static_cast<unsigned long long>(MOT_CPU_RACE_BUDGET));
+               launch_words().c_str(),
+               static_cast<unsigned long long>(MOT_CPU_INSTRUMENTED ? MOT_CPU_ACCESS_BUDGET : MOT_CPU_RACE_BUDGET),
+               MOT_CPU_INSTRUMENTED ? "tracked accesses" : "compared bytes");
+    if (tracked && MOT_CPU_INSTRUMENTED && g_race.diffs_stopped)
+        report("NOTE", &g_memory.findings.notes,
+               "race check of shared memory and __device__ variables covered the first %llu of %llu blocks %s "
+               "(budget: %llu compared bytes)", static_cast<unsigned long long>(g_race.diff_blocks_covered),
+               static_cast<unsigned long long>(blocks), launch_words().c_str(),
+               static_cast<unsigned long long>(MOT_CPU_RACE_BUDGET));
     if (!ordered && MOT_CPU_ORDER_CHECK)
         report("NOTE", &g_memory.findings.notes, "order-dependence check off %s: %llu bytes watched (limit %llu)",
                launch_words().c_str(), static_cast<unsigned long long>(global_bytes()),
