@@ -8,6 +8,7 @@ first feature the CPU backend cannot emulate, as "not verifiable on CPU: <reason
 rewritten too.  Rewrites:
 
 * ``extern __shared__ T name[];`` (dynamic shared memory) -> ``T *const name = (T *)mot_cpu::dynamic_shared();``
+  and ``__shared__`` declarations are followed by ``MOT_CPU_NAME_SHARED`` (findings then say "partial[3]");
 * ``kernel<<<grid, block[, bytes[, 0]]>>>(args)`` -> ``::mot_cpu::launch_named("kernel", kernel, grid, block,
   bytes, args)`` (a launch on a stream other than 0 is unsupported; one inside device code is dynamic
   parallelism: unsupported);
@@ -248,9 +249,41 @@ def _extern_shared(source: str, tokens: list[_Token], i: int) -> tuple[_Edit, in
             return None
         pointer = " ".join(t.text for t in declarator if t.text in ("*", "&"))
         element = " ".join(specifiers + ([pointer] if pointer else []))
-        lines.append(f"{element} *const {names[-1].text} = reinterpret_cast<{element} *>(::mot_cpu::dynamic_shared());")
+        name = names[-1].text
+        lines.append(f"{element} *const {name} = reinterpret_cast<{element} *>(::mot_cpu::dynamic_shared()); "
+                     f"MOT_CPU_NAME_DYNAMIC_SHARED({name})")
     original = source[tokens[i].start : tokens[end].end]
     return _Edit(tokens[i].start, tokens[end].end, " ".join(lines) + "\n" * original.count("\n")), end + 1
+
+
+_DECLARATION_STOPS = {"(", ")", "=", "{", "}", "<", ">", ":", ";"}
+
+
+def _shared_names(tokens: list[_Token], i: int) -> _Edit | None:
+    """``MOT_CPU_NAME_SHARED(name)`` after a simple ``__shared__`` declaration at ``tokens[i]`` (``__shared__``),
+    so that findings name the variable; None for declarations this does not parse (they keep byte offsets)."""
+    parts: list[list[_Token]] = [[]]
+    depth, j = 0, i + 1
+    while j < len(tokens) and not (tokens[j].text == ";" and depth == 0):
+        t = tokens[j]
+        depth += (t.text == "[") - (t.text == "]")
+        if depth == 0 and t.text in _DECLARATION_STOPS or t.directive:
+            return None
+        if depth == 0 and t.text == ",":
+            parts.append([])
+        else:
+            parts[-1].append(t)
+        j += 1
+    if j == len(tokens):
+        return None
+    names = []
+    for part in parts:
+        bracket = next((k for k, t in enumerate(part) if t.text == "["), len(part))
+        idents = [t.text for t in part[:bracket] if t.kind == "ident"]
+        if not idents or (len(parts) == 1 and len(idents) < 2):
+            return None  # no name, or only a type
+        names.append(idents[-1])
+    return _Edit(tokens[j].end, tokens[j].end, "".join(f" MOT_CPU_NAME_SHARED({name})" for name in names))
 
 
 _DEFAULT_STREAMS = {"0", "NULL", "nullptr", "0L", "cudaStreamDefault", "cudaStreamLegacy", "(cudaStream_t)0"}
@@ -379,6 +412,10 @@ def prepare_for_cpu(source: str) -> Prepared | Unsupported:
                 rewrites.append(f"line {token.line}: extern __shared__ array -> mot_cpu::dynamic_shared()")
                 i = found[1]
                 continue
+        if token.text == "__shared__" and not token.directive:
+            named = _shared_names(tokens, i)
+            if named is not None:
+                edits.append(named)
         if token.text == "<<<" and not token.directive:
             launch = _launch(source, tokens, i, scopes.device[i])
             if isinstance(launch, Unsupported):

@@ -244,7 +244,16 @@ def test_a_missing_barrier_is_reported_and_the_fixed_kernel_passes(programs):
 
 def test_shared_memory_write_write_race(programs):
     run = _run(programs, "barriers", "shared_last_writer")
-    assert "threads (0,0,0) and (1,0,0) of block (0,0,0) both write shared memory" in run.verdict
+    assert run.verdict == ("data race: threads (0,0,0) and (1,0,0) of block (0,0,0) both write flag (shared memory) "
+                           "without a barrier between them in kernel shared_last_writer (launch 1)")
+
+
+def test_races_in_shared_arrays_name_the_array_and_element(programs):
+    run = _run(programs, "barriers", "pairs")
+    races = [f.message for f in run.problems]
+    assert ("data race: threads (0,0,0) and (1,0,0) of block (0,0,0) both write tile[0] (shared memory) without a "
+            "barrier between them in kernel pairs_share_a_slot (launch 1)") in races
+    assert any("both write spill[0] (dynamic shared memory)" in message for message in races), races
 
 
 def test_barrier_divergence_is_reported_once_and_early_exit_is_fine(programs):
@@ -317,8 +326,10 @@ def test_prepare_rewrites_launches_dynamic_shared_memory_and_device_variables():
     assert text.startswith('#include "cuda_cpu.h"\n#line 1\n')
     assert "MOT_CPU_DEVICE_VAR __device__ int hits;" in text
     assert "MOT_CPU_DEVICE_VAR __device__ const" not in text and "MOT_CPU_DEVICE_VAR __device__ float helper" not in text
-    assert "float *const cache = reinterpret_cast<float *>(::mot_cpu::dynamic_shared());" in text
-    assert "unsigned char *const raw = reinterpret_cast<unsigned char *>(::mot_cpu::dynamic_shared());" in text
+    assert ("float *const cache = reinterpret_cast<float *>(::mot_cpu::dynamic_shared()); "
+            "MOT_CPU_NAME_DYNAMIC_SHARED(cache)") in text
+    assert ("unsigned char *const raw = reinterpret_cast<unsigned char *>(::mot_cpu::dynamic_shared()); "
+            "MOT_CPU_NAME_DYNAMIC_SHARED(raw)") in text
     assert '::mot_cpu::launch_named("k", k, dim3(2, 1), 32, 0, a, b,\n        3);\n' in text  # lines are kept
     assert '::mot_cpu::launch_named("k", k, 1, 32, 64, a, b, 3);' in text
     assert '::mot_cpu::launch_named("fill<float>", fill<float>, 1, 2, 8 * sizeof(float), b);' in text

@@ -73,8 +73,26 @@ inline std::map<const void*, KernelDescription>& kernel_descriptions() {
     return table;
 }
 
+// Names of shared memory, registered by the declarations kernelcheck.cpu_source annotates: the static
+// __shared__ variables by address; the dynamic shared memory by the kernel that names it (nullptr: any kernel).
+struct SharedName {
+    const unsigned char* start;
+    size_t size, element_size;
+    bool array;
+    std::string name;
+};
+inline std::vector<SharedName>& shared_names() {
+    static std::vector<SharedName> names;
+    return names;
+}
+inline std::map<const void*, SharedName>& dynamic_shared_names() {
+    static std::map<const void*, SharedName> names;
+    return names;
+}
+
 // What the current launch is, for messages.
 struct LaunchContext {
+    const void* kernel_id = nullptr;
     std::string kernel = "kernel";
     int number = 0;
     dim3 grid, block;
@@ -147,7 +165,29 @@ MOT_CPU_RUNTIME inline void note_atomic(const void* address, size_t bytes) {
 
 // "result[3] (buffer 2 "d_result", byte offset 12)": the kernel's pointer argument into the buffer that is
 // closest below the byte names the element, when there is one.
+// "partial[3] (shared memory)" when a registered name covers the byte, else "".
+inline std::string describe_shared(const Region& region, size_t offset) {
+    const unsigned char* address = region.data + offset;
+    const SharedName* found = nullptr;
+    if (region.name == "dynamic shared memory") {
+        auto& names = dynamic_shared_names();
+        auto it = names.find(g_launch.kernel_id);
+        if (it == names.end()) it = names.find(nullptr);
+        if (it != names.end()) found = &it->second;
+    } else {
+        for (const SharedName& name : shared_names())
+            if (address >= name.start && address < name.start + name.size) found = &name;
+    }
+    if (found == nullptr) return "";
+    const size_t element = static_cast<size_t>(address - found->start) / found->element_size;
+    return found->name + (found->array ? "[" + std::to_string(element) + "]" : "") + " (" + region.name + ")";
+}
+
 inline std::string describe_location(const Region& region, size_t offset) {
+    if (region.shared) {
+        std::string named = describe_shared(region, offset);
+        if (!named.empty()) return named;
+    }
     const unsigned char* address = region.data + offset;
     const PointerArgument* best = nullptr;
     for (const PointerArgument& argument : g_launch.pointers) {

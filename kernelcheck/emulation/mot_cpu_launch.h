@@ -225,6 +225,7 @@ inline void begin_launch(const char* name, const void* kernel, dim3 grid, dim3 b
     auto described = kernel_descriptions().find(kernel);
     g_launch.description = described == kernel_descriptions().end() ? nullptr : &described->second;
     g_launch.kernel = name ? name : (g_launch.description ? g_launch.description->name : std::string("kernel"));
+    g_launch.kernel_id = kernel;
     g_launch.number = ++g_memory.findings.launches;
     g_launch.grid = grid;
     g_launch.block = block;
@@ -320,6 +321,25 @@ inline bool describe_kernel(const void* kernel, const char* name, const char* pa
     return true;
 }
 
+// Name a static __shared__ variable for findings ("partial[3] (shared memory)"); MOT_CPU_NAME_SHARED calls it.
+template <typename T>
+inline bool name_shared(const T& variable, const char* name) {
+    using Element = std::remove_all_extents_t<T>;
+    detail::shared_names().push_back(detail::SharedName{reinterpret_cast<const unsigned char*>(&variable), sizeof(T),
+                                                        sizeof(Element), std::is_array<T>::value, name});
+    return true;
+}
+
+// Name the dynamic shared memory as the running kernel sees it (`extern __shared__ T name[]`).
+template <typename T>
+inline bool name_dynamic_shared(T* const&, const char* name) {
+    size_t size = 1;
+    if constexpr (!std::is_void<std::remove_cv_t<T>>::value) size = sizeof(T);
+    detail::dynamic_shared_names()[detail::g_in_kernel ? detail::g_launch.kernel_id : nullptr] =
+        detail::SharedName{detail::g_dynamic_shared, detail::kMaxSharedLimit, size, true, name};
+    return true;
+}
+
 // kernel<<<grid, block, dynamic_shared_bytes>>>(args...), named `name` in findings.  The arguments are converted
 // to the kernel's parameter types once, as CUDA copies them at the launch; each thread gets its own copies.
 template <typename... P, typename... A>
@@ -349,6 +369,10 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dynamic_s
 
 #define MOT_CPU_CONCAT2(a, b) a##b
 #define MOT_CPU_CONCAT(a, b) MOT_CPU_CONCAT2(a, b)
+#define MOT_CPU_NAME_SHARED(variable) \
+    static const bool MOT_CPU_CONCAT(mot_cpu_named_, __COUNTER__) = ::mot_cpu::name_shared(variable, #variable);
+#define MOT_CPU_NAME_DYNAMIC_SHARED(pointer) \
+    static const bool MOT_CPU_CONCAT(mot_cpu_named_, __COUNTER__) = ::mot_cpu::name_dynamic_shared(pointer, #pointer);
 #define MOT_CPU_DESCRIBE_KERNEL(kernel, parameters)                                                             \
     static const bool MOT_CPU_CONCAT(mot_cpu_described_, __COUNTER__) =                                        \
         ::mot_cpu::describe_kernel(reinterpret_cast<const void*>(&kernel), #kernel, parameters);

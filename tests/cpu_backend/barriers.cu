@@ -49,6 +49,15 @@ __global__ void early_exit_then_barrier(const float* in, float* out, int n) {  /
     out[t] = tile[n - 1 - t];
 }
 
+__global__ void pairs_share_a_slot(float* out) {  // threads 2k and 2k+1 write the same element
+    __shared__ float tile[16];
+    extern __shared__ float spill[];
+    tile[threadIdx.x / 2] = threadIdx.x;
+    spill[threadIdx.x / 4] = threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = tile[threadIdx.x / 2] + spill[threadIdx.x / 4];
+}
+
 int main(int argc, char** argv) {
     const char* scenario = argc > 1 ? argv[1] : "";
     float host[64], result[64];
@@ -63,6 +72,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(scenario, "shared_last_writer")) shared_last_writer<<<1, 8>>>(d_out);
     else if (!strcmp(scenario, "divergent")) divergent_barrier<<<1, 32>>>(d_out);
     else if (!strcmp(scenario, "early_exit")) early_exit_then_barrier<<<1, 64>>>(d_in, d_out, 40);
+    else if (!strcmp(scenario, "pairs")) pairs_share_a_slot<<<1, 32, 8 * sizeof(float)>>>(d_out);
     else return 2;
     cudaMemcpy(result, d_out, sizeof(result), cudaMemcpyDeviceToHost);
     printf("%g %g fibers=%zu\n", result[0], result[39], mot_cpu::detail::g_fibers.fibers.size());
