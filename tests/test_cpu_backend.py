@@ -10,6 +10,7 @@ access instrumentation (the default); races.cu also without it ("races-diff": th
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -116,7 +117,6 @@ def test_device_helpers_and_cuda_math(programs):
     run = _run(programs, "features", "math")
     _clean(run)
     floats, ints = _numbers(run.stdout.splitlines()[0]), _numbers(run.stdout.splitlines()[1])
-    import math
     expected = []
     for v in (-2.5, 0.25, 1.5, 3.5):
         expected += [math.sqrt(abs(v)) + 0.5, 1 / (1 + math.exp(-v)), min(max(v, -1), 1) + min(max(v, 0), 1) + v / 2,
