@@ -114,9 +114,9 @@ from .sandbox import (
 )
 from .toolchain import find_gxx
 
-__all__ = ["HEADER_DIR", "GXX_CPU_FLAGS", "SANITIZE_FLAGS", "INSTRUMENT_FLAGS", "FINDING_KINDS", "CpuBackendError", "Finding", "CpuRun",
-           "CpuCheck", "Prepared", "Unsupported", "prepare_for_cpu", "instrumentable", "gxx_cpu_command", "build_cpu_program",
-           "run_cpu_program", "parse_findings", "check_on_cpu"]
+__all__ = ["HEADER_DIR", "GXX_CPU_FLAGS", "SANITIZE_FLAGS", "INSTRUMENT_FLAGS", "FINDING_KINDS", "CpuBackendError",
+           "Finding", "CpuRun", "CpuCheck", "Prepared", "Unsupported", "prepare_for_cpu", "instrumentable",
+           "gxx_cpu_command", "build_cpu_program", "run_cpu_program", "parse_findings", "check_on_cpu"]
 
 HEADER_DIR = Path(__file__).resolve().parent / "emulation"
 # -O1: fast enough to run, quick to build.  -ffp-contract=off: no FMA contraction the source did not ask for (so

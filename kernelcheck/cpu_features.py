@@ -89,7 +89,8 @@ _PATTERNS = (
     (re.compile(r"cuda(?:Stream|Event)\w*"), STREAMS),
     (re.compile(r"cudaGraph\w*"), _LAUNCH_API),
     (re.compile(r"cu(?:blas|fft|rand|sparse|solver|dnn|tensor|Dnn|BLAS|FFT)\w*|curand_\w+"), _LIBRARY),
-    (re.compile(r"cu(?:Init|(?:Device|Ctx|Module|Launch|Mem|Stream|Event|Func|Graph|Link|Tex|Surf)[A-Z_]\w*)"), _DRIVER),
+    (re.compile(r"cu(?:Init|(?:Device|Ctx|Module|Launch|Mem|Stream|Event|Func|Graph|Link|Tex|Surf)[A-Z_]\w*)"),
+     _DRIVER),
 )
 # #include'd headers that bring an unsupported feature.
 _HEADERS = (

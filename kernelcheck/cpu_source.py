@@ -358,7 +358,8 @@ def _device_variable(statement: list[_Token]) -> _Edit | None:
     if not marks or "__global__" in texts:
         return None
     first = next((t for t in texts if t in ("(", "=", "[", "{")), None)
-    if first == "(" or {"const", "constexpr", "typedef", "using"} & set(texts[: texts.index(first)] if first else texts):
+    head = texts[: texts.index(first)] if first else texts
+    if first == "(" or {"const", "constexpr", "typedef", "using"} & set(head):
         return None  # a function declaration, or a constant no kernel writes
     return _Edit(marks[0].start, marks[0].start, "MOT_CPU_DEVICE_VAR ")
 

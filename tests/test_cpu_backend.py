@@ -163,7 +163,8 @@ def test_kernel_printf_is_printed_once(programs):
     ("count_plain", "threads (0,0,0) and (1,0,0) of block (0,0,0) both write count[0] (buffer 4 \"d_count\""),
     ("last_writer", "threads (0,0,0) and (1,0,0) of block (0,0,0) both write result[0] (buffer 2 \"d_out\""),
     ("count_across_blocks", "thread (0,0,0) of block (0,0,0) and thread (0,0,0) of block (1,0,0) both write count[0]"),
-    ("mixed_atomic_plain", "both write count[0] (buffer 4 \"d_count\", bytes 0..3) (one with an atomic, one with a plain"),
+    ("mixed_atomic_plain",
+     "both write count[0] (buffer 4 \"d_count\", bytes 0..3) (one with an atomic, one with a plain"),
 ])
 def test_write_write_races_are_reported_with_threads_blocks_and_element(programs, program, scenario, words):
     run = _run(programs, program, scenario)
@@ -325,7 +326,8 @@ def test_prepare_rewrites_launches_dynamic_shared_memory_and_device_variables():
     text = prepared.source
     assert text.startswith('#include "cuda_cpu.h"\n#line 1\n')
     assert "MOT_CPU_DEVICE_VAR __device__ int hits;" in text
-    assert "MOT_CPU_DEVICE_VAR __device__ const" not in text and "MOT_CPU_DEVICE_VAR __device__ float helper" not in text
+    assert "MOT_CPU_DEVICE_VAR __device__ const" not in text
+    assert "MOT_CPU_DEVICE_VAR __device__ float helper" not in text
     assert ("float *const cache = reinterpret_cast<float *>(::mot_cpu::dynamic_shared()); "
             "MOT_CPU_NAME_DYNAMIC_SHARED(cache)") in text
     assert ("unsigned char *const raw = reinterpret_cast<unsigned char *>(::mot_cpu::dynamic_shared()); "

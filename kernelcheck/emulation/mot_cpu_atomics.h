@@ -1,9 +1,9 @@
 // mot-cuda CPU backend: CUDA's atomic functions.  Part of cuda_cpu.h (include that, not this).
 //
 // Emulated threads run one at a time on one OS thread, so a plain read-modify-write is atomic.  Each atomic runs
-// in an AtomicScope, which logs its address so that the race checks do not count it as a racing store.  Integer arithmetic
-// wraps (done in the unsigned type), as the hardware's does.  The _block and _system scopes are the same thing
-// here.
+// in an AtomicScope, which logs its address so that the race checks do not count it as a racing store.  Integer
+// arithmetic wraps (done in the unsigned type), as the hardware's does.  The _block and _system scopes are the same
+// thing here.
 #pragma once
 
 #include <cstring>

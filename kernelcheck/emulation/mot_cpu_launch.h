@@ -211,8 +211,9 @@ inline void check_pointer_arguments() {
         if (argument.pointer == nullptr || find_buffer(argument.pointer, true) != nullptr) continue;
         if (argument.pointer >= __start_mot_cpu_device && argument.pointer < __stop_mot_cpu_device) continue;
         std::string parameter = "argument " + std::to_string(argument.index);
-        if (g_launch.description != nullptr && argument.index < static_cast<int>(g_launch.description->parameters.size()))
-            parameter += " (" + g_launch.description->parameters[argument.index] + ")";
+        const KernelDescription* description = g_launch.description;
+        if (description != nullptr && argument.index < static_cast<int>(description->parameters.size()))
+            parameter += " (" + description->parameters[argument.index] + ")";
         report("HOST_POINTER", &g_memory.findings.host_pointers,
                "%s of kernel %s (launch %d) is %p, not device memory (not from cudaMalloc): a GPU kernel that "
                "dereferences it fails with an illegal address", parameter.c_str(), g_launch.kernel.c_str(),

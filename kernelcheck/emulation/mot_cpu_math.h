@@ -128,8 +128,8 @@ inline double __longlong_as_double(long long x) { return mot_cpu::detail::bit_ca
 inline int __double2hiint(double x) { return static_cast<int>(__double_as_longlong(x) >> 32); }
 inline int __double2loint(double x) { return static_cast<int>(__double_as_longlong(x) & 0xffffffffLL); }
 inline double __hiloint2double(int hi, int lo) {
-    return __longlong_as_double(static_cast<long long>((static_cast<unsigned long long>(static_cast<unsigned>(hi)) << 32) |
-                                                       static_cast<unsigned>(lo)));
+    const unsigned long long high = static_cast<unsigned long long>(static_cast<unsigned>(hi)) << 32;
+    return __longlong_as_double(static_cast<long long>(high | static_cast<unsigned>(lo)));
 }
 
 // ---- Integer intrinsics ----------------------------------------------------------------------------------------
@@ -157,7 +157,9 @@ inline int __mulhi(int a, int b) { return static_cast<int>((static_cast<long lon
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32);
 }
-inline long long __mul64hi(long long a, long long b) { return static_cast<long long>((static_cast<__int128>(a) * b) >> 64); }
+inline long long __mul64hi(long long a, long long b) {
+    return static_cast<long long>((static_cast<__int128>(a) * b) >> 64);
+}
 inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
     return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
 }
@@ -169,13 +171,22 @@ inline unsigned int __uhadd(unsigned int a, unsigned int b) {
 inline unsigned int __urhadd(unsigned int a, unsigned int b) {
     return static_cast<unsigned int>((static_cast<unsigned long long>(a) + b + 1) >> 1);
 }
-inline unsigned int __sad(int a, int b, unsigned int c) { return (a > b ? static_cast<unsigned>(a - b) : static_cast<unsigned>(b - a)) + c; }
+inline unsigned int __sad(int a, int b, unsigned int c) {
+    const unsigned int ua = static_cast<unsigned>(a), ub = static_cast<unsigned>(b);
+    return (a > b ? ua - ub : ub - ua) + c;
+}
 inline unsigned int __usad(unsigned int a, unsigned int b, unsigned int c) { return (a > b ? a - b : b - a) + c; }
 
 // ---- min / max: CUDA's overload set, nothing more ----------------------------------------------------------------
+namespace mot_cpu {
+namespace detail {
+template <typename R> inline R min_of(R a, R b) { return b < a ? b : a; }
+template <typename R> inline R max_of(R a, R b) { return a < b ? b : a; }
+}  // namespace detail
+}  // namespace mot_cpu
 #define MOT_CPU_MINMAX(R, A, B)                                                                                  \
-    inline R min(const A a, const B b) { return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); } \
-    inline R max(const A a, const B b) { return static_cast<R>(a) > static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); }
+    inline R min(const A a, const B b) { return mot_cpu::detail::min_of<R>(a, b); }                             \
+    inline R max(const A a, const B b) { return mot_cpu::detail::max_of<R>(a, b); }
 MOT_CPU_MINMAX(int, int, int)
 MOT_CPU_MINMAX(unsigned int, unsigned int, unsigned int)
 MOT_CPU_MINMAX(unsigned int, int, unsigned int)

@@ -241,7 +241,8 @@ inline void label(const void* pointer, const char* name) {
 // Check every live allocation's guard zones now: "" when intact, else the findings (also printed as MOT_OOB).
 inline std::string check_guards() { return detail::check_all_guards("(found by mot_cpu::check_guards)"); }
 
-// Findings so far (MOT_RACE, MOT_OOB, MOT_FAULT, MOT_BARRIER and MOT_HOST_POINTER lines), for a harness that wants to stop early.
+// Findings so far (MOT_RACE, MOT_OOB, MOT_FAULT, MOT_BARRIER and MOT_HOST_POINTER lines), for a harness that
+// wants to stop early.
 inline int findings_count() {
     const detail::Findings& f = detail::g_memory.findings;
     return f.races + f.oob + f.faults + f.barrier + f.host_pointers;

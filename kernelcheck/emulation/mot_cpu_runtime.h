@@ -36,8 +36,16 @@ enum cudaDeviceAttr {
     cudaDevAttrComputeCapabilityMinor = 76,
 };
 
-enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8, cudaFuncAttributePreferredSharedMemoryCarveout = 9 };
-enum cudaFuncCache { cudaFuncCachePreferNone = 0, cudaFuncCachePreferShared = 1, cudaFuncCachePreferL1 = 2, cudaFuncCachePreferEqual = 3 };
+enum cudaFuncAttribute {
+    cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+    cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+};
+enum cudaFuncCache {
+    cudaFuncCachePreferNone = 0,
+    cudaFuncCachePreferShared = 1,
+    cudaFuncCachePreferL1 = 2,
+    cudaFuncCachePreferEqual = 3,
+};
 enum cudaLimit { cudaLimitStackSize = 0, cudaLimitPrintfFifoSize = 1, cudaLimitMallocHeapSize = 2 };
 #define cudaHostAllocDefault 0
 #define cudaHostAllocMapped 2
@@ -80,7 +88,9 @@ inline cudaError_t cudaMallocManaged(T** pointer, size_t size, unsigned int = cu
     return mot_cpu::detail::allocate_into(pointer, size, "");
 }
 template <typename T>
-inline cudaError_t cudaMallocHost(T** pointer, size_t size) { return mot_cpu::detail::allocate_into(pointer, size, ""); }
+inline cudaError_t cudaMallocHost(T** pointer, size_t size) {
+    return mot_cpu::detail::allocate_into(pointer, size, "");
+}
 template <typename T>
 inline cudaError_t cudaHostAlloc(T** pointer, size_t size, unsigned int) {
     return mot_cpu::detail::allocate_into(pointer, size, "");
@@ -255,7 +265,9 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, F,
 }
 
 // ---- Device-side extras ------------------------------------------------------------------------------------
-inline long long clock64() { return static_cast<long long>(std::chrono::steady_clock::now().time_since_epoch().count()); }
+inline long long clock64() {
+    return static_cast<long long>(std::chrono::steady_clock::now().time_since_epoch().count());
+}
 inline void __nanosleep(unsigned int) {}
 [[noreturn]] inline void __trap() { abort(); }
 [[noreturn]] inline void __brkpt() { abort(); }

@@ -111,7 +111,8 @@ MOT_CPU_RUNTIME inline void check_barrier_divergence(uint64_t block, uint32_t th
     }
 }
 
-MOT_CPU_RUNTIME inline void run_block_fibers(uint64_t block, uint32_t threads, bool reverse, bool* divergence_reported) {
+MOT_CPU_RUNTIME inline void run_block_fibers(uint64_t block, uint32_t threads, bool reverse,
+                                             bool* divergence_reported) {
     for (uint32_t t = 0; t < threads; ++t) g_fibers.fibers[t]->finished = false;
     for (uint32_t interval = 0;; ++interval) {
         uint32_t waiting = 0;
@@ -139,7 +140,8 @@ MOT_CPU_RUNTIME inline void run_block_fibers(uint64_t block, uint32_t threads, b
 // Shared memory of a new block: poisoned (a read before a write shows), and its race tracking restarted.
 MOT_CPU_RUNTIME inline void start_block(unsigned char poison) {
     if (__start_mot_cpu_shared != nullptr)
-        std::memset(__start_mot_cpu_shared, poison, static_cast<size_t>(__stop_mot_cpu_shared - __start_mot_cpu_shared));
+        std::memset(__start_mot_cpu_shared, poison,
+                    static_cast<size_t>(__stop_mot_cpu_shared - __start_mot_cpu_shared));
     std::memset(g_dynamic_shared, poison, g_dynamic_shared_bytes);
     if (!g_race.tracking) return;
     ++g_race.blocks_covered;
@@ -178,7 +180,8 @@ inline void fault_handler(int signal_number, siginfo_t* info, void*) {
     if (g_in_kernel) {
         if (signal_number == SIGSEGV && fiber_overflowed_at(info->si_addr) != nullptr)
             what = "stack overflow of an emulated thread";
-        snprintf(message, sizeof(message), "MOT_FAULT: %s at address %p by thread (%u,%u,%u) of block (%u,%u,%u) %s%s\n",
+        snprintf(message, sizeof(message),
+                 "MOT_FAULT: %s at address %p by thread (%u,%u,%u) of block (%u,%u,%u) %s%s\n",
                  what, info->si_addr, g_thread_idx.x, g_thread_idx.y, g_thread_idx.z, g_block_idx.x, g_block_idx.y,
                  g_block_idx.z, launch_words().c_str(), g_reverse_run ? " during the reverse-order re-run" : "");
     } else {
