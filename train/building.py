@@ -82,7 +82,7 @@ def choose_experts(args, meta: dict | None = None) -> tuple[list, str | None]:
 def model_overrides(args) -> dict:
     """The MoT options the command line sets (None: not given, the checkpoint's or the default applies)."""
     over = {}
-    for name in ("num_stacks", "top_k", "lambda_consistency", "prompt_format"):
+    for name in ("num_stacks", "top_k", "lambda_consistency", "shared_dim", "prompt_format"):
         if getattr(args, name, None) is not None:
             over[name] = getattr(args, name)
     if getattr(args, "train_encoder", False):
