@@ -1,8 +1,10 @@
 """The C++ runtime every generated program includes: plan reading, array filling, guard zones, exact output.
 
-`RUNTIME` is plain C++17 host code, compiled into the reference program (g++ with AddressSanitizer and
+`RUNTIME` (= `RUNTIME_HEADER` + `RUNTIME_SOURCE`) is plain C++17 host code, compiled into the reference program (g++ with AddressSanitizer and
 UndefinedBehaviorSanitizer), the GPU program (nvcc's host compiler) and the CPU-backend program (g++), so the
-three fill identical arrays from identical plans:
+three fill identical arrays from identical plans.  g++ builds compile `RUNTIME_SOURCE` once per process and flag
+set into an object (`kernelcheck.runner`) and each program includes only `RUNTIME_HEADER` (most of a build's
+time was the runtime's code generation):
 
 * ``mot::Plan`` reads ``plan.txt`` (one line per input: ``I <index> <seed>`` then one token group per C
   parameter: ``i <int>``, ``f <double, hex or inf/nan>``, ``a <extent> <mode> <lo> <hi>`` for memory, then
@@ -18,13 +20,13 @@ three fill identical arrays from identical plans:
   kind and size, parameter index, byte count, the bytes.  Python compares them (`kernelcheck.compare`).
 
 Messages to stderr, one line each, for the runner: ``MOT_BEGIN k``, ``MOT_GUARD k param before|after offset``,
-``MOT_OOB k param offset access`` (from AddressSanitizer), ``MOT_CUDA_ERROR k name: text``,
+``MOT_REF_OOB k param offset access`` (from AddressSanitizer, in the reference), ``MOT_CUDA_ERROR k name: text``,
 ``MOT_RESIZED k param`` (a ``std::vector`` changed size).
 """
 
 from __future__ import annotations
 
-__all__ = ["RUNTIME", "GUARD_BYTES", "RECORD_MAGIC", "RUNTIME_INCLUDES"]
+__all__ = ["RUNTIME", "RUNTIME_HEADER", "RUNTIME_SOURCE", "GUARD_BYTES", "RECORD_MAGIC", "RUNTIME_INCLUDES"]
 
 GUARD_BYTES = 4096
 RECORD_MAGIC = b"MOTR"
@@ -44,23 +46,11 @@ RUNTIME_INCLUDES = r"""
 #include <unistd.h>
 """
 
-RUNTIME = RUNTIME_INCLUDES + r"""
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define MOT_ASAN 1
-#endif
-
+RUNTIME_HEADER = RUNTIME_INCLUDES + r"""
 namespace mot {
 typedef unsigned long long u64;
 static const size_t GUARD = """ + str(GUARD_BYTES) + r""";
-static int current_input = -1;
-
-static inline u64 splitmix(u64& s) {
-    u64 z = (s += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
+extern int current_input;
 
 struct Value { char kind; u64 i; double f; size_t n; int mode; double lo, hi; };
 
@@ -69,55 +59,108 @@ struct Plan {
     std::vector<int> index;
     std::vector<u64> seed;
     std::vector<std::vector<long long>> launch;
-    static char* token(char*& p) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
-        if (!*p) return nullptr;
-        char* start = p;
-        while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') ++p;
-        if (*p) *p++ = 0;
-        return start;
-    }
-    static u64 as_int(const char* t) {
-        return t[0] == '-' ? (u64)std::strtoll(t, nullptr, 10) : (u64)std::strtoull(t, nullptr, 10);
-    }
-    bool read(const char* path) {
-        FILE* f = std::fopen(path, "rb");
-        if (!f) return false;
-        std::string text;
-        char buf[65536];
-        size_t got;
-        while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
-        std::fclose(f);
-        std::vector<char> data(text.begin(), text.end());
-        data.push_back(0);
-        char* p = data.data();
-        char* t;
-        while ((t = token(p)) != nullptr) {
-            if (t[0] == 'I') {
-                index.push_back(std::atoi(token(p)));
-                seed.push_back(as_int(token(p)));
-                inputs.emplace_back();
-                launch.emplace_back();
-            } else if (t[0] == 'i') {
-                Value v = {}; v.kind = 'i'; v.i = as_int(token(p)); inputs.back().push_back(v);
-            } else if (t[0] == 'f') {
-                Value v = {}; v.kind = 'f'; v.f = std::strtod(token(p), nullptr); inputs.back().push_back(v);
-            } else if (t[0] == 'a') {
-                Value v = {}; v.kind = 'a'; v.n = (size_t)as_int(token(p)); v.mode = std::atoi(token(p));
-                v.lo = std::strtod(token(p), nullptr); v.hi = std::strtod(token(p), nullptr);
-                inputs.back().push_back(v);
-            } else if (t[0] == 'L') {
-                for (int k = 0; k < 7; ++k) launch.back().push_back(std::atoll(token(p)));
-            } else {
-                std::fprintf(stderr, "MOT_PLAN_ERROR unexpected token %s\n", t);
-                return false;
-            }
-        }
-        return true;
-    }
+    bool read(const char* path);
 };
 
-// Uniform in [lo, hi] (integers); a 24-bit grid in [lo, hi) (floats): exact in float for |x| < 2^(24-19).
+struct Output {
+    FILE* f = nullptr;
+    std::vector<unsigned char> rec;
+    unsigned count = 0;
+    bool open(const char* path, bool append);
+    void begin(int index);
+    void item(int kind, char elem_kind, int elem_size, int param, const void* data, size_t bytes);
+    void end();
+};
+
+template <class T> constexpr char kind_of() {
+    return std::is_same<T, bool>::value ? 'b' : std::is_floating_point<T>::value ? 'f'
+         : std::numeric_limits<T>::is_signed ? 'i' : 'u';
+}
+
+void fill_any(void* p, char kind, int size, size_t n, u64 seed, int param, int mode, double lo, double hi);
+template <class T>
+inline void fill(T* p, size_t n, u64 seed, int param, int mode, double lo, double hi) {
+    fill_any((void*)p, kind_of<T>(), (int)sizeof(T), n, seed, param, mode, lo, hi);
+}
+unsigned char* guarded_alloc(size_t bytes, int param);
+bool check_all();
+void release_all();
+void begin_input(int index, unsigned seconds);
+}  // namespace mot
+"""
+
+RUNTIME_SOURCE = r"""
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define MOT_ASAN 1
+#endif
+
+namespace mot {
+int current_input = -1;
+
+static inline u64 splitmix(u64& s) {
+    u64 z = (s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static char* token(char*& p) {
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
+    if (!*p) return nullptr;
+    char* start = p;
+    while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') ++p;
+    if (*p) *p++ = 0;
+    return start;
+}
+
+static u64 as_int(const char* t) {
+    if (!t) return 0;
+    return t[0] == '-' ? (u64)std::strtoll(t, nullptr, 10) : (u64)std::strtoull(t, nullptr, 10);
+}
+
+static double as_double(const char* t) { return t ? std::strtod(t, nullptr) : 0.0; }
+
+bool Plan::read(const char* path) {
+    FILE* f = std::fopen(path, "rb");
+    if (!f) return false;
+    std::string text;
+    char buf[65536];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
+    std::fclose(f);
+    std::vector<char> data(text.begin(), text.end());
+    data.push_back(0);
+    char* p = data.data();
+    char* t;
+    while ((t = token(p)) != nullptr) {
+        if (t[0] == 'I') {
+            index.push_back(std::atoi(token(p)));
+            seed.push_back(as_int(token(p)));
+            inputs.emplace_back();
+            launch.emplace_back();
+        } else if (inputs.empty()) {
+            std::fprintf(stderr, "MOT_PLAN_ERROR token %s before the first input\n", t);
+            return false;
+        } else if (t[0] == 'i') {
+            Value v = {}; v.kind = 'i'; v.i = as_int(token(p)); inputs.back().push_back(v);
+        } else if (t[0] == 'f') {
+            Value v = {}; v.kind = 'f'; v.f = as_double(token(p)); inputs.back().push_back(v);
+        } else if (t[0] == 'a') {
+            Value v = {}; v.kind = 'a'; v.n = (size_t)as_int(token(p)); v.mode = std::atoi(token(p));
+            v.lo = as_double(token(p)); v.hi = as_double(token(p));
+            inputs.back().push_back(v);
+        } else if (t[0] == 'L') {
+            for (int k = 0; k < 7; ++k) launch.back().push_back((long long)as_int(token(p)));
+        } else {
+            std::fprintf(stderr, "MOT_PLAN_ERROR unexpected token %s\n", t);
+            return false;
+        }
+    }
+    return true;
+}
+
+// A 24-bit grid in [0, 1): lo + (hi - lo) * grid is exact in float for the ranges the generator uses.
 static inline double grid01(u64 r) { return (double)(r >> 40) / 16777216.0; }
 
 template <class T>
@@ -131,7 +174,7 @@ static T draw_int(u64& s, int mode, double lo, double hi) {
             case 2: return (T)0;
             case 3: return (T)1;
             case 4: return is_unsigned ? (T)2 : (T)-1;
-            default: return (T)(long long)((splitmix(s) % 17) - (is_unsigned ? 0 : 8));
+            default: return (T)((long long)(splitmix(s) % 17) - (is_unsigned ? 0 : 8));
         }
     }
     if (mode == 1 && (r & 1)) {  // int_mixed: half small values (flags, counts)
@@ -148,14 +191,12 @@ template <class T>
 static T draw_float(u64& s, int mode, double lo, double hi) {
     u64 r = splitmix(s);
     if (mode == 11) return (T)(lo + (hi - lo) * ((double)((r >> 40) + 1) / 16777216.0));  // (lo, hi]
-    if (mode == 12 || mode == 13) {
-        if (r % 4 == 0) {
-            static const double finite[] = {0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 1e-30, -1e-30};
-            static const double nonfinite[] = {INFINITY, -INFINITY, NAN};
-            u64 k = splitmix(s);
-            if (mode == 12 && k % 4 == 0) return (T)nonfinite[(k >> 2) % 3];
-            return (T)finite[(k >> 2) % 8];
-        }
+    if ((mode == 12 || mode == 13) && r % 4 == 0) {
+        static const double finite[] = {0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 1e-30, -1e-30};
+        static const double nonfinite[] = {INFINITY, -INFINITY, NAN};
+        u64 k = splitmix(s);
+        if (mode == 12 && k % 4 == 0) return (T)nonfinite[(k >> 2) % 3];
+        return (T)finite[(k >> 2) % 8];
     }
     switch (r % 8) {
         case 0: return (T)0;
@@ -165,7 +206,7 @@ static T draw_float(u64& s, int mode, double lo, double hi) {
 }
 
 template <class T>
-static void fill(T* p, size_t n, u64 seed, int param, int mode, double lo, double hi) {
+static void fill_typed(T* p, size_t n, u64 seed, int param, int mode, double lo, double hi) {
     u64 s = seed * 1000003ULL + (u64)param * 7919ULL + 1ULL;
     for (size_t k = 0; k < n; ++k) {
         if (mode == 20) p[k] = (T)(splitmix(s) & 1);
@@ -174,12 +215,33 @@ static void fill(T* p, size_t n, u64 seed, int param, int mode, double lo, doubl
     }
 }
 
+void fill_any(void* p, char kind, int size, size_t n, u64 seed, int param, int mode, double lo, double hi) {
+    switch (kind) {
+        case 'b': fill_typed((bool*)p, n, seed, param, mode, lo, hi); return;
+        case 'f':
+            if (size == 4) fill_typed((float*)p, n, seed, param, mode, lo, hi);
+            else fill_typed((double*)p, n, seed, param, mode, lo, hi);
+            return;
+        case 'i':
+            if (size == 1) fill_typed((signed char*)p, n, seed, param, mode, lo, hi);
+            else if (size == 2) fill_typed((short*)p, n, seed, param, mode, lo, hi);
+            else if (size == 4) fill_typed((int*)p, n, seed, param, mode, lo, hi);
+            else fill_typed((long long*)p, n, seed, param, mode, lo, hi);
+            return;
+        default:
+            if (size == 1) fill_typed((unsigned char*)p, n, seed, param, mode, lo, hi);
+            else if (size == 2) fill_typed((unsigned short*)p, n, seed, param, mode, lo, hi);
+            else if (size == 4) fill_typed((unsigned int*)p, n, seed, param, mode, lo, hi);
+            else fill_typed((unsigned long long*)p, n, seed, param, mode, lo, hi);
+    }
+}
+
 struct Region { unsigned char* raw; size_t bytes; int param; };
 static std::vector<Region> regions;
 
-static unsigned char* guarded_alloc(size_t bytes, int param) {
+unsigned char* guarded_alloc(size_t bytes, int param) {
     unsigned char* raw = (unsigned char*)std::malloc(bytes + 2 * GUARD);
-    if (!raw) { std::fprintf(stderr, "MOT_NOMEM %zu\n", bytes); std::exit(4); }
+    if (!raw) { std::fprintf(stderr, "MOT_NOMEM %d %zu\n", current_input, bytes); std::exit(4); }
     std::memset(raw, 0xA5, GUARD);
     std::memset(raw + GUARD + bytes, 0xA5, GUARD);
 #ifdef MOT_ASAN
@@ -190,7 +252,7 @@ static unsigned char* guarded_alloc(size_t bytes, int param) {
     return raw + GUARD;
 }
 
-static void release_all() {
+void release_all() {
     for (Region& r : regions) {
 #ifdef MOT_ASAN
         ASAN_UNPOISON_MEMORY_REGION(r.raw, r.bytes + 2 * GUARD);
@@ -200,7 +262,7 @@ static void release_all() {
     regions.clear();
 }
 
-// Canaries that changed: "MOT_GUARD input param side offset" (offset in bytes from the array's start/end).
+// Canaries that changed: "MOT_GUARD input param side offset" (bytes from the array's start / end).
 static bool check_canaries(const unsigned char* raw, size_t bytes, int param) {
     bool ok = true;
     for (size_t k = 0; k < GUARD; ++k) {
@@ -220,7 +282,7 @@ static bool check_canaries(const unsigned char* raw, size_t bytes, int param) {
     return ok;
 }
 
-static bool check_all() {
+bool check_all() {
     bool ok = true;
     for (Region& r : regions) {
 #ifdef MOT_ASAN
@@ -231,38 +293,34 @@ static bool check_all() {
     return ok;
 }
 
-struct Output {
-    FILE* f = nullptr;
-    std::vector<unsigned char> rec;
-    unsigned count = 0;
-    bool open(const char* path, bool append) { f = std::fopen(path, append ? "ab" : "wb"); return f != nullptr; }
-    void begin(int index) {
-        rec.clear(); count = 0;
-        rec.insert(rec.end(), {'M', 'O', 'T', 'R'});
-        put32((unsigned)index); put32(0);
-    }
-    void put32(unsigned v) { for (int k = 0; k < 4; ++k) rec.push_back((unsigned char)(v >> (8 * k))); }
-    void put64(u64 v) { for (int k = 0; k < 8; ++k) rec.push_back((unsigned char)(v >> (8 * k))); }
-    void item(int kind, char elem_kind, int elem_size, int param, const void* data, size_t bytes) {
-        rec.push_back((unsigned char)kind); rec.push_back((unsigned char)elem_kind);
-        rec.push_back((unsigned char)elem_size); put32((unsigned)param); put64((u64)bytes);
-        const unsigned char* p = (const unsigned char*)data;
-        rec.insert(rec.end(), p, p + bytes);
-        ++count;
-    }
-    void end() {
-        for (int k = 0; k < 4; ++k) rec[8 + k] = (unsigned char)(count >> (8 * k));
-        std::fwrite(rec.data(), 1, rec.size(), f);
-        std::fflush(f);
-    }
-};
-
-template <class T> constexpr char kind_of() {
-    return std::is_same<T, bool>::value ? 'b' : std::is_floating_point<T>::value ? 'f'
-         : std::numeric_limits<T>::is_signed ? 'i' : 'u';
+static void put32(std::vector<unsigned char>& rec, unsigned v) {
+    for (int k = 0; k < 4; ++k) rec.push_back((unsigned char)(v >> (8 * k)));
 }
 
-static void begin_input(int index, unsigned seconds) {
+bool Output::open(const char* path, bool append) { f = std::fopen(path, append ? "ab" : "wb"); return f != nullptr; }
+
+void Output::begin(int index) {
+    rec.clear(); count = 0;
+    rec.insert(rec.end(), {'M', 'O', 'T', 'R'});
+    put32(rec, (unsigned)index); put32(rec, 0);
+}
+
+void Output::item(int kind, char elem_kind, int elem_size, int param, const void* data, size_t bytes) {
+    rec.push_back((unsigned char)kind); rec.push_back((unsigned char)elem_kind);
+    rec.push_back((unsigned char)elem_size); put32(rec, (unsigned)param);
+    for (int k = 0; k < 8; ++k) rec.push_back((unsigned char)((u64)bytes >> (8 * k)));
+    const unsigned char* p = (const unsigned char*)data;
+    rec.insert(rec.end(), p, p + bytes);
+    ++count;
+}
+
+void Output::end() {
+    for (int k = 0; k < 4; ++k) rec[8 + k] = (unsigned char)(count >> (8 * k));
+    std::fwrite(rec.data(), 1, rec.size(), f);
+    std::fflush(f);
+}
+
+void begin_input(int index, unsigned seconds) {
     current_input = index;
     std::fprintf(stderr, "MOT_BEGIN %d\n", index);
     std::fflush(stderr);
@@ -276,12 +334,14 @@ extern "C" void __asan_on_error() {
     const char* access = __asan_get_report_access_type() ? "write" : "read";
     for (mot::Region& r : mot::regions) {
         if (addr >= r.raw && addr < r.raw + r.bytes + 2 * mot::GUARD) {
-            std::fprintf(stderr, "MOT_OOB %d %d %lld %s\n", mot::current_input, r.param,
+            std::fprintf(stderr, "MOT_REF_OOB %d %d %lld %s\n", mot::current_input, r.param,
                          (long long)(addr - (r.raw + mot::GUARD)), access);
             return;
         }
     }
-    std::fprintf(stderr, "MOT_OOB %d -1 0 %s\n", mot::current_input, access);
+    std::fprintf(stderr, "MOT_REF_OOB %d -1 0 %s\n", mot::current_input, access);
 }
 #endif
 """
+
+RUNTIME = RUNTIME_HEADER + RUNTIME_SOURCE

@@ -101,8 +101,9 @@ class InputCase:
         return f"input #{self.index} ({'; '.join(parts) or 'no scalars'}; seed {self.seed}, {self.profile} values)"
 
     def to_json(self) -> dict:
-        return {"index": self.index, "seed": self.seed, "profile": self.profile, "sizes": dict(self.sizes),
-                "values": {k: _fmt(v) for k, v in self.values.items()}, "extents": dict(self.extents)}
+        return {"index": self.index, "describe": self.describe(), "seed": self.seed, "profile": self.profile,
+                "sizes": dict(self.sizes), "values": {k: _fmt(v) for k, v in self.values.items()},
+                "extents": dict(self.extents)}
 
 
 def _fmt(value: float) -> float | int | str:
