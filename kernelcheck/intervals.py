@@ -171,6 +171,9 @@ _INT_LITERAL = re.compile(r"^(0[xX][0-9a-fA-F']+|0[bB][01']+|0[0-7']*|[1-9][0-9'
 def parse_number(text: str) -> Iv | None:
     """A C number literal's value (``10``, ``0x1F``, ``3u``, ``1e-7``, ``.5f``, ``1.f``), or None."""
     text = text.replace("'", "")
+    if text[:1] in "+-":  # tree-sitter reads `-7` as one literal
+        inner = parse_number(text[1:])
+        return None if inner is None else (inner if text[0] == "+" else Iv(-inner.hi, -inner.lo, inner.flt))
     match = _INT_LITERAL.match(text)
     if match:
         digits = match.group(1)

@@ -7,8 +7,9 @@ One abstract walk of the function body (`_Walker`) over `kernelcheck.intervals` 
   which integer parameters scale or divide indices (strides: small values), which arrays are written.
 * **One input** (`measure`, scalars known): the extent each array needs — the largest byte the function can
   touch through it, from every ``a[e]`` / ``*(a + e)`` / pointer alias ``(float*)((char*)a + pitch * j)`` with the
-  loop variables' ranges — the estimated loop iterations (to keep inputs affordable) and the trip counts of the
-  loops (the launch of a kernel without a bounds check uses them).
+  loop variables' ranges — the estimated loop iterations (to keep inputs affordable; a loop whose trip count
+  depends on data counts once, and the run's time limit bounds it) and the trip counts of the loops (the
+  launch of a kernel without a bounds check uses them).
 
 Loops: ``for (v = a; v < b; v += s)`` gives v the range [a, b - 1] (and the mirror for decreasing loops); a
 loop that cannot run (b <= a) is not entered, so its accesses need nothing.  A variable the body changes (a
@@ -84,6 +85,7 @@ class Measure:
     extents: dict[str, int | None]
     work: float
     loops: list[LoopInfo] = field(default_factory=list)
+    unbounded: bool = False  # some loop's trip count is unknown (data-dependent): its body counts once in `work`
 
 
 @dataclass
@@ -113,6 +115,7 @@ class _Walker:
         self.unknown: set[str] = set()
         self.record = True
         self.mult = 1.0
+        self.unbounded = False
         self.work = 0.0
         self.depth = 0
         self.loops: list[LoopInfo] = []
@@ -522,7 +525,9 @@ class _Walker:
         if var:
             self.env[var] = rng
         saved_mult = self.mult
-        self.mult = self.mult * (trips.hi if math.isfinite(trips.hi) else 1e12)
+        if not math.isfinite(trips.hi):
+            self.unbounded = True  # data-dependent: counted once; the run's time limit bounds it
+        self.mult = self.mult * (trips.hi if math.isfinite(trips.hi) else 1)
         if self.record:
             self.work += self.mult
         self.depth += 1
@@ -650,4 +655,4 @@ def measure(fn: FunctionInfo, values: dict[str, Iv], contents: dict[str, Iv], si
         else:
             end = walker.acc[p.name].hi
             extents[p.name] = None if not math.isfinite(end) else max(0, math.ceil(end / elem))
-    return Measure(extents=extents, work=walker.work, loops=walker.loops)
+    return Measure(extents=extents, work=walker.work, loops=walker.loops, unbounded=walker.unbounded)

@@ -10,7 +10,10 @@ per input, so when the reference dies on an input the runner knows which one it 
   `kernelcheck.loopnest` are a first guess, the reference's own accesses are the truth;
 * anything else — an access before the array, undefined behaviour (NaN to int, signed overflow, division by
   zero, misaligned access...), a crash, a timeout, a canary overwritten, a ``std::vector`` resized — discards
-  the input with the reason; the run then resumes at the next input (appending to the same ``out.bin``).
+  the input with the reason; the run then resumes at the next input (appending to the same ``out.bin``);
+* the kept inputs run again in a twin build whose uninitialised locals are zeroed instead of patterned
+  (``-ftrivial-auto-var-init``): an input whose results change read an uninitialised variable, and is
+  discarded.
 
 **Kernel** (`build_kernel`, `run_kernel`): nvcc for the GPU, g++ with the emulation header for the CPU.  Its
 inputs are the reference's surviving inputs; the first failure (crash, CUDA error, timeout, guard zone written,
@@ -160,7 +163,7 @@ class RuntimeObject:
 
 
 def _build_gxx(program: Program, tc: Toolchain, workdir: str, timeout_s: float, flags: Sequence[str],
-               filename: str, include_dirs: Sequence[str] = (), libs: Sequence[str] = ("-lm",)) -> tuple[bool, str, float]:
+               filename: str, include_dirs: Sequence[str] = (), binary: str = "prog") -> tuple[bool, str, float]:
     """g++ build of a program: its head precompiled, the runtime linked from its object (inline as fallback)."""
     includes = tuple(f"-I{d}" for d in include_dirs)
     runtime = RuntimeObject.path(tc.gxx, (*flags, *includes), timeout_s)
@@ -169,15 +172,41 @@ def _build_gxx(program: Program, tc: Toolchain, workdir: str, timeout_s: float, 
     if pch:
         text = text.replace(program.head, "", 1)
     (Path(workdir) / filename).write_text(text, encoding="utf-8")
-    built = compile_program([tc.gxx, *flags, *includes, *pch, "-o", "prog", filename, *([runtime] if runtime else []),
-                             *libs], workdir, timeout_s)
+    built = compile_program([tc.gxx, *flags, *includes, *pch, "-o", binary, filename,
+                             *([runtime] if runtime else []), "-lm"], workdir, timeout_s, binary=binary)
     return built.ok, built.message, built.seconds
 
 
+_INIT_FLAGS: dict[str, bool] = {}
+
+
+def _init_flags_supported(gxx: str, timeout_s: float) -> bool:
+    """Whether g++ takes ``-ftrivial-auto-var-init`` (GCC 12+, Clang 8+); probed once per compiler."""
+    with _SANITIZERS_LOCK:
+        if gxx not in _INIT_FLAGS:
+            with tempfile.TemporaryDirectory(prefix="mot-verify-probe-") as tmp:
+                (Path(tmp) / "probe.cpp").write_text("int main() { int x; return x * 0; }\n")
+                _INIT_FLAGS[gxx] = compile_program([gxx, "-ftrivial-auto-var-init=zero", "-o", "prog", "probe.cpp"],
+                                                   tmp, timeout_s).ok
+        return _INIT_FLAGS[gxx]
+
+
 def build_reference(program: Program, tc: Toolchain, workdir: str, timeout_s: float) -> tuple[bool, str, float, bool]:
-    """Build the reference into ``prog`` -> (ok, compiler message, seconds, sanitised)."""
+    """Build the reference -> (ok, compiler message, seconds, sanitised).
+
+    Two binaries where the compiler can: ``prog`` with uninitialised locals filled with a pattern and
+    ``prog_zero`` with them zeroed; `run_reference` discards an input on which the two disagree (the C code read
+    an uninitialised variable: its result is whatever the stack held).
+    """
     sanitizers = sanitizer_flags(tc.gxx)
-    ok, message, seconds = _build_gxx(program, tc, workdir, timeout_s, (*BASE_FLAGS, *sanitizers), "reference.cpp")
+    flags = (*BASE_FLAGS, *sanitizers)
+    twins = _init_flags_supported(tc.gxx, timeout_s)
+    first = (*flags, "-ftrivial-auto-var-init=pattern") if twins else flags
+    ok, message, seconds = _build_gxx(program, tc, workdir, timeout_s, first, "reference.cpp")
+    if ok and twins:
+        ok, message, more = _build_gxx(program, tc, workdir, timeout_s, (*flags, "-ftrivial-auto-var-init=zero"),
+                                       "reference_zero.cpp", binary="prog_zero")
+        seconds += more
     return ok, message, seconds, bool(sanitizers)
 
 
@@ -212,11 +241,12 @@ class _Pass:
 
 
 def _run_pass(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, launches: dict[int, Launch] | None,
-              append: bool, per_input_s: int, timeout_s: float, env: dict[str, str], rlimits: dict[str, int]) -> _Pass:
+              append: bool, per_input_s: int, timeout_s: float, env: dict[str, str], rlimits: dict[str, int],
+              binary: str = "prog") -> _Pass:
     Path(workdir, "plan.txt").write_text(plan_text(inputs, c, launches), encoding="utf-8")
     if not append:
         Path(workdir, "out.bin").unlink(missing_ok=True)
-    result = run_sandboxed(["./prog", str(per_input_s), "1" if append else "0"], cwd=workdir, env=env,
+    result = run_sandboxed([f"./{binary}", str(per_input_s), "1" if append else "0"], cwd=workdir, env=env,
                            timeout_s=timeout_s, rlimits=rlimits)
     out = Path(workdir, "out.bin")
     records = parse_records(out.read_bytes()) if out.exists() else {}
@@ -318,9 +348,38 @@ def run_reference(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, *,
         else:
             run.discarded[culprit.index] = "the reference " + _culprit_reason(p, per_input_s)
         remaining = remaining[1:]
+    if Path(workdir, "prog_zero").exists():
+        _discard_uninitialised(workdir, inputs, c, run, per_input_s, budget_s - (time.monotonic() - start))
     run.inputs = [case for case in inputs if case.index in run.records]
     run.seconds = time.monotonic() - start
     return run
+
+
+def _discard_uninitialised(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, run: ReferenceRun,
+                           per_input_s: int, budget_s: float) -> None:
+    """Re-run the kept inputs with zeroed locals (``prog_zero``); an input whose records change read an
+    uninitialised variable of the C code, and is discarded."""
+    env, rlimits = _reference_env(workdir), _reference_rlimits(per_input_s)
+    remaining = [case for case in inputs if case.index in run.records]
+    append = False
+    start = time.monotonic()
+    while remaining and budget_s - (time.monotonic() - start) > 1:
+        p = _run_pass(workdir, remaining, c, None, append, per_input_s, budget_s - (time.monotonic() - start), env,
+                      rlimits, binary="prog_zero")
+        append = True
+        for case in remaining:
+            if case.index in p.records and p.records[case.index] != run.records[case.index]:
+                del run.records[case.index]
+                run.discarded[case.index] = ("the reference reads an uninitialised variable (its result changes "
+                                             "with what the stack held)")
+        missing = [case for case in remaining if case.index not in p.records]
+        if missing:
+            del run.records[missing[0].index]
+            run.discarded[missing[0].index] = ("the reference reads an uninitialised variable (it fails with "
+                                               "zeroed locals: " + _culprit_reason(p, per_input_s) + ")")
+            remaining = [case for case in remaining if case.index not in p.records][1:]
+        else:
+            remaining = []
 
 
 @dataclass

@@ -156,10 +156,10 @@ class _ReferenceCache:
 _REFERENCES = _ReferenceCache()
 
 
-def _reference(cpp_source: str, pair: _Pair, tc: Toolchain, timeout_s: float) -> tuple[ReferenceRun | None, str,
-                                                                                          float]:
+def _reference(cpp_source: str, pair: _Pair, tc: Toolchain, timeout_s: float,
+               per_input_s: int) -> tuple[ReferenceRun | None, str, float]:
     """(reference run, build error or "", build seconds), cached."""
-    key = _ReferenceCache.key(cpp_source, pair, tc)
+    key = _ReferenceCache.key(cpp_source, pair, tc) + f":{per_input_s}"
     cached = _REFERENCES.get(key)
     if cached is not None:
         return cached
@@ -169,7 +169,7 @@ def _reference(cpp_source: str, pair: _Pair, tc: Toolchain, timeout_s: float) ->
         if not ok:
             return None, message, seconds
         fresh = [InputCase(**{**case.__dict__, "extents": dict(case.extents)}) for case in pair.inputs]
-        run = run_reference(tmp, fresh, pair.c, sanitised=sanitised)
+        run = run_reference(tmp, fresh, pair.c, per_input_s=per_input_s, sanitised=sanitised)
     _REFERENCES.put(key, (run, "", seconds))
     return run, "", seconds
 
@@ -249,7 +249,9 @@ def _finish(pair: _Pair, ref: ReferenceRun, kernel_run, backend: str, names: dic
     reasons = Counter(ref.discarded.values())
     common = dict(backend=backend, launch=_launch_text(pair, cases), mapping=pair.mapping.describe(),
                   discarded=len(ref.discarded), discard_reasons=dict(reasons), skipped=sum(pair.skipped.values()),
-                  notes=list(pair.mapping.notes) + ([] if ref.sanitised else
+                  notes=list(pair.mapping.notes) + ([f"{ref.regrown} array(s) regrown where the C reference read "
+                                                     "past the extent the analysis gave"] if ref.regrown else []) +
+                  ([] if ref.sanitised else
                                                     ["the reference ran without sanitizers (reads out of bounds and "
                                                      "undefined behaviour in it are not detected)"]),
                   timings=timings, **names)
@@ -271,9 +273,13 @@ def _finish(pair: _Pair, ref: ReferenceRun, kernel_run, backend: str, names: dic
 
 def verify(cpp_source: str, kernel_source: str, *, function: str | None = None, kernel: str | None = None,
            backend: str = "auto", seeds: int = 3, toolchain: Toolchain | None = None, max_inputs: int = 48,
-           compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S, per_input_s: int = 20) -> Verdict:
+           compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S, per_input_s: int = 10) -> Verdict:
     """Check ``kernel_source`` (its ``__global__`` function, or ``kernel``) against the C/C++ function
-    ``function`` (or the only/root one) of ``cpp_source``; see the module docstring."""
+    ``function`` (or the only/root one) of ``cpp_source``; see the module docstring.
+
+    ``seeds``: seeds per size combination; ``max_inputs``: at most this many inputs; ``per_input_s``: seconds an
+    input may take in the reference (twice that in the kernel program: the CPU backend runs each launch twice).
+    """
     start = time.monotonic()
     tc = toolchain or detect_toolchain()
     timings: dict[str, float] = {"toolchain": time.monotonic() - start}
@@ -303,7 +309,7 @@ def _build_and_run(cpp_source: str, kernel_source: str, pair: _Pair, backend: st
     """Steps 4-6 in a temporary directory for the kernel (the reference has its own, and a cache)."""
     common = dict(backend=backend, launch=pair.rule.describe(), mapping=pair.mapping.describe(), **names)
     with tempfile.TemporaryDirectory(prefix="mot-verify-kernel-") as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        ref_future = pool.submit(_reference, cpp_source, pair, tc, compile_timeout_s)
+        ref_future = pool.submit(_reference, cpp_source, pair, tc, compile_timeout_s, per_input_s)
         built, status, message, kernel_seconds = _kernel_build(pair, kernel_source, backend, tc, tmp,
                                                                compile_timeout_s)
         ref, ref_error, ref_seconds = ref_future.result()
@@ -313,6 +319,11 @@ def _build_and_run(cpp_source: str, kernel_source: str, pair: _Pair, backend: st
         if ref is None:
             return Verdict("not_verifiable", f"the C/C++ reference does not build: {clip_text(ref_error, 2000)}",
                            timings=timings, **common)
+        uninitialised = [r for r in ref.discarded.values() if "uninitialised" in r]
+        if uninitialised:
+            return Verdict("not_verifiable", f"the C reference reads an uninitialised variable (on "
+                           f"{len(uninitialised)} inputs): its results are undefined", discarded=len(ref.discarded),
+                           discard_reasons=dict(Counter(ref.discarded.values())), timings=timings, **common)
         if not ref.inputs:
             reasons = "; ".join(f"{n} x {r}" for r, n in Counter(ref.discarded.values()).most_common(3))
             return Verdict("not_verifiable", f"every input was discarded by the C reference ({reasons})",
@@ -320,7 +331,7 @@ def _build_and_run(cpp_source: str, kernel_source: str, pair: _Pair, backend: st
                            timings=timings, **common)
         run_start = time.monotonic()
         kernel_run = run_kernel(tmp, ref.inputs, pair.c, pair.launches, cuda=backend == "gpu",
-                                per_input_s=per_input_s)
+                                per_input_s=2 * per_input_s)
         timings["run_kernel"] = time.monotonic() - run_start
     compare_start = time.monotonic()
     verdict = _finish(pair, ref, kernel_run, backend, names, timings)
