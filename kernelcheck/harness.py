@@ -36,7 +36,8 @@ from .cpu_source import Unsupported, prepare_for_cpu
 from .programs import PRELUDE
 from .signatures import FunctionInfo, Param
 
-__all__ = ["Program", "CpuUnsupported", "plan_text", "reference_program", "kernel_program", "CPU_INCLUDE"]
+__all__ = ["Program", "KernelUnderTest", "CpuUnsupported", "plan_text", "reference_program", "kernel_program",
+           "kernels_program", "CPU_INCLUDE"]
 
 CPU_INCLUDE = '#include "cuda_cpu.h"'
 _MAIN_RE = re.compile(r"\bmain\s*\(")
@@ -202,11 +203,6 @@ def _kernel_args(k: FunctionInfo, c: FunctionInfo, mapping: ParamMapping, device
     return args
 
 
-def _return_slot(k: FunctionInfo, mapping: ParamMapping) -> tuple[str, str] | None:
-    slot = next((b for b in mapping.bindings if b.source == "return"), None)
-    return (slot.kernel.scalar.name, slot.kernel.name) if slot is not None else None
-
-
 _GPU_CHECK = r"""
 #define MOT_CUDA_CHECK(call) do { cudaError_t mot_e = (call); if (mot_e != cudaSuccess) { \
     std::fprintf(stderr, "MOT_CUDA_ERROR %d %s: %s\n", mot::current_input, cudaGetErrorName(mot_e), \
@@ -214,19 +210,48 @@ _GPU_CHECK = r"""
 """
 
 
-def _gpu_body(k: FunctionInfo, c: FunctionInfo, mapping: ParamMapping) -> tuple[list[str], list[str]]:
-    """(lines before the record, lines freeing device memory) of the GPU program's per-input body."""
+@dataclass(frozen=True)
+class KernelUnderTest:
+    """One kernel of a kernel program: its source, its ``__global__`` function, its argument mapping."""
+
+    source: str
+    kernel: FunctionInfo
+    mapping: ParamMapping
+
+
+def _launch_case(j: int, ku: KernelUnderTest, c: FunctionInfo, qualified: str) -> list[str]:
+    """``case j:`` of the launch switch: kernel ``j`` with its arguments (device pointers ``d*``)."""
+    args = ", ".join(_kernel_args(ku.kernel, c, ku.mapping, "d"))
+    return [f"        case {j}:",
+            "            if (L[0] > 0 && L[1] > 0 && L[2] > 0) {",
+            f"                {qualified}<<<dim3((unsigned)L[0], (unsigned)L[1], (unsigned)L[2]), dim3((unsigned)L[3], "
+            f"(unsigned)L[4], (unsigned)L[5]), (size_t)L[6]>>>({args});",
+            "                MOT_CUDA_CHECK(cudaGetLastError());",
+            "            }",
+            "            break;"]
+
+
+def _return_case(j: int, ku: KernelUnderTest, c: FunctionInfo) -> str:
+    slot = next((b for b in ku.mapping.bindings if b.source == "return"), None)
+    if slot is None:
+        return ""
+    return f"        case {j}: mot_ret = ({c.return_type.name})(({slot.kernel.scalar.name}*)b_ret)[0]; break;"
+
+
+def _gpu_body(kernels: Sequence[KernelUnderTest], names: Sequence[str], c: FunctionInfo) -> tuple[list[str],
+                                                                                                   list[str]]:
+    """(lines before the record, lines freeing device memory) of the kernel program's per-input body: the
+    arrays copied with their guard zones into ``cudaMalloc`` blocks, the launch of kernel ``which``, the blocks
+    copied back whole."""
     body = _buffer_lines(c)
     copies_back, frees = [], []
-    buffers = [(j, p) for j, p in enumerate(c.params) if p.is_buffer or p.is_scalar_ref]
-    slot = _return_slot(k, mapping)
-    if slot is not None:
-        kt, _ = slot
-        body.append(f"        {kt}* b_ret = ({kt}*)mot::guarded_alloc(sizeof({kt}), -1);")
-        body.append(f"        b_ret[0] = ({kt})0;")
-        buffers.append(("_ret", None))
-    for j, p in buffers:
-        size = f"(v[{j}].n * sizeof({p.scalar.name}))" if p is not None else f"sizeof(*b_ret)"
+    buffers = [(str(j), f"(v[{j}].n * sizeof({p.scalar.name}))") for j, p in enumerate(c.params)
+               if p.is_buffer or p.is_scalar_ref]
+    if c.returns_value:
+        body.append("        unsigned char* b_ret = mot::guarded_alloc(8, -1);")
+        body.append("        std::memset(b_ret, 0, 8);")
+        buffers.append(("_ret", "8"))
+    for j, size in buffers:
         body.append(f"        unsigned char* r{j} = nullptr;")
         body.append(f"        MOT_CUDA_CHECK(cudaMalloc((void**)&r{j}, {size} + 2 * mot::GUARD));")
         body.append(f"        MOT_CUDA_CHECK(cudaMemcpy(r{j}, (unsigned char*)b{j} - mot::GUARD, {size} + 2 * mot::GUARD, "
@@ -235,16 +260,38 @@ def _gpu_body(k: FunctionInfo, c: FunctionInfo, mapping: ParamMapping) -> tuple[
         copies_back.append(f"        MOT_CUDA_CHECK(cudaMemcpy((unsigned char*)b{j} - mot::GUARD, r{j}, "
                            f"{size} + 2 * mot::GUARD, cudaMemcpyDeviceToHost));")
         frees.append(f"        cudaFree(r{j});")
-    args = ", ".join(_kernel_args(k, c, mapping, "d"))
     body.append("        const std::vector<long long>& L = plan.launch[n];")
-    body.append("        if (L[0] > 0 && L[1] > 0 && L[2] > 0) {")
-    body.append(f"            {k.name}<<<dim3((unsigned)L[0], (unsigned)L[1], (unsigned)L[2]), dim3((unsigned)L[3], "
-                f"(unsigned)L[4], (unsigned)L[5]), (size_t)L[6]>>>({args});")
-    body.append("            MOT_CUDA_CHECK(cudaGetLastError());")
+    body.append("        switch (which) {")
+    for j, (ku, name) in enumerate(zip(kernels, names)):
+        body.extend(_launch_case(j, ku, c, name))
+    body.append("        default: std::fprintf(stderr, \"MOT_PLAN_ERROR no kernel %d\\n\", which); return 2;")
     body.append("        }")
     body.append("        MOT_CUDA_CHECK(cudaDeviceSynchronize());")
     body.extend(copies_back)
+    if c.returns_value:
+        body.append(f"        {c.return_type.name} mot_ret = 0;")
+        body.append("        switch (which) {")
+        body.extend(_return_case(j, ku, c) for j, ku in enumerate(kernels))
+        body.append("        }")
     return body, frees
+
+
+_INCLUDE_RE = re.compile(r"^[ \t]*#[ \t]*include\b.*$", re.M)
+
+
+def _kernel_sources(kernels: Sequence[KernelUnderTest]) -> tuple[str, list[str]]:
+    """The kernels' sources for one program and the name each kernel is launched by.  One kernel stays at global
+    scope; several go into namespaces ``mot_k0``, ``mot_k1``... (their ``#include`` lines hoisted above them)."""
+    if len(kernels) == 1:
+        return _wrap_source(kernels[0].source, "kernel.cu"), [kernels[0].kernel.name]
+    includes: list[str] = []
+    parts = []
+    for j, ku in enumerate(kernels):
+        includes += [m.group(0).strip() for m in _INCLUDE_RE.finditer(ku.source)]
+        source = _INCLUDE_RE.sub("", ku.source)
+        parts.append(f"namespace mot_k{j} {{\n{_wrap_source(source, f'kernel{j}.cu')}\n}}  // namespace mot_k{j}")
+    return "\n".join([*dict.fromkeys(includes), *parts]), [f"mot_k{j}::{ku.kernel.name}" for j, ku in
+                                                           enumerate(kernels)]
 
 
 class CpuUnsupported(ValueError):
@@ -252,14 +299,23 @@ class CpuUnsupported(ValueError):
 
 
 def kernel_program(source: str, k: FunctionInfo, c: FunctionInfo, mapping: ParamMapping, backend: str) -> Program:
-    """The kernel program for ``backend`` "gpu" (nvcc) or "cpu" (g++ with the emulation header, the body
-    rewritten by `kernelcheck.cpu_source.prepare_for_cpu`: ``<<<>>>`` becomes ``mot_cpu::launch_named``, the
-    emulated ``cudaMalloc`` watches every array for races).  `CpuUnsupported` when the CPU backend cannot run it."""
-    slot = _return_slot(k, mapping)
-    return_expr = f"({c.return_type.name})b_ret[0]" if slot is not None else None
-    body_lines, frees = _gpu_body(k, c, mapping)
-    tail = _MAIN_TAIL.replace("{items}", _items(c, return_expr)).replace("{free}", "\n".join(frees))
-    body = "\n".join([_wrap_source(source, "kernel.cu"), _MAIN_HEAD, *body_lines, tail])
+    """The program of one kernel (see `kernels_program`)."""
+    return kernels_program([KernelUnderTest(source, k, mapping)], c, backend)
+
+
+def kernels_program(kernels: Sequence[KernelUnderTest], c: FunctionInfo, backend: str) -> Program:
+    """One program for ``backend`` "gpu" (nvcc) or "cpu" (g++ with the emulation header, the body rewritten by
+    `kernelcheck.cpu_source.prepare_for_cpu`: ``<<<>>>`` becomes ``mot_cpu::launch_named``, the emulated
+    ``cudaMalloc`` watches every array for races) that runs kernel number ``argv[3]`` (default 0) of ``kernels``
+    on the plan's inputs: several candidate kernels of one function share one build.  `CpuUnsupported` when the
+    CPU backend cannot run them."""
+    sources, names = _kernel_sources(kernels)
+    body_lines, frees = _gpu_body(kernels, names, c)
+    tail = _MAIN_TAIL.replace("{items}", _items(c, "mot_ret" if c.returns_value else None)) \
+        .replace("{free}", "\n".join(frees))
+    head = _MAIN_HEAD.replace("    mot::Output out;", "    int which = argc > 3 ? std::atoi(argv[3]) : 0;\n"
+                                                       "    mot::Output out;")
+    body = "\n".join([sources, head, *body_lines, tail])
     if backend == "gpu":
         return Program(head="\n".join([PRELUDE, "#include <cuda_runtime.h>", RUNTIME_HEADER, _GPU_CHECK]), body=body)
     if backend != "cpu":

@@ -242,12 +242,12 @@ class _Pass:
 
 def _run_pass(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, launches: dict[int, Launch] | None,
               append: bool, per_input_s: int, timeout_s: float, env: dict[str, str], rlimits: dict[str, int],
-              binary: str = "prog") -> _Pass:
+              binary: str = "prog", which: int = 0) -> _Pass:
     Path(workdir, "plan.txt").write_text(plan_text(inputs, c, launches), encoding="utf-8")
     if not append:
         Path(workdir, "out.bin").unlink(missing_ok=True)
-    result = run_sandboxed([f"./{binary}", str(per_input_s), "1" if append else "0"], cwd=workdir, env=env,
-                           timeout_s=timeout_s, rlimits=rlimits)
+    result = run_sandboxed([f"./{binary}", str(per_input_s), "1" if append else "0", str(which)], cwd=workdir,
+                           env=env, timeout_s=timeout_s, rlimits=rlimits)
     out = Path(workdir, "out.bin")
     records = parse_records(out.read_bytes()) if out.exists() else {}
     err = decode_output(result.stderr)
@@ -434,12 +434,13 @@ class KernelRun:
 
 
 def run_kernel(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, launches: dict[int, Launch], *,
-               cuda: bool, per_input_s: int = 20, budget_s: float = 300.0) -> KernelRun:
-    """Run the built kernel program over ``inputs``; its first failure, in input order, is the one reported."""
+               cuda: bool, per_input_s: int = 20, budget_s: float = 300.0, which: int = 0) -> KernelRun:
+    """Run kernel number ``which`` of the built kernel program over ``inputs``; its first failure, in input order,
+    is the one reported."""
     env = scrubbed_env(workdir, cuda=cuda)
     rlimits = run_rlimits(per_input_s, cuda=True)
     rlimits["RLIMIT_FSIZE"] = _OUTPUT_FILE_LIMIT
-    p = _run_pass(workdir, inputs, c, launches, False, per_input_s, budget_s, env, rlimits)
+    p = _run_pass(workdir, inputs, c, launches, False, per_input_s, budget_s, env, rlimits, which=which)
     found, notes = _emulation_findings(p.stderr)
     failures = [Failure(index, text) for index, text in found]
     run = KernelRun(records=dict(p.records), notes=notes, seconds=p.seconds)
