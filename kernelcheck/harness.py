@@ -28,11 +28,11 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from .cpu_source import Unsupported, prepare_for_cpu
 from .harness_runtime import RUNTIME_HEADER, RUNTIME_SOURCE
 from .inputs import FILL_MODES, InputCase
-from .launch import Launch
+from .launch_config import Launch
 from .mapping import ParamMapping
-from .cpu_source import Unsupported, prepare_for_cpu
 from .programs import PRELUDE
 from .signatures import FunctionInfo, Param
 

@@ -25,35 +25,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .intervals import INF, TOP, TOP_FLOAT, Evaluator, Iv, binary
+from .cwalk import Alias, ExpressionWalker, as_type, strip_parens, subscript_index
+from .intervals import INF, TOP, TOP_FLOAT, Iv, binary
 from .signatures import FunctionInfo, node_text, scalar_type
 
-__all__ = ["CShape", "Measure", "shape_of", "measure", "subscript_index", "loop_parts", "LoopInfo"]
-
-_MEMORY_CALLS = {"memset": (0, 2), "memcpy": (0, 2), "memmove": (0, 2)}  # name -> (pointer arg, byte count arg)
-_PURE_CALLS = {"printf", "fprintf", "puts", "assert", "sqrt", "sqrtf", "exp", "expf", "log", "logf", "pow", "powf",
-               "fabs", "fabsf", "abs", "min", "max", "fmin", "fmax", "fminf", "fmaxf", "floor", "ceil", "round"}
-
-
-def subscript_index(node: Any) -> Any | None:
-    """The index expression of ``a[i]`` (tree-sitter-cpp puts it in a ``subscript_argument_list``)."""
-    index = node.child_by_field_name("index")
-    if index is not None:
-        return index
-    indices = node.child_by_field_name("indices")
-    if indices is None:
-        indices = next((c for c in node.children if c.type == "subscript_argument_list"), None)
-    if indices is None:
-        return None
-    named = [c for c in indices.named_children if c.type != "comment"]
-    return named[0] if named else None
-
-
-def _strip_parens(node: Any) -> Any:
-    while node is not None and node.type in ("parenthesized_expression", "condition_clause"):
-        named = [c for c in node.named_children if c.type != "comment"]
-        node = named[-1] if named else None
-    return node
+__all__ = ["CShape", "Measure", "shape_of", "measure", "subscript_index", "loop_parts", "LoopInfo", "strip_parens"]
 
 
 @dataclass
@@ -88,233 +64,8 @@ class Measure:
     unbounded: bool = False  # some loop's trip count is unknown (data-dependent): its body counts once in `work`
 
 
-@dataclass
-class _Alias:
-    base: str
-    offset: Iv  # bytes from the start of the parameter's buffer
-    elem: int   # bytes of the element type this pointer reads
-
-
-class _Walker:
-    """Abstract interpretation of one function body (see the module docstring)."""
-
-    def __init__(self, fn: FunctionInfo, values: dict[str, Iv], contents: dict[str, Iv], sizes: dict[str, Iv]):
-        self.fn = fn
-        self.env: dict[str, Iv] = dict(values)
-        self.deps: dict[str, frozenset[str]] = {p.name: frozenset([p.name]) for p in fn.params}
-        self.contents = contents
-        self.sizes = sizes
-        self.ptr: dict[str, _Alias] = {}
-        self.buffers = {p.name for p in fn.params if p.is_buffer or p.is_scalar_ref}
-        for p in fn.params:
-            if p.name in self.buffers:
-                self.ptr[p.name] = _Alias(p.name, Iv.point(0), p.scalar.size if p.scalar else 1)
-            elif p.scalar is not None and p.scalar.is_float:
-                self.env.setdefault(p.name, TOP_FLOAT)
-        self.acc: dict[str, Iv] = {}
-        self.unknown: set[str] = set()
-        self.record = True
-        self.mult = 1.0
-        self.unbounded = False
-        self.work = 0.0
-        self.depth = 0
-        self.loops: list[LoopInfo] = []
-        self.bound_params: set[str] = set()
-        self.index_arrays: set[str] = set()
-        self.stride_params: set[str] = set()
-        self.divisor_params: set[str] = set()
-        self.written: set[str] = set()
-
-    # ---------------------------------------------------------------- expressions
-    def ev(self, node: Any) -> Iv:
-        arrays = {name: self.contents.get(alias.base, TOP) for name, alias in self.ptr.items()}
-        return Evaluator(self.env, arrays, self.sizes).eval(node)
-
-    def dep(self, node: Any) -> frozenset[str]:
-        """Parameters an expression's value depends on (through locals, and array contents it reads)."""
-        out: set[str] = set()
-        pending = [node]
-        while pending:
-            n = pending.pop()
-            if n is None:
-                continue
-            if n.type == "identifier":
-                name = node_text(n)
-                out |= self.deps.get(name, frozenset())
-                if name in self.ptr:
-                    out.add(self.ptr[name].base)
-            elif n.type == "call_expression":
-                callee = n.child_by_field_name("function")
-                if callee is not None and callee.type == "field_expression":
-                    out.add(node_text(callee).replace(" ", "").rsplit(".", 1)[0])
-            pending.extend(n.named_children)
-        return frozenset(out)
-
-    def pointer(self, node: Any) -> _Alias | None:
-        """The buffer (and byte offset) a pointer-valued expression points into, or None."""
-        node = _strip_parens(node)
-        if node is None:
-            return None
-        kind = node.type
-        if kind == "identifier":
-            return self.ptr.get(node_text(node))
-        if kind == "cast_expression":
-            inner = self.pointer(node.child_by_field_name("value"))
-            type_text = node_text(node.child_by_field_name("type"))
-            if inner is None or not type_text.endswith("*"):
-                return inner
-            scalar = scalar_type(type_text.rstrip("*").strip())
-            return _Alias(inner.base, inner.offset, scalar.size if scalar else 1)
-        if kind == "binary_expression" and node_text(node.child_by_field_name("operator")) in ("+", "-"):
-            left, right = node.child_by_field_name("left"), node.child_by_field_name("right")
-            op = node_text(node.child_by_field_name("operator"))
-            base, other = self.pointer(left), right
-            if base is None and op == "+":
-                base, other = self.pointer(right), left
-            if base is None:
-                return None
-            step = binary("*", self.ev(other), Iv.point(base.elem))
-            return _Alias(base.base, binary(op, base.offset, step), base.elem)
-        if kind == "pointer_expression" and node_text(node).startswith("&"):
-            target = _strip_parens(node.child_by_field_name("argument"))
-            if target is not None and target.type == "subscript_expression":
-                base = self.pointer(target.child_by_field_name("argument"))
-                index = subscript_index(target)
-                if base is not None and index is not None:
-                    return _Alias(base.base, binary("+", base.offset, binary("*", self.ev(index), Iv.point(base.elem))),
-                                  base.elem)
-        return None
-
-    def touch(self, alias: _Alias, index: Iv, write: bool) -> None:
-        if write:
-            self.written.add(alias.base)
-        if not self.record:
-            return
-        start = binary("+", alias.offset, binary("*", index, Iv.point(alias.elem)))
-        if not math.isfinite(start.hi):
-            self.unknown.add(alias.base)
-            return
-        end = Iv(start.lo, start.hi + alias.elem)
-        self.acc[alias.base] = self.acc[alias.base].union(end) if alias.base in self.acc else end
-
-    def mark_index_use(self, index: Any) -> None:
-        for name in self.dep(index):
-            param = self.fn.param(name)
-            if param is None:
-                continue
-            if name in self.buffers and param.scalar is not None and param.scalar.is_integer:
-                self.index_arrays.add(name)
-            elif param.is_value and param.scalar is not None and param.scalar.is_integer:
-                self.stride_params.add(name)
-
-    def scan(self, node: Any, write: bool = False) -> None:  # noqa: C901 - one dispatch over node types
-        """Walk an expression: record accesses, apply assignments and increments."""
-        if node is None:
-            return
-        kind = node.type
-        if kind == "subscript_expression":
-            index = subscript_index(node)
-            alias = self.pointer(node.child_by_field_name("argument"))
-            if alias is not None and index is not None:
-                self.touch(alias, self.ev(index), write)
-                self.mark_index_use(index)
-            self.scan(node.child_by_field_name("argument"))
-            self.scan(index)
-            return
-        if kind == "pointer_expression" and node_text(node).startswith("*"):
-            target = node.child_by_field_name("argument")
-            alias = self.pointer(target)
-            if alias is not None:
-                self.touch(alias, Iv.point(0), write)
-                stripped = _strip_parens(target)
-                if stripped is not None and stripped.type == "binary_expression":
-                    self.mark_index_use(stripped)
-            self.scan(target)
-            return
-        if kind == "assignment_expression":
-            self.assign(node)
-            return
-        if kind == "update_expression":
-            self.update(node.child_by_field_name("argument"), node_text(node.child_by_field_name("operator")))
-            return
-        if kind == "call_expression":
-            self.call(node)
-            return
-        if kind == "binary_expression" and node_text(node.child_by_field_name("operator")) in ("/", "%"):
-            for name in self.dep(node.child_by_field_name("right")):
-                self.divisor_params.add(name)
-        for child in node.named_children:
-            self.scan(child)
-
-    def assign(self, node: Any) -> None:
-        left, right = node.child_by_field_name("left"), node.child_by_field_name("right")
-        op = node_text(node.child_by_field_name("operator"))
-        self.scan(right)
-        target = _strip_parens(left)
-        if target is not None and target.type == "identifier":
-            name = node_text(target)
-            if name in self.ptr:
-                alias = self.ptr[name]
-                if op == "=":
-                    new = self.pointer(right)
-                    if new is None:
-                        self.unknown.add(alias.base)
-                    else:
-                        self.ptr[name] = new
-                elif op in ("+=", "-="):
-                    step = binary("*", self.ev(right), Iv.point(alias.elem))
-                    self.ptr[name] = _Alias(alias.base, binary(op[0], alias.offset, step), alias.elem)
-                return
-            value = self.ev(right)
-            if op != "=":
-                value = binary(op[:-1], self.env.get(name, TOP), value)
-            if name in self.env and not self.env[name].flt and value.flt:
-                value = _as_type(value, "long")  # stored into an integer variable: truncated
-            self.env[name] = value
-            self.deps[name] = self.deps.get(name, frozenset()) | self.dep(right) if op != "=" else self.dep(right)
-            return
-        if op != "=":
-            self.scan(left)  # a compound assignment reads its target too
-        self.scan(left, write=True)
-
-    def update(self, target: Any, op: str) -> None:
-        target = _strip_parens(target)
-        if target is None:
-            return
-        if target.type == "identifier":
-            name = node_text(target)
-            if name in self.ptr:
-                alias = self.ptr[name]
-                self.ptr[name] = _Alias(alias.base, binary(op[0], alias.offset, Iv.point(alias.elem)), alias.elem)
-            else:
-                self.env[name] = binary(op[0], self.env.get(name, TOP), Iv.point(1))
-            return
-        self.scan(target)
-        self.scan(target, write=True)
-
-    def call(self, node: Any) -> None:
-        callee = node.child_by_field_name("function")
-        name = node_text(callee).split("::")[-1] if callee is not None else ""
-        args_node = node.child_by_field_name("arguments")
-        args = [a for a in args_node.named_children if a.type != "comment"] if args_node is not None else []
-        if name in _MEMORY_CALLS and len(args) == 3:
-            ptr_arg, count_arg = _MEMORY_CALLS[name]
-            alias = self.pointer(args[ptr_arg])
-            if alias is not None:
-                count = self.ev(args[count_arg])
-                self.touch(_Alias(alias.base, alias.offset, 1), Iv(0, max(count.hi - 1, 0)), write=True)
-            source = self.pointer(args[1])
-            if source is not None:
-                count = self.ev(args[count_arg])
-                self.touch(_Alias(source.base, source.offset, 1), Iv(0, max(count.hi - 1, 0)), write=False)
-        elif name not in _PURE_CALLS:
-            for arg in args:  # a buffer handed to code the walk does not follow: its extent is unknown
-                alias = self.pointer(arg)
-                if alias is not None:
-                    self.unknown.add(alias.base)
-                    self.written.add(alias.base)
-        for arg in args:
-            self.scan(arg)
+class _Walker(ExpressionWalker):
+    """Statements and loops of the abstract walk (see the module docstring)."""
 
     # ---------------------------------------------------------------- statements
     def stmt(self, node: Any) -> None:  # noqa: C901 - one dispatch over statement types
@@ -365,7 +116,7 @@ class _Walker:
                 alias = self.pointer(value) if value is not None else None
                 if alias is not None:
                     scalar = scalar_type(type_text)
-                    self.ptr[name] = _Alias(alias.base, alias.offset, scalar.size if scalar else alias.elem)
+                    self.ptr[name] = Alias(alias.base, alias.offset, scalar.size if scalar else alias.elem)
                 elif value is not None:
                     self.unknown.update(self.dep(value) & self.buffers)
                 continue
@@ -375,7 +126,7 @@ class _Walker:
             else:
                 result = self.ev(value)
                 if scalar_type(type_text) is not None:
-                    result = _as_type(result, type_text)
+                    result = as_type(result, type_text)
                 self.env[name] = result
                 self.deps[name] = self.dep(value)
 
@@ -398,7 +149,7 @@ class _Walker:
     def comparisons(self, cond: Any, conj: str) -> Iterable[tuple[str, str, Iv, frozenset[str]]]:
         """(variable, operator, bound range, bound's parameters) of the comparisons ``v OP E`` / ``E OP v`` /
         ``v + c OP E`` joined by ``conj`` (``v + c < E`` is ``v < E - c``)."""
-        cond = _strip_parens(cond)
+        cond = strip_parens(cond)
         if cond is None or cond.type != "binary_expression":
             return
         op = node_text(cond.child_by_field_name("operator"))
@@ -417,13 +168,13 @@ class _Walker:
 
     def shifted_var(self, node: Any) -> tuple[str | None, Iv]:
         """``v`` -> (v, 0); ``v + c`` / ``v - c`` (c without v) -> (v, ±c); else (None, 0)."""
-        node = _strip_parens(node)
+        node = strip_parens(node)
         if node is None:
             return None, Iv.point(0)
         if node.type == "identifier":
             return node_text(node), Iv.point(0)
         if node.type == "binary_expression" and node_text(node.child_by_field_name("operator")) in ("+", "-"):
-            inner = _strip_parens(node.child_by_field_name("left"))
+            inner = strip_parens(node.child_by_field_name("left"))
             if inner is not None and inner.type == "identifier":
                 name = node_text(inner)
                 offset = node.child_by_field_name("right")
@@ -467,7 +218,7 @@ class _Walker:
                 target = decl.child_by_field_name("declarator") if decl.type == "init_declarator" else decl
                 if target is not None and target.type == "identifier":
                     return node_text(target)
-        first = _strip_parens(init.child_by_field_name("left")) if init is not None and init.type == \
+        first = strip_parens(init.child_by_field_name("left")) if init is not None and init.type == \
             "assignment_expression" else None
         if first is not None and first.type == "identifier":
             return node_text(first)
@@ -581,7 +332,7 @@ class _Walker:
             if after is None or after.offset == before.offset:
                 continue
             grow = max(0.0, after.offset.hi - before.offset.hi)
-            self.ptr[name] = _Alias(before.base, Iv(min(before.offset.lo, after.offset.lo),
+            self.ptr[name] = Alias(before.base, Iv(min(before.offset.lo, after.offset.lo),
                                                     before.offset.hi + _mul(grow, n)), before.elem)
 
     def snapshot(self) -> tuple[dict, dict, bool, set, set]:
@@ -601,19 +352,6 @@ def _trips(rng: Iv, step: float) -> Iv:
         return Iv(0, INF)
     count = math.floor((rng.hi - rng.lo) / step) + 1
     return Iv(0, max(0, count))
-
-
-def _as_type(value: Iv, type_text: str) -> Iv:
-    scalar = scalar_type(type_text)
-    if scalar is None:
-        return value
-    if scalar.is_float:
-        return Iv(value.lo, value.hi, True)
-    lo = math.trunc(value.lo) if value.flt and math.isfinite(value.lo) else value.lo
-    hi = math.trunc(value.hi) if value.flt and math.isfinite(value.hi) else value.hi
-    if scalar.kind == "u" and lo < 0:
-        return Iv(0, (1 << (8 * scalar.size)) - 1)
-    return Iv(lo, hi)
 
 
 def loop_parts(node: Any) -> tuple[Any, Any, Any, Any]:

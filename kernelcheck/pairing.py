@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .inputs import InputCase, make_inputs
 from .intervals import Iv
-from .launch import Launch, LaunchError, LaunchRule, concrete_launch, launch_rule
+from .launch import LaunchError, LaunchRule, launch_rule
+from .launch_config import Launch, concrete_launch
 from .loopnest import CShape, shape_of
 from .mapping import NotVerifiable, ParamMapping, map_params
 from .signatures import FunctionInfo, SignatureError, read_c_function, read_kernel

@@ -13,9 +13,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import replace
 
+from .builds import build_reference
 from .harness import plan_text, reference_program
 from .pairing import Pair
-from .runner import ReferenceRun, build_reference, run_reference
+from .runner import ReferenceRun, run_reference
 from .toolchain import Toolchain
 
 __all__ = ["reference_run", "clear"]

@@ -1,8 +1,6 @@
-"""Building and running the programs of a differential check — every build and run through `kernelcheck.sandbox`.
+"""Running the programs of a differential check (built by `kernelcheck.builds`) through `kernelcheck.sandbox`.
 
-**Reference** (`build_reference`, `run_reference`): g++ with AddressSanitizer and UndefinedBehaviorSanitizer
-(``-fno-sanitize-recover``: the first report ends the run), falling back to plain g++ (canaries only) where the
-sanitizers cannot build.  All inputs run in one process, each under a per-input ``alarm``; records are flushed
+**Reference** (`run_reference`): all inputs run in one process, each under a per-input ``alarm``; records are flushed
 per input, so when the reference dies on an input the runner knows which one it was:
 
 * it overran an array by a few elements (``MOT_REF_OOB`` past the end): the array is regrown to what the reference
@@ -15,58 +13,32 @@ per input, so when the reference dies on an input the runner knows which one it 
   (``-ftrivial-auto-var-init``): an input whose results change read an uninitialised variable, and is
   discarded.
 
-**Kernel** (`build_kernel`, `run_kernel`): nvcc for the GPU, g++ with the emulation header for the CPU.  Its
-inputs are the reference's surviving inputs; the first failure (crash, CUDA error, timeout, guard zone written,
+**Kernel** (`run_kernel`): its inputs are the reference's surviving inputs; the first failure (crash, CUDA error, timeout, guard zone written,
 a race / out-of-bounds / fault / barrier report of the CPU backend's emulation) is attributed to the input it
 happened on — that input is a mismatch, never discarded.
 """
 
 from __future__ import annotations
 
-import atexit
 import re
 import struct
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .cpu_backend import GXX_CPU_FLAGS, HEADER_DIR
-from .functional import PreludePCH, nvcc_command
-from .harness import Program, plan_text
-from .harness_runtime import RECORD_MAGIC, RUNTIME_HEADER, RUNTIME_SOURCE
+from .builds import OUTPUT_FILE_LIMIT, reference_env, reference_rlimits
+from .harness import plan_text
+from .harness_runtime import RECORD_MAGIC
 from .inputs import MAX_ELEMENTS, InputCase
-from .launch import Launch
-from .sandbox import (
-    clip_text,
-    compile_program,
-    compiler_rlimits,
-    decode_output,
-    describe_exit,
-    run_rlimits,
-    run_sandboxed,
-    scrubbed_env,
-)
+from .launch_config import Launch
+from .sandbox import clip_text, decode_output, describe_exit, run_rlimits, run_sandboxed, scrubbed_env
 from .signatures import FunctionInfo
-from .toolchain import Toolchain
 
-__all__ = ["Item", "ReferenceRun", "KernelRun", "Failure", "parse_records", "sanitizer_flags", "build_reference",
-           "build_kernel", "run_reference", "run_kernel", "BASE_FLAGS", "SANITIZER_FLAGS", "MAX_REGROWTHS",
-           "CPU_KERNEL_FLAGS", "EMULATION_FAILURES", "RuntimeObject"]
+__all__ = ["Item", "ReferenceRun", "KernelRun", "Failure", "parse_records", "run_reference", "run_kernel",
+           "MAX_REGROWTHS", "EMULATION_FAILURES"]
 
-BASE_FLAGS = ("-std=c++17", "-O0", "-w")
-SANITIZER_FLAGS = ("-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
-                   "-fno-omit-frame-pointer")
-CPU_KERNEL_FLAGS = GXX_CPU_FLAGS
 MAX_REGROWTHS = 6
-_SANITIZER_ENV = {
-    "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:exitcode=86:allocator_may_return_null=1:"
-                    "hard_rss_limit_mb=2048:handle_abort=1:print_summary=1",
-    "UBSAN_OPTIONS": "halt_on_error=1:exitcode=87:print_stacktrace=0",
-}
-_OUTPUT_FILE_LIMIT = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -102,128 +74,6 @@ def parse_records(data: bytes) -> dict[int, list[Item]]:
     return records
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Builds
-# --------------------------------------------------------------------------------------------------------------
-_SANITIZERS_OK: dict[str, bool] = {}
-_SANITIZERS_LOCK = threading.Lock()
-
-
-def sanitizer_flags(gxx: str, timeout_s: float = 120.0) -> tuple[str, ...]:
-    """`SANITIZER_FLAGS` when this g++ builds and runs a sanitised program, else () (probed once per g++)."""
-    with _SANITIZERS_LOCK:
-        if gxx not in _SANITIZERS_OK:
-            with tempfile.TemporaryDirectory(prefix="mot-verify-probe-") as tmp:
-                (Path(tmp) / "probe.cpp").write_text("#include <cstdio>\nint main() { std::puts(\"ok\"); }\n")
-                built = compile_program([gxx, *BASE_FLAGS, *SANITIZER_FLAGS, "-o", "prog", "probe.cpp"], tmp,
-                                        timeout_s)
-                ran = built.ok and run_sandboxed(["./prog"], cwd=tmp, env=_reference_env(tmp), timeout_s=30,
-                                                 rlimits=_reference_rlimits(30)).returncode == 0
-                _SANITIZERS_OK[gxx] = bool(ran)
-        return SANITIZER_FLAGS if _SANITIZERS_OK[gxx] else ()
-
-
-def _reference_env(tmp: str) -> dict[str, str]:
-    return scrubbed_env(tmp) | _SANITIZER_ENV
-
-
-def _reference_rlimits(timeout_s: float) -> dict[str, int]:
-    """Run limits without an address-space cap (AddressSanitizer reserves terabytes of shadow memory; its own
-    ``hard_rss_limit_mb`` bounds the memory instead) and with room for the records file."""
-    limits = run_rlimits(timeout_s, cuda=True)
-    limits["RLIMIT_FSIZE"] = _OUTPUT_FILE_LIMIT
-    return limits
-
-
-class RuntimeObject:
-    """`RUNTIME_SOURCE` compiled once per (g++, flags) into ``runtime.o`` in a private temporary directory (removed
-    at exit); every g++ program of a check links it instead of compiling the runtime again."""
-
-    _lock = threading.Lock()
-    _built: dict[tuple, str | None] = {}
-    _dirs: list[tempfile.TemporaryDirectory] = []
-
-    @classmethod
-    def path(cls, gxx: str, flags: Sequence[str], timeout_s: float, include_dirs: Sequence[str] = ()) -> str | None:
-        key = (gxx, tuple(flags), tuple(include_dirs), RUNTIME_SOURCE)
-        with cls._lock:
-            if key not in cls._built:
-                holder = tempfile.TemporaryDirectory(prefix="mot-verify-runtime-")
-                Path(holder.name, "runtime.cpp").write_text(RUNTIME_HEADER + RUNTIME_SOURCE, encoding="utf-8")
-                built = compile_program([gxx, *flags, "-c", "-o", "runtime.o", "runtime.cpp"], holder.name, timeout_s,
-                                        binary="runtime.o")
-                if built.ok:
-                    cls._dirs.append(holder)
-                    atexit.register(holder.cleanup)
-                    cls._built[key] = str(Path(holder.name, "runtime.o"))
-                else:
-                    holder.cleanup()
-                    cls._built[key] = None
-            return cls._built[key]
-
-
-def _build_gxx(program: Program, tc: Toolchain, workdir: str, timeout_s: float, flags: Sequence[str],
-               filename: str, include_dirs: Sequence[str] = (), binary: str = "prog") -> tuple[bool, str, float]:
-    """g++ build of a program: its head precompiled, the runtime linked from its object (inline as fallback)."""
-    includes = tuple(f"-I{d}" for d in include_dirs)
-    runtime = RuntimeObject.path(tc.gxx, (*flags, *includes), timeout_s)
-    pch = PreludePCH.flags(tc.gxx, timeout_s, header_text=program.head, compile_flags=(*flags, *includes))
-    text = program.text(inline_runtime=runtime is None)
-    if pch:
-        text = text.replace(program.head, "", 1)
-    (Path(workdir) / filename).write_text(text, encoding="utf-8")
-    built = compile_program([tc.gxx, *flags, *includes, *pch, "-o", binary, filename,
-                             *([runtime] if runtime else []), "-lm"], workdir, timeout_s, binary=binary)
-    return built.ok, built.message, built.seconds
-
-
-_INIT_FLAGS: dict[str, bool] = {}
-
-
-def _init_flags_supported(gxx: str, timeout_s: float) -> bool:
-    """Whether g++ takes ``-ftrivial-auto-var-init`` (GCC 12+, Clang 8+); probed once per compiler."""
-    with _SANITIZERS_LOCK:
-        if gxx not in _INIT_FLAGS:
-            with tempfile.TemporaryDirectory(prefix="mot-verify-probe-") as tmp:
-                (Path(tmp) / "probe.cpp").write_text("int main() { int x; return x * 0; }\n")
-                _INIT_FLAGS[gxx] = compile_program([gxx, "-ftrivial-auto-var-init=zero", "-o", "prog", "probe.cpp"],
-                                                   tmp, timeout_s).ok
-        return _INIT_FLAGS[gxx]
-
-
-def build_reference(program: Program, tc: Toolchain, workdir: str, timeout_s: float) -> tuple[bool, str, float, bool]:
-    """Build the reference -> (ok, compiler message, seconds, sanitised).
-
-    Two binaries where the compiler can: ``prog`` with uninitialised locals filled with a pattern and
-    ``prog_zero`` with them zeroed; `run_reference` discards an input on which the two disagree (the C code read
-    an uninitialised variable: its result is whatever the stack held).
-    """
-    sanitizers = sanitizer_flags(tc.gxx)
-    flags = (*BASE_FLAGS, *sanitizers)
-    twins = _init_flags_supported(tc.gxx, timeout_s)
-    first = (*flags, "-ftrivial-auto-var-init=pattern") if twins else flags
-    ok, message, seconds = _build_gxx(program, tc, workdir, timeout_s, first, "reference.cpp")
-    if ok and twins:
-        ok, message, more = _build_gxx(program, tc, workdir, timeout_s, (*flags, "-ftrivial-auto-var-init=zero"),
-                                       "reference_zero.cpp", binary="prog_zero")
-        seconds += more
-    return ok, message, seconds, bool(sanitizers)
-
-
-def build_kernel(program: Program, backend: str, tc: Toolchain, workdir: str, timeout_s: float) -> tuple[bool, str,
-                                                                                                     float]:
-    """Build the kernel program into ``prog``: nvcc for "gpu" (runtime inline), g++ with the CPU backend's flags
-    and headers for "cpu" (its head precompiled, the runtime linked)."""
-    if backend == "gpu":
-        (Path(workdir) / "candidate_program.cu").write_text(program.text(inline_runtime=True), encoding="utf-8")
-        built = compile_program(nvcc_command(tc), workdir, timeout_s, nvcc=tc.nvcc)
-        return built.ok, built.message, built.seconds
-    return _build_gxx(program, tc, workdir, timeout_s, CPU_KERNEL_FLAGS, "kernel_program.cpp", (str(HEADER_DIR),))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Runs
-# --------------------------------------------------------------------------------------------------------------
 _LINE = re.compile(r"^(MOT_[A-Z_]+) (.*)$", re.M)
 _UB = re.compile(r"runtime error: ([^\n]*)")
 _ASAN = re.compile(r"ERROR: AddressSanitizer: ([^\n]*)")
@@ -313,7 +163,7 @@ def run_reference(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, *,
     run = ReferenceRun(records={}, inputs=[], sanitised=sanitised)
     grown: dict[int, int] = {}
     append = False
-    env, rlimits = _reference_env(workdir), _reference_rlimits(per_input_s)
+    env, rlimits = reference_env(workdir), reference_rlimits(per_input_s)
     while remaining:
         left = budget_s - (time.monotonic() - start)
         if left <= 1:
@@ -359,7 +209,7 @@ def _discard_uninitialised(workdir: str, inputs: Sequence[InputCase], c: Functio
                            per_input_s: int, budget_s: float) -> None:
     """Re-run the kept inputs with zeroed locals (``prog_zero``); an input whose records change read an
     uninitialised variable of the C code, and is discarded."""
-    env, rlimits = _reference_env(workdir), _reference_rlimits(per_input_s)
+    env, rlimits = reference_env(workdir), reference_rlimits(per_input_s)
     remaining = [case for case in inputs if case.index in run.records]
     append = False
     start = time.monotonic()
@@ -380,15 +230,6 @@ def _discard_uninitialised(workdir: str, inputs: Sequence[InputCase], c: Functio
             remaining = [case for case in remaining if case.index not in p.records][1:]
         else:
             remaining = []
-
-
-@dataclass
-class KernelRun:
-    """The kernel program's records, and its first failure: (input index, what happened) or None."""
-
-    records: dict[int, list[Item]]
-    failure: tuple[int, str] | None = None
-    seconds: float = 0.0
 
 
 # Lines of the CPU backend's emulation that fail the input they appear under (MOT_NOTE lines are only notes).
@@ -439,7 +280,7 @@ def run_kernel(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, launc
     is the one reported."""
     env = scrubbed_env(workdir, cuda=cuda)
     rlimits = run_rlimits(per_input_s, cuda=True)
-    rlimits["RLIMIT_FSIZE"] = _OUTPUT_FILE_LIMIT
+    rlimits["RLIMIT_FSIZE"] = OUTPUT_FILE_LIMIT
     p = _run_pass(workdir, inputs, c, launches, False, per_input_s, budget_s, env, rlimits, which=which)
     found, notes = _emulation_findings(p.stderr)
     failures = [Failure(index, text) for index, text in found]

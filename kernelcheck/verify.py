@@ -27,6 +27,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
+from .builds import build_kernel
 from .compile_check import nvcc_compile_check
 from .harness import CpuUnsupported, KernelUnderTest, kernels_program
 from .judge import judge
@@ -34,7 +35,7 @@ from .pairing import Pair, prepare_pair
 from .parsing import check_cuda_syntax
 from .programs import PRELUDE
 from .reference_cache import reference_run
-from .runner import ReferenceRun, build_kernel, run_kernel
+from .runner import ReferenceRun, run_kernel
 from .sandbox import DEFAULT_COMPILE_TIMEOUT_S, clip_text
 from .toolchain import Toolchain, detect_toolchain, nvcc_missing_message
 from .verdict import Verdict

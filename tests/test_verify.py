@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from kernelcheck import toolchain as kc_toolchain
+from kernelcheck.builds import build_kernel
 from kernelcheck.harness import kernel_program
 from kernelcheck.loopnest import shape_of
 from kernelcheck.mapping import map_params
-from kernelcheck.runner import build_kernel
 from kernelcheck.signatures import read_c_function, read_kernel
 from kernelcheck.verify import verify
 

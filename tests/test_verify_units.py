@@ -11,7 +11,8 @@ import pytest
 from kernelcheck import inputs as kc_inputs
 from kernelcheck.compare import compare_item, first_mismatch
 from kernelcheck.intervals import Evaluator, Iv
-from kernelcheck.launch import LaunchError, concrete_launch, launch_rule
+from kernelcheck.launch import LaunchError, launch_rule
+from kernelcheck.launch_config import concrete_launch
 from kernelcheck.loopnest import measure, shape_of
 from kernelcheck.mapping import NotVerifiable, map_params
 from kernelcheck.mutants import MUTANT_KINDS, make_mutants
