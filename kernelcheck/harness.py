@@ -154,8 +154,9 @@ def _items(c: FunctionInfo, return_expr: str | None) -> str:
     return "\n".join(lines)
 
 
-def reference_program(source: str, c: FunctionInfo) -> Program:
-    """The C/C++ reference program (see the module docstring)."""
+def reference_program(source: str, c: FunctionInfo, *, call: bool = True) -> Program:
+    """The C/C++ reference program (see the module docstring); ``call=False``: the same program without the call
+    (it records the arrays as filled: what the function would leave if it changed nothing)."""
     body = _buffer_lines(c)
     args = []
     for j, p in enumerate(c.params):
@@ -169,18 +170,21 @@ def reference_program(source: str, c: FunctionInfo) -> Program:
             args.append(f"b{j}")
         else:
             args.append(_value(p, j))
-    call = f"{c.name}({', '.join(args)})"
-    if c.returns_value:
-        body.append(f"        {c.return_type.name} mot_ret = {call};")
+    text = f"{c.name}({', '.join(args)})"
+    if not call:
+        pass
+    elif c.returns_value:
+        body.append(f"        {c.return_type.name} mot_ret = {text};")
     else:
-        body.append(f"        {call};")
+        body.append(f"        {text};")
     for j, p in enumerate(c.params):
         if p.vector:
             t = p.scalar.name
             body.append(f"        if (vec{j}.size() != v[{j}].n) std::fprintf(stderr, \"MOT_RESIZED %d {j}\\n\", "
                         f"mot::current_input);")
             body.append(f"        else if (v[{j}].n) std::memcpy(b{j}, vec{j}.data(), v[{j}].n * sizeof({t}));")
-    tail = _MAIN_TAIL.replace("{items}", _items(c, "mot_ret" if c.returns_value else None)).replace("{free}", "")
+    tail = _MAIN_TAIL.replace("{items}", _items(c, "mot_ret" if c.returns_value and call else None)) \
+        .replace("{free}", "")
     return Program(head="\n".join([PRELUDE, RUNTIME_HEADER]),
                    body="\n".join([_wrap_source(source, "reference.cpp"), _MAIN_HEAD, *body, tail]))
 

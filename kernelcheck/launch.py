@@ -71,7 +71,8 @@ class LaunchRule:
                 stride = f", {var.stride}-stride loop" if var.stride else ""
                 parts.append(f"{axis}: {var.form} index {var.name} {bound}{stride}" if var.bounds
                              else f"{axis}: {var.form} index {var.name} ({bound}{stride})")
-        shape = "one thread per element" if not self.checked else f"{self.dims}-D grid from the bound"
+        shape = "one thread per element (no bounds check; extents from the C loops)" if not self.checked \
+            else f"{self.dims}-D grid from the bound"
         tile = f"; block fixed by the __shared__ tile {self.tile}" if self.tile else ""
         return f"{shape} ({'; '.join(parts) or 'no thread index'}){tile}"
 

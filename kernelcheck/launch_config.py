@@ -9,8 +9,8 @@
 * ``thread`` form: one block as wide as the extent rounded up to a warp (at most 1024 threads);
   ``block`` form: one block per element;
 * no bounds check at all: exactly one thread per element (``<<<n, 1>>>``), the extent taken from the C loop
-  with the index variable's name (or the C function's outermost loop for a 1-D kernel), and the launch is
-  skipped for an extent of 0;
+  with the index variable's name, else by the row-major convention from the C function's first loop nest (1-D:
+  the outermost loop; 2-D: x the second level, y the first), and the launch is skipped for an extent of 0;
 * a static ``__shared__`` tile ``T s[A][B]`` fixes the block at B x A (A for ``T s[A]``).
 
 An input that cannot be launched (more than 1024 threads a block, 65535 blocks in y or z, more than
@@ -80,14 +80,28 @@ def _extent(var: IndexVar, env: Mapping[str, Iv]) -> int | None:
     return best
 
 
+def _first_nest(loops: list[LoopInfo]) -> list[LoopInfo]:
+    """The first loop nest: the first loop of depth 0, the first of depth 1 inside it, and so on."""
+    nest: list[LoopInfo] = []
+    for loop in loops:
+        if loop.depth == len(nest):
+            nest.append(loop)
+        elif loop.depth < len(nest):
+            break
+    return nest
+
+
 def _c_extent(var: IndexVar, rule: LaunchRule, loops: list[LoopInfo]) -> int | None:
-    """Trips of the C loop an unchecked index stands for: same variable name, else (1-D) the outermost loop."""
+    """Trips of the C loop an unchecked index stands for: the loop of the same variable name, else by the
+    row-major convention the first loop nest's levels from the inside out (x: the innermost of the D outer loops
+    of a D-dimensional kernel, then y, then z)."""
     named = [loop for loop in loops if loop.var == var.name and math.isfinite(loop.trips.hi)]
     if named:
         return int(max(loop.trips.hi for loop in named))
-    outer = [loop for loop in loops if loop.depth == 0 and math.isfinite(loop.trips.hi)]
-    if len(rule.axes) == 1 and outer:
-        return int(outer[0].trips.hi)
+    nest = _first_nest(loops)
+    level = rule.dims - 1 - AXES.index(var.axis)
+    if 0 <= level < len(nest) and math.isfinite(nest[level].trips.hi):
+        return int(nest[level].trips.hi)
     return None
 
 

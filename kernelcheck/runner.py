@@ -35,7 +35,7 @@ from .launch_config import Launch
 from .sandbox import clip_text, decode_output, describe_exit, run_rlimits, run_sandboxed, scrubbed_env
 from .signatures import FunctionInfo
 
-__all__ = ["Item", "ReferenceRun", "KernelRun", "Failure", "parse_records", "run_reference", "run_kernel",
+__all__ = ["Item", "ReferenceRun", "KernelRun", "Failure", "parse_records", "run_reference", "run_kernel", "run_plain",
            "MAX_REGROWTHS", "EMULATION_FAILURES"]
 
 MAX_REGROWTHS = 6
@@ -205,31 +205,44 @@ def run_reference(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, *,
     return run
 
 
+def run_plain(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, binary: str, *, per_input_s: int = 10,
+              budget_s: float = 120.0) -> tuple[dict[int, list[Item]], dict[int, str]]:
+    """Run a reference-like ``binary`` over ``inputs`` as they are (no regrowth) -> (records, failures by input);
+    after a failure the run resumes at the next input."""
+    env, rlimits = reference_env(workdir), reference_rlimits(per_input_s)
+    records: dict[int, list[Item]] = {}
+    failures: dict[int, str] = {}
+    remaining, append, start = list(inputs), False, time.monotonic()
+    while remaining:
+        left = budget_s - (time.monotonic() - start)
+        if left <= 1:
+            failures.update({case.index: f"time budget ({budget_s:g} s) ran out" for case in remaining})
+            break
+        p = _run_pass(workdir, remaining, c, None, append, per_input_s, left, env, rlimits, binary=binary)
+        append = True
+        records.update({case.index: p.records[case.index] for case in remaining if case.index in p.records})
+        missing = [case for case in remaining if case.index not in p.records]
+        if missing:
+            failures[missing[0].index] = _culprit_reason(p, per_input_s)
+        remaining = missing[1:]
+    return records, failures
+
+
 def _discard_uninitialised(workdir: str, inputs: Sequence[InputCase], c: FunctionInfo, run: ReferenceRun,
                            per_input_s: int, budget_s: float) -> None:
     """Re-run the kept inputs with zeroed locals (``prog_zero``); an input whose records change read an
     uninitialised variable of the C code, and is discarded."""
-    env, rlimits = reference_env(workdir), reference_rlimits(per_input_s)
-    remaining = [case for case in inputs if case.index in run.records]
-    append = False
-    start = time.monotonic()
-    while remaining and budget_s - (time.monotonic() - start) > 1:
-        p = _run_pass(workdir, remaining, c, None, append, per_input_s, budget_s - (time.monotonic() - start), env,
-                      rlimits, binary="prog_zero")
-        append = True
-        for case in remaining:
-            if case.index in p.records and p.records[case.index] != run.records[case.index]:
-                del run.records[case.index]
-                run.discarded[case.index] = ("the reference reads an uninitialised variable (its result changes "
-                                             "with what the stack held)")
-        missing = [case for case in remaining if case.index not in p.records]
-        if missing:
-            del run.records[missing[0].index]
-            run.discarded[missing[0].index] = ("the reference reads an uninitialised variable (it fails with "
-                                               "zeroed locals: " + _culprit_reason(p, per_input_s) + ")")
-            remaining = [case for case in remaining if case.index not in p.records][1:]
+    kept = [case for case in inputs if case.index in run.records]
+    records, failures = run_plain(workdir, kept, c, "prog_zero", per_input_s=per_input_s, budget_s=budget_s)
+    for case in kept:
+        if case.index in failures:
+            why = f"it fails with zeroed locals: {failures[case.index]}"
+        elif records.get(case.index) != run.records[case.index]:
+            why = "its result changes with what the stack held"
         else:
-            remaining = []
+            continue
+        del run.records[case.index]
+        run.discarded[case.index] = f"the reference reads an uninitialised variable ({why})"
 
 
 # Lines of the CPU backend's emulation that fail the input they appear under (MOT_NOTE lines are only notes).

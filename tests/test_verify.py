@@ -19,6 +19,7 @@ from kernelcheck.harness import kernel_program
 from kernelcheck.loopnest import shape_of
 from kernelcheck.mapping import map_params
 from kernelcheck.signatures import read_c_function, read_kernel
+from kernelcheck.vacuity import is_vacuous
 from kernelcheck.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,3 +214,14 @@ def test_the_gpu_program_builds_with_nvcc():
     with tempfile.TemporaryDirectory() as tmp:
         ok, message, _ = build_kernel(program, "gpu", tc, tmp, 300)
     assert ok, message
+
+
+@needs_gxx
+def test_vacuous_references_are_told_apart():
+    changes = is_vacuous("void copy(const float* a, float* b, int n) { for (int i = 0; i < n; i++) b[i] = a[i]; }",
+                         seeds=1)
+    assert changes.vacuous is False and "b changes" in changes.reason
+    idle = is_vacuous("void check(const int* a, const int* b, int n) { for (int i = 0; i < n; i++) "
+                      "if (a[i] != b[i]) printf(\"%d\\n\", i); }", seeds=1)
+    assert idle.vacuous is True and idle.inputs >= 1
+    assert is_vacuous("float first(const float* a, int n) { return a[0]; }").vacuous is False
