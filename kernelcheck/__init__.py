@@ -12,6 +12,9 @@ Modules:
 * `kernelcheck.cases`, `kernelcheck.programs`, `kernelcheck.reports`, `kernelcheck.functional`,
   `kernelcheck.cli` — the functional (compile-and-run) harness for BabelTower executable cases and its
   ``functional`` command (``python -m kernelcheck functional``).
+* `kernelcheck.cpu_backend` (with `kernelcheck.cpu_source`, `kernelcheck.cpu_features` and the C++ header
+  ``emulation/cuda_cpu.h``) — the CPU backend: CUDA kernels built by g++ and run on the CPU with races and
+  out-of-bounds accesses reported, for differential testing without a GPU.
 
 * `kernelcheck.verify` — differential testing of a kernel against the user's C/C++ function (``mot-check``,
   `kernelcheck.check_cli`): `kernelcheck.signatures`, `kernelcheck.intervals`, `kernelcheck.cwalk` and

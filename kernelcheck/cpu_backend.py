@@ -41,31 +41,47 @@ N)"): warp-level primitives (``__shfl*``, ``__ballot*``, ``__any/__all_sync``, `
 ``__syncwarp``, ``__match*``, ``__reduce*_sync``), cooperative groups, textures and surfaces, streams and events
 (a launch on a stream other than 0 included), dynamic parallelism (a launch inside device code), inline PTX
 (``asm``), half precision, tensor cores (WMMA), Thrust/CUB/libcu++/cuBLAS/cuRAND..., the driver API,
-``cudaLaunchKernel`` and graphs, asynchronous copies, peer access (`kernelcheck.cpu_source.UNSUPPORTED_FEATURES`).
+``cudaLaunchKernel`` and graphs, asynchronous copies, peer access (`kernelcheck.cpu_features`).
 
-**Races** (a kernel with a race must not pass): every launch is checked twice.  (1) Write-write: after each
-segment of a thread (up to its next barrier) the watched memory — every ``cudaMalloc`` allocation (automatically),
-``mot_cpu::watch``ed memory, ``__device__`` variables, the block's shared memory — is diffed against a shadow
-copy; a byte changed by two threads that no barrier orders (the same barrier interval of a block, or different
-blocks) is a race unless both wrote it through atomics.  A write of the value already there is invisible to a
-diff (same-value races are not reported).  Cost: one comparison of the watched bytes per segment; the check stops
-after ``MOT_CPU_RACE_BUDGET`` (512 MiB) of comparisons a launch (the first blocks are covered; a ``MOT_NOTE`` says
-how many) and is off above ``MOT_CPU_RACE_MAX_BYTES`` (32 MiB) watched.  (2) Order dependence: the launch is
-re-run from the same memory with blocks and threads in reverse order (and shared memory poisoned with another
-pattern); a watched byte that differs is a race (a read of memory another thread writes, or of uninitialised
-shared memory), unless only atomics wrote it (float atomics round differently in another order).  The in-order
-result is kept; the re-run's ``printf`` output is dropped.  Off above ``MOT_CPU_ORDER_MAX_BYTES`` (256 MiB);
-each launch runs twice.  Findings print as ``MOT_RACE:`` lines naming the threads, blocks, kernel parameter and
-element, buffer and bytes.
+**Races** (a kernel with a race must not pass): every launch is checked twice.
 
-**Out-of-bounds writes**: each allocation sits between 256+ bytes of canary guards, checked after every launch, at
-``cudaFree``, by ``mot_cpu::check_guards()`` and at exit (``MOT_OOB: out-of-bounds write in buffer 2 "d_C" (36
-bytes) at offset +36..+39 (past its end) by thread (9,0,0) of block (0,0,0) in kernel k (launch 1)``; the thread is
-named while the write-write check runs).  Reads past the end read canary bytes (-6.5e35f), so results show them;
-writes beyond the guards are not seen.  ``sanitize=True`` builds with AddressSanitizer instead (exact-size
-allocations; out-of-bounds reads and writes are caught, also in shared and local arrays; fibers are announced to
-ASan): slower, no guards, and its report ends the run (parsed as an ``oob`` finding).  A kernel that crashes
-prints ``MOT_FAULT`` with its thread and block and dies of the signal (an illegal address on a GPU).
+1. Per thread segment (what a thread runs up to its next barrier), with the watched memory — every ``cudaMalloc``
+   allocation (automatically), ``mot_cpu::watch``ed memory, ``__device__`` variables, the block's shared memory.
+   The build instruments every load and store (``INSTRUMENT_FLAGS``: GCC's kernel-address instrumentation with a
+   call per access, served by the header's own hooks, no sanitizer runtime).  The bytes a segment touched in
+   allocations (the globals — shared memory, ``__device__`` variables — whole) are compared with a shadow copy
+   when it ends; a byte changed by two threads that no barrier orders (the same barrier interval of one block, or
+   two blocks) is a **write-write** race, unless both wrote it through atomics; a plain read of a byte that
+   another thread of the block changed with a plain store in the same interval is a **read-after-write** race,
+   reported where the read happens.  A write of the value already there changes nothing and is not reported
+   (same-value races); reads across blocks are left to check 2 (a block may legitimately read what another
+   published with ``__threadfence`` and an atomic).  Cost: a hook call per access (a kernel runs some 2-3x
+   slower) and, past ``MOT_CPU_RACE_BUDGET`` (2^30) tracked accesses and compared bytes in a launch, the check
+   stops (the first blocks are covered; a ``MOT_NOTE`` line says how many); it is off above
+   ``MOT_CPU_RACE_MAX_BYTES`` (64 MiB) watched.  Without instrumentation (``instrument=False``, or clang++) the
+   write-write check diffs all watched memory after every segment instead (buffers the kernel gets only as
+   ``const T*`` excepted), so the same budget covers far fewer threads of a large launch.
+2. Order dependence: the launch is re-run from the same memory with blocks and threads in reverse order (shared
+   memory poisoned with another pattern); a watched byte that differs is a race (a thread reads what another
+   writes, across blocks too, or reads uninitialised shared memory), unless only atomics wrote it (float atomics
+   round differently in another order).  The in-order result is kept; the re-run's ``printf`` output is dropped.
+   Off above ``MOT_CPU_ORDER_MAX_BYTES`` (256 MiB); each launch runs twice.
+
+Findings print as ``MOT_RACE:`` lines naming the threads, blocks, kernel parameter and element, buffer and bytes
+("data race: threads (3,0,0) and (7,0,0) of block (0,0,0) both write result[0] (buffer 2 "d_result", bytes
+0..3) without a barrier between them in kernel sum (launch 1)").
+
+**Out-of-bounds accesses**: each allocation sits between 256+ bytes of guard zones (canary-filled; the dynamic
+shared memory has one after it).  Instrumented, any read or write of a guard zone is reported at once
+(``MOT_OOB: out-of-bounds read of 4 bytes in buffer 1 "d_in" (256 bytes) at offset +256 (past its end) by thread
+(31,0,0) of block (1,0,0) in kernel k (launch 1)``).  The canaries are also checked after every launch, at
+``cudaFree``, by ``mot_cpu::check_guards()`` and at exit, which catches writes without instrumentation (reads then
+get the canary, -6.5e35f, and show in the results).  An access beyond the guard zones lands in other memory and is
+not seen as such; static ``__shared__`` arrays have no guards.  ``sanitize=True`` builds with AddressSanitizer
+instead (exact-size allocations; out-of-bounds reads and writes are caught, also in shared and local arrays;
+fibers are announced to ASan): slower, no guards, no race tracking by access, and its report ends the run (an
+``oob`` finding).  A kernel that crashes prints ``MOT_FAULT`` with its thread and block and dies of the signal (an
+illegal address on a GPU); a pointer argument that is not device memory is a ``MOT_HOST_POINTER`` finding.
 
 **Known differences from a GPU**: no FMA contraction (``-ffp-contract=off``; nvcc contracts ``a*b+c`` by default,
 so results can differ in the last bits unless the kernel calls ``fmaf``); fast intrinsics are exact; float
@@ -98,8 +114,8 @@ from .sandbox import (
 )
 from .toolchain import find_gxx
 
-__all__ = ["HEADER_DIR", "GXX_CPU_FLAGS", "SANITIZE_FLAGS", "FINDING_KINDS", "CpuBackendError", "Finding", "CpuRun",
-           "CpuCheck", "Prepared", "Unsupported", "prepare_for_cpu", "gxx_cpu_command", "build_cpu_program",
+__all__ = ["HEADER_DIR", "GXX_CPU_FLAGS", "SANITIZE_FLAGS", "INSTRUMENT_FLAGS", "FINDING_KINDS", "CpuBackendError", "Finding", "CpuRun",
+           "CpuCheck", "Prepared", "Unsupported", "prepare_for_cpu", "instrumentable", "gxx_cpu_command", "build_cpu_program",
            "run_cpu_program", "parse_findings", "check_on_cpu"]
 
 HEADER_DIR = Path(__file__).resolve().parent / "emulation"
@@ -108,13 +124,18 @@ HEADER_DIR = Path(__file__).resolve().parent / "emulation"
 # (atomicCAS loops).  -w: the harness shows errors, and warnings about model output are noise there.
 GXX_CPU_FLAGS = ("-std=c++17", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-w")
 SANITIZE_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
+# Every load and store of the program calls the runtime's hooks (kernel-address instrumentation, no sanitizer
+# runtime): exact write tracking for the race checks and out-of-bounds reads (mot_cpu_instrument.h).  GCC's
+# spelling; other compilers build without it (the race check then diffs memory, with a budget).
+INSTRUMENT_FLAGS = ("-fsanitize=kernel-address", "--param", "asan-instrumentation-with-call-threshold=0", "--param",
+                    "asan-stack=0", "--param", "asan-globals=0", "-DMOT_CPU_INSTRUMENTED=1")
 SOURCE_NAME = "prog.cpp"
 BINARY_NAME = "prog"
 # AddressSanitizer reserves terabytes of address space, so it runs without RLIMIT_AS and bounds itself.
 _ASAN_OPTIONS = "detect_leaks=0:allocator_may_return_null=1:hard_rss_limit_mb=2048:print_summary=1"
 
-FINDING_KINDS = ("race", "oob", "fault", "barrier", "error", "note")
-_FINDING_RE = re.compile(r"^MOT_(RACE|OOB|FAULT|BARRIER|ERROR|NOTE): (.*)$", re.M)
+FINDING_KINDS = ("race", "oob", "fault", "barrier", "host_pointer", "error", "note")
+_FINDING_RE = re.compile(r"^MOT_(RACE|OOB|FAULT|BARRIER|HOST_POINTER|ERROR|NOTE): (.*)$", re.M)
 _SUMMARY_RE = re.compile(r"^MOT_CPU_SUMMARY: (.*)$", re.M)
 _ASAN_RE = re.compile(r"ERROR: AddressSanitizer: ([\w-]+).*?\n(READ|WRITE)? ?(?:of size (\d+))?.*?\n\s*#0 [^\n]*? in "
                       r"([^\n(]+)", re.S)
@@ -133,7 +154,8 @@ class Finding:
 
     @property
     def is_problem(self) -> bool:
-        """Races, out-of-bounds writes, faults, barrier divergence, internal errors; notes are not."""
+        """Races, out-of-bounds writes, faults, barrier divergence, host pointers given to a kernel, internal
+        errors; notes are not."""
         return self.kind != "note"
 
 
@@ -193,16 +215,26 @@ class CpuCheck:
         return ""
 
 
+def instrumentable(gxx: str) -> bool:
+    """Whether ``gxx`` takes `INSTRUMENT_FLAGS` (GCC's g++; not clang++)."""
+    return "clang" not in Path(gxx).name
+
+
 def gxx_cpu_command(gxx: str, source: str = SOURCE_NAME, output: str = BINARY_NAME, *, sanitize: bool = False,
-                    defines: Mapping[str, object] | None = None) -> list[str]:
-    """The g++ command line for a prepared program (``defines``: the header's MOT_CPU_* settings)."""
-    flags = [*GXX_CPU_FLAGS, *(SANITIZE_FLAGS if sanitize else ())]
+                    instrument: bool = True, defines: Mapping[str, object] | None = None) -> list[str]:
+    """The g++ command line for a prepared program.  ``sanitize``: AddressSanitizer (then no instrumentation);
+    ``instrument``: the access hooks where the compiler has them; ``defines``: the header's MOT_CPU_* settings."""
+    flags = list(GXX_CPU_FLAGS)
+    if sanitize:
+        flags += SANITIZE_FLAGS
+    elif instrument and instrumentable(gxx):
+        flags += INSTRUMENT_FLAGS
     flags += [f"-D{name}={value}" for name, value in (defines or {}).items()]
     return [gxx, *flags, "-I", str(HEADER_DIR), "-o", output, source, "-lm"]
 
 
 def build_cpu_program(source: str, workdir: str, *, gxx: str | None = None, sanitize: bool = False,
-                      defines: Mapping[str, object] | None = None,
+                      instrument: bool = True, defines: Mapping[str, object] | None = None,
                       timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S) -> Compiled:
     """Write prepared ``source`` into ``workdir`` and build it there in the sandbox (binary ``prog``).
 
@@ -211,8 +243,8 @@ def build_cpu_program(source: str, workdir: str, *, gxx: str | None = None, sani
     if compiler is None:
         raise CpuBackendError("no C++ compiler (g++, c++ or clang++) on PATH: the CPU backend needs one")
     (Path(workdir) / SOURCE_NAME).write_text(source, encoding="utf-8")
-    return compile_program(gxx_cpu_command(compiler, sanitize=sanitize, defines=defines), workdir, timeout_s,
-                           binary=BINARY_NAME)
+    command = gxx_cpu_command(compiler, sanitize=sanitize, instrument=instrument, defines=defines)
+    return compile_program(command, workdir, timeout_s, binary=BINARY_NAME)
 
 
 def _asan_findings(stderr: str) -> list[Finding]:
@@ -255,7 +287,7 @@ def run_cpu_program(workdir: str, args: Sequence[str] = (), *, timeout_s: float 
 
 
 def check_on_cpu(source: str, arg_sets: Sequence[Sequence[str]] = ((),), *, gxx: str | None = None,
-                 sanitize: bool = False, defines: Mapping[str, object] | None = None,
+                 sanitize: bool = False, instrument: bool = True, defines: Mapping[str, object] | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> CpuCheck:
     """Prepare ``source`` (a whole CUDA program), build it once in a fresh temporary directory and run it once
@@ -264,8 +296,8 @@ def check_on_cpu(source: str, arg_sets: Sequence[Sequence[str]] = ((),), *, gxx:
     if isinstance(prepared, Unsupported):
         return CpuCheck(prepared=None, unsupported=prepared, compiled=None)
     with tempfile.TemporaryDirectory(prefix="mot-cpu-") as workdir:
-        compiled = build_cpu_program(prepared.source, workdir, gxx=gxx, sanitize=sanitize, defines=defines,
-                                     timeout_s=compile_timeout_s)
+        compiled = build_cpu_program(prepared.source, workdir, gxx=gxx, sanitize=sanitize, instrument=instrument,
+                                     defines=defines, timeout_s=compile_timeout_s)
         check = CpuCheck(prepared=prepared, unsupported=None, compiled=compiled)
         if compiled.ok:
             check.runs = [run_cpu_program(workdir, args, timeout_s=timeout_s, max_output_bytes=max_output_bytes,

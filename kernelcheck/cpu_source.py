@@ -3,9 +3,12 @@ cannot run is named.
 
 `prepare_for_cpu(source)` takes a CUDA translation unit (a kernel, or a whole program: kernels, launcher, harness)
 and returns `Prepared` (g++-ready source for ``kernelcheck/emulation/cuda_cpu.h``) or `Unsupported` (the
-first feature the CPU backend cannot emulate, as "not verifiable on CPU: <reason>").  Rewrites:
+first feature the CPU backend cannot emulate, as "not verifiable on CPU: <reason>"; the feature table is
+`kernelcheck.cpu_features`).  Run it on the whole program, host code included: the harness's own launches are
+rewritten too.  Rewrites:
 
 * ``extern __shared__ T name[];`` (dynamic shared memory) -> ``T *const name = (T *)mot_cpu::dynamic_shared();``
+  and ``__shared__`` declarations are followed by ``MOT_CPU_NAME_SHARED`` (findings then say "partial[3]");
 * ``kernel<<<grid, block[, bytes[, 0]]>>>(args)`` -> ``::mot_cpu::launch_named("kernel", kernel, grid, block,
   bytes, args)`` (a launch on a stream other than 0 is unsupported; one inside device code is dynamic
   parallelism: unsupported);
@@ -26,6 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .cpu_features import DYNAMIC_PARALLELISM, STREAMS, UNSUPPORTED_FEATURES, Unsupported, first_unsupported
+
 __all__ = ["Prepared", "Unsupported", "prepare_for_cpu", "UNSUPPORTED_FEATURES"]
 
 HEADER = "cuda_cpu.h"
@@ -38,22 +43,6 @@ class Prepared:
     source: str
     kernels: tuple[str, ...]
     rewrites: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Unsupported:
-    """A feature the CPU backend cannot run: its family, the token that uses it, its 1-based line."""
-
-    feature: str
-    name: str
-    line: int
-
-    @property
-    def reason(self) -> str:
-        return f"not verifiable on CPU: {self.feature} ({self.name}, line {self.line})"
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 class _Token(NamedTuple):
@@ -107,103 +96,6 @@ def _directive_end(source: str, start: int) -> int:
         if source[newline - 1 : newline] != "\\":
             return newline
         i = newline + 1
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Unsupported features
-# --------------------------------------------------------------------------------------------------------------
-_WARP = "warp-level primitive (threads run one at a time on the CPU: there are no warps)"
-_COOP = "cooperative groups"
-_TEXTURE = "textures/surfaces"
-_STREAMS = "streams/events"
-_DYNAMIC = "dynamic parallelism (a kernel launching a kernel)"
-_ASM = "inline PTX assembly"
-_HALF = "half-precision types"
-_TENSOR = "tensor-core matrix operations"
-_LIBRARY = "a CUDA library (Thrust, CUB, libcu++, cuBLAS, cuRAND...)"
-_DRIVER = "the CUDA driver API"
-_LAUNCH_API = "launch APIs other than <<<>>> (cudaLaunchKernel, graphs)"
-_ASYNC_COPY = "asynchronous copies to shared memory"
-_MULTI_GPU = "several GPUs (peer access)"
-
-UNSUPPORTED_FEATURES = (_WARP, _COOP, _TEXTURE, _STREAMS, _DYNAMIC, _ASM, _HALF, _TENSOR, _LIBRARY, _DRIVER,
-                        _LAUNCH_API, _ASYNC_COPY, _MULTI_GPU)
-
-_NAMES = {
-    **dict.fromkeys(("__ballot", "__ballot_sync", "__any", "__all", "__any_sync", "__all_sync", "__uni_sync",
-                     "__activemask", "__syncwarp", "__match_any_sync", "__match_all_sync", "__lanemask_lt"), _WARP),
-    **dict.fromkeys(("cooperative_groups", "this_thread_block", "this_grid", "tiled_partition", "thread_block_tile",
-                     "coalesced_threads", "grid_group", "this_cluster"), _COOP),
-    **dict.fromkeys(("cudaTextureObject_t", "cudaSurfaceObject_t", "cudaCreateTextureObject", "cudaBindTexture",
-                     "cudaBindTexture2D", "cudaBindTextureToArray", "cudaUnbindTexture", "cudaArray", "cudaArray_t",
-                     "cudaMallocArray", "cudaMalloc3DArray", "cudaMemcpyToArray", "cudaMemcpy2DToArray",
-                     "cudaCreateChannelDesc", "cudaCreateSurfaceObject", "cudaResourceDesc", "cudaTextureDesc"),
-                    _TEXTURE),
-    **dict.fromkeys(("cudaLaunchHostFunc", "cudaStreamAddCallback"), _STREAMS),
-    **dict.fromkeys(("cudaLaunchDevice", "cudaGetParameterBuffer"), _DYNAMIC),
-    **dict.fromkeys(("asm", "__asm__", "__asm"), _ASM),
-    **dict.fromkeys(("__half", "__half2", "__nv_bfloat16", "__nv_bfloat162", "nv_bfloat16", "__float2half",
-                     "__float2half_rn", "__half2float", "__floats2half2_rn", "__float2bfloat16", "__bfloat162float",
-                     "__hadd2", "__hmul", "__hmul2", "__hfma", "__hfma2", "__hdiv", "__hsub", "__nv_fp8_e4m3"), _HALF),
-    **dict.fromkeys(("wmma", "nvcuda", "mma_sync", "load_matrix_sync", "store_matrix_sync"), _TENSOR),
-    **dict.fromkeys(("thrust", "cub"), _LIBRARY),
-    **dict.fromkeys(("cudaLaunchKernel", "cudaLaunchKernelEx", "cudaLaunchCooperativeKernel"), _LAUNCH_API),
-    **dict.fromkeys(("memcpy_async", "__pipeline_memcpy_async", "__pipeline_commit", "__pipeline_wait_prior",
-                     "cp_async"), _ASYNC_COPY),
-    **dict.fromkeys(("cudaMemcpyPeer", "cudaMemcpyPeerAsync", "cudaDeviceEnablePeerAccess",
-                     "cudaDeviceCanAccessPeer"), _MULTI_GPU),
-}
-_PATTERNS = (
-    (re.compile(r"__shfl\w*|__reduce_\w+_sync"), _WARP),
-    (re.compile(r"(?:tex|surf)(?:1D|2D|3D|Cubemap)\w*"), _TEXTURE),
-    (re.compile(r"cuda(?:Stream|Event)\w*"), _STREAMS),
-    (re.compile(r"cudaGraph\w*"), _LAUNCH_API),
-    (re.compile(r"cu(?:blas|fft|rand|sparse|solver|dnn|tensor|Dnn|BLAS|FFT)\w*|curand_\w+"), _LIBRARY),
-    (re.compile(r"cu(?:Init|(?:Device|Ctx|Module|Launch|Mem|Stream|Event|Func|Graph|Link|Tex|Surf)[A-Z_]\w*)"), _DRIVER),
-)
-# #include'd headers that bring an unsupported feature.
-_HEADERS = (
-    (re.compile(r"cuda_fp16\.h|cuda_bf16\.h|cuda_fp8\.h"), _HALF),
-    (re.compile(r"cooperative_groups"), _COOP),
-    (re.compile(r"mma\.h"), _TENSOR),
-    (re.compile(r"(?:thrust|cub|cuda)/|cublas|cufft|curand|cusparse|cusolver|cudnn"), _LIBRARY),
-    (re.compile(r"cuda_pipeline|cuda_awbarrier"), _ASYNC_COPY),
-)
-_INCLUDE_RE = re.compile(r"#\s*include\s*[<\"]([^>\"]+)[>\"]")
-
-
-def _feature_of(tokens: list[_Token], i: int) -> str | None:
-    """The unsupported feature token ``i`` uses, or None."""
-    token = tokens[i]
-    nxt = tokens[i + 1].text if i + 1 < len(tokens) else ""
-    if token.text in _NAMES:
-        if token.text in ("thrust", "cub") and nxt != "::":
-            return None  # a variable that happens to be called so
-        return _NAMES[token.text]
-    if token.text in ("texture", "surface") and nxt == "<":
-        return _TEXTURE
-    if token.text == "cuda" and nxt == "::":
-        return _LIBRARY
-    for pattern, feature in _PATTERNS:
-        if pattern.fullmatch(token.text):
-            return feature
-    return None
-
-
-def _first_unsupported(source: str, tokens: list[_Token]) -> Unsupported | None:
-    for i, token in enumerate(tokens):
-        if token.kind == "punct" and token.text == "#" and token.directive:
-            m = _INCLUDE_RE.match(source, token.start)
-            if m:
-                for pattern, feature in _HEADERS:
-                    if pattern.search(m.group(1)):
-                        return Unsupported(feature, f"#include <{m.group(1)}>", token.line)
-        if token.kind != "ident":
-            continue
-        feature = _feature_of(tokens, i)
-        if feature is not None:
-            return Unsupported(feature, token.text, token.line)
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -357,9 +249,41 @@ def _extern_shared(source: str, tokens: list[_Token], i: int) -> tuple[_Edit, in
             return None
         pointer = " ".join(t.text for t in declarator if t.text in ("*", "&"))
         element = " ".join(specifiers + ([pointer] if pointer else []))
-        lines.append(f"{element} *const {names[-1].text} = reinterpret_cast<{element} *>(::mot_cpu::dynamic_shared());")
+        name = names[-1].text
+        lines.append(f"{element} *const {name} = reinterpret_cast<{element} *>(::mot_cpu::dynamic_shared()); "
+                     f"MOT_CPU_NAME_DYNAMIC_SHARED({name})")
     original = source[tokens[i].start : tokens[end].end]
     return _Edit(tokens[i].start, tokens[end].end, " ".join(lines) + "\n" * original.count("\n")), end + 1
+
+
+_DECLARATION_STOPS = {"(", ")", "=", "{", "}", "<", ">", ":", ";"}
+
+
+def _shared_names(tokens: list[_Token], i: int) -> _Edit | None:
+    """``MOT_CPU_NAME_SHARED(name)`` after a simple ``__shared__`` declaration at ``tokens[i]`` (``__shared__``),
+    so that findings name the variable; None for declarations this does not parse (they keep byte offsets)."""
+    parts: list[list[_Token]] = [[]]
+    depth, j = 0, i + 1
+    while j < len(tokens) and not (tokens[j].text == ";" and depth == 0):
+        t = tokens[j]
+        depth += (t.text == "[") - (t.text == "]")
+        if depth == 0 and t.text in _DECLARATION_STOPS or t.directive:
+            return None
+        if depth == 0 and t.text == ",":
+            parts.append([])
+        else:
+            parts[-1].append(t)
+        j += 1
+    if j == len(tokens):
+        return None
+    names = []
+    for part in parts:
+        bracket = next((k for k, t in enumerate(part) if t.text == "["), len(part))
+        idents = [t.text for t in part[:bracket] if t.kind == "ident"]
+        if not idents or (len(parts) == 1 and len(idents) < 2):
+            return None  # no name, or only a type
+        names.append(idents[-1])
+    return _Edit(tokens[j].end, tokens[j].end, "".join(f" MOT_CPU_NAME_SHARED({name})" for name in names))
 
 
 _DEFAULT_STREAMS = {"0", "NULL", "nullptr", "0L", "cudaStreamDefault", "cudaStreamLegacy", "(cudaStream_t)0"}
@@ -403,7 +327,7 @@ def _launch(source: str, tokens: list[_Token], i: int, device: bool) -> _Edit | 
         return None
     kernel = source[tokens[start].start : tokens[i - 1].end]
     if device:
-        return Unsupported(_DYNAMIC, f"{kernel}<<<...>>> in device code", tokens[i].line)
+        return Unsupported(DYNAMIC_PARALLELISM, f"{kernel}<<<...>>> in device code", tokens[i].line)
     close, depth = i + 1, 0
     while close < len(tokens) and not (tokens[close].text == ">>>" and depth == 0):
         depth += (tokens[close].text in ("(", "[", "{")) - (tokens[close].text in (")", "]", "}"))
@@ -414,7 +338,7 @@ def _launch(source: str, tokens: list[_Token], i: int, device: bool) -> _Edit | 
     config = [source[p[0].start : p[-1].end] for p in _split_top_level(tokens[i + 1 : close]) if p]
     if len(config) == 4:
         if " ".join(config[3].split()) not in _DEFAULT_STREAMS:
-            return Unsupported(_STREAMS, f"launch on stream {config[3]}", tokens[i].line)
+            return Unsupported(STREAMS, f"launch on stream {config[3]}", tokens[i].line)
         config = config[:3]
     if len(config) == 2:
         config.append("0")
@@ -424,7 +348,7 @@ def _launch(source: str, tokens: list[_Token], i: int, device: bool) -> _Edit | 
     name = " ".join(kernel.split())
     call = f'::mot_cpu::launch_named("{name}", {kernel}, {", ".join(config)}{", " + args if args else ""})'
     original = source[tokens[start].start : tokens[args_end - 1].end]
-    return _Edit(tokens[start].start, tokens[args_end - 1].end, call + "\n" * original.count("\n"))
+    return _Edit(tokens[start].start, tokens[args_end - 1].end, call + "\n" * (original.count("\n") - call.count("\n")))
 
 
 def _device_variable(statement: list[_Token]) -> _Edit | None:
@@ -472,7 +396,7 @@ def prepare_for_cpu(source: str) -> Prepared | Unsupported:
     if not isinstance(source, str):
         raise TypeError(f"source must be str, got {type(source).__name__}")
     tokens = _tokens(source)
-    unsupported = _first_unsupported(source, tokens)
+    unsupported = first_unsupported(source, tokens)
     if unsupported is not None:
         return unsupported
     scopes = _scopes(tokens)
@@ -488,6 +412,10 @@ def prepare_for_cpu(source: str) -> Prepared | Unsupported:
                 rewrites.append(f"line {token.line}: extern __shared__ array -> mot_cpu::dynamic_shared()")
                 i = found[1]
                 continue
+        if token.text == "__shared__" and not token.directive:
+            named = _shared_names(tokens, i)
+            if named is not None:
+                edits.append(named)
         if token.text == "<<<" and not token.directive:
             launch = _launch(source, tokens, i, scopes.device[i])
             if isinstance(launch, Unsupported):

@@ -46,6 +46,7 @@
 #include "mot_cpu_fibers.h"
 #include "mot_cpu_memory.h"
 #include "mot_cpu_checks.h"
+#include "mot_cpu_instrument.h"
 #include "mot_cpu_atomics.h"
 #include "mot_cpu_scheduler.h"
 #include "mot_cpu_launch.h"

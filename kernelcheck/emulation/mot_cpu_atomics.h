@@ -1,20 +1,16 @@
 // mot-cuda CPU backend: CUDA's atomic functions.  Part of cuda_cpu.h (include that, not this).
 //
-// Emulated threads run one at a time on one OS thread, so a plain read-modify-write is atomic.  Each atomic logs
-// its address (note_atomic) so that the race checks do not count it as a racing store.  Integer arithmetic
+// Emulated threads run one at a time on one OS thread, so a plain read-modify-write is atomic.  Each atomic runs
+// in an AtomicScope, which logs its address so that the race checks do not count it as a racing store.  Integer arithmetic
 // wraps (done in the unsigned type), as the hardware's does.  The _block and _system scopes are the same thing
 // here.
 #pragma once
 
 #include <cstring>
+#include <type_traits>
 
 namespace mot_cpu {
 namespace detail {
-template <typename T>
-inline T* atomic_target(T* address) {
-    note_atomic(address, sizeof(T));
-    return address;
-}
 template <typename T, typename U>
 inline T wrap_add(T a, U b) {
     using Unsigned = typename std::make_unsigned<T>::type;
@@ -30,9 +26,9 @@ inline T wrap_sub(T a, U b) {
 
 #define MOT_CPU_ATOMIC(name, T, update)                                                                          \
     inline T name(T* address, T value) {                                                                       \
-        T* target = mot_cpu::detail::atomic_target(address);                                                   \
-        T old = *target;                                                                                       \
-        *target = (update);                                                                                    \
+        mot_cpu::detail::AtomicScope scope(address, sizeof(T));                                                \
+        T old = *address;                                                                                      \
+        *address = (update);                                                                                   \
         return old;                                                                                            \
     }
 
@@ -72,9 +68,9 @@ MOT_CPU_ATOMIC(atomicDec, unsigned int, (old == 0u || old > value) ? value : old
 
 #define MOT_CPU_ATOMIC_CAS(T)                                                                                    \
     inline T atomicCAS(T* address, T compare, T value) {                                                       \
-        T* target = mot_cpu::detail::atomic_target(address);                                                   \
-        T old = *target;                                                                                       \
-        if (old == compare) *target = value;                                                                   \
+        mot_cpu::detail::AtomicScope scope(address, sizeof(T));                                                \
+        T old = *address;                                                                                      \
+        if (old == compare) *address = value;                                                                  \
         return old;                                                                                            \
     }
 MOT_CPU_ATOMIC_CAS(int)

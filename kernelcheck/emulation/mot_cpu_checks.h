@@ -2,16 +2,17 @@
 //
 // A sequential emulation hides data races, so each launch is checked two ways (mot_cpu_launch.h drives them):
 //
-// 1. Write-write conflicts, by snapshot and diff.  A "segment" is what one thread runs between two of its
-//    barriers (the whole thread when the kernel has none).  After each segment the watched memory (device
-//    allocations, watch()ed memory, __device__ variables, the block's shared memory) is compared with a shadow
-//    copy; each changed byte gets the segment as its owner.  A byte changed by two segments that the barriers do
-//    not order (different threads of one barrier interval, or threads of different blocks) is a write-write
-//    race, unless both writes went through atomic functions (atomics log their addresses).  A write of the value
-//    already there is invisible to a diff: such "same value" races are not reported.  Cost: one comparison of all
-//    watched bytes per segment, so the check stops when a launch has compared MOT_CPU_RACE_BUDGET bytes (the
-//    first blocks are covered; a MOT_NOTE line says how many) and is off when more than MOT_CPU_RACE_MAX_BYTES
-//    are watched.
+// 1. Write-write conflicts.  A "segment" is what one thread runs between two of its barriers (the whole thread
+//    when the kernel has none).  After each segment the bytes it changed in the watched memory (device
+//    allocations, watch()ed memory, __device__ variables, the block's shared memory) are found by comparing
+//    with a shadow copy — the bytes it touched, as the access hooks logged them (mot_cpu_instrument.h), or, in a
+//    build without instrumentation, all watched memory (buffers the kernel gets only as `const T*` excepted).
+//    Each changed byte gets the segment as its owner.  A byte changed by two segments that the barriers do not
+//    order (different threads of one barrier interval, or threads of different blocks) is a write-write race,
+//    unless both writes went through atomic functions (atomics log their addresses).  A write of the value
+//    already there changes nothing: such "same value" races are not reported.  The check stops when a launch
+//    has tracked MOT_CPU_ACCESS_BUDGET accesses or its whole-region diffs compared MOT_CPU_RACE_BUDGET bytes (the
+//    first blocks are covered, a MOT_NOTE line says how many) and is off above MOT_CPU_RACE_MAX_BYTES watched.
 // 2. Order dependence: the launch is run again from the same memory with blocks and threads in reverse order
 //    (shared memory poisoned with another pattern); any watched byte that ends up different is reported, except
 //    bytes written only by atomics (float atomics legitimately round differently in another order).  This
@@ -27,10 +28,13 @@
 #include <vector>
 
 #ifndef MOT_CPU_RACE_BUDGET
-#define MOT_CPU_RACE_BUDGET (512ull << 20)
+#define MOT_CPU_RACE_BUDGET (1ull << 30)  // bytes the whole-region diffs of a launch may compare
+#endif
+#ifndef MOT_CPU_ACCESS_BUDGET
+#define MOT_CPU_ACCESS_BUDGET (1ull << 27)  // accesses (and their bytes) an instrumented launch may track
 #endif
 #ifndef MOT_CPU_RACE_MAX_BYTES
-#define MOT_CPU_RACE_MAX_BYTES (32ull << 20)
+#define MOT_CPU_RACE_MAX_BYTES (64ull << 20)
 #endif
 #ifndef MOT_CPU_ORDER_CHECK
 #define MOT_CPU_ORDER_CHECK 1
@@ -56,6 +60,7 @@ struct PointerArgument {
     const unsigned char* pointer;
     size_t element_size;
     int index;
+    bool to_const;  // `const T*`: the kernel does not write through it
 };
 
 struct KernelDescription {
@@ -68,8 +73,26 @@ inline std::map<const void*, KernelDescription>& kernel_descriptions() {
     return table;
 }
 
+// Names of shared memory, registered by the declarations kernelcheck.cpu_source annotates: the static
+// __shared__ variables by address; the dynamic shared memory by the kernel that names it (nullptr: any kernel).
+struct SharedName {
+    const unsigned char* start;
+    size_t size, element_size;
+    bool array;
+    std::string name;
+};
+inline std::vector<SharedName>& shared_names() {
+    static std::vector<SharedName> names;
+    return names;
+}
+inline std::map<const void*, SharedName>& dynamic_shared_names() {
+    static std::map<const void*, SharedName> names;
+    return names;
+}
+
 // What the current launch is, for messages.
 struct LaunchContext {
+    const void* kernel_id = nullptr;
     std::string kernel = "kernel";
     int number = 0;
     dim3 grid, block;
@@ -101,6 +124,7 @@ struct Region {
     unsigned char* data = nullptr;
     size_t size = 0;
     bool shared = false;     // per block: reset at each block
+    bool read_only = false;  // the kernel gets it only as `const T*`: not diffed (a write needs a const_cast)
     std::vector<unsigned char> shadow;
     std::vector<uint32_t> owner;  // per byte: segment number + 1, bit 31 set for an atomic write; 0: none yet
 };
@@ -116,10 +140,13 @@ constexpr uint32_t kAtomicBit = 0x80000000u;
 struct RaceState {
     bool tracking = false;        // the write-write check runs now
     bool stopped = false;         // it ran out of budget during this launch
-    uint64_t budget_left = 0;
-    uint64_t blocks_started = 0, blocks_covered = 0;
+    bool diffs_stopped = false;   // whole-region diffs ran out of budget (instrumented: shared memory unchecked)
+    uint64_t budget_left = 0;     // bytes whole-region diffs may still compare
+    uint64_t access_budget_left = 0;  // accesses the hooks may still track (instrumented)
+    uint64_t blocks_covered = 0, diff_blocks_covered = 0;
     int reported = 0;
-    std::vector<const Region*> reported_regions;  // one write-write line per region and launch
+    std::vector<const Region*> reported_regions;       // one write-write line per region and launch
+    std::vector<const Region*> reported_read_regions;  // one read-after-write line per region and launch
     std::vector<Region> regions;
     std::vector<Segment> segments;
     std::vector<std::pair<uintptr_t, uint32_t>> segment_atomics;  // (address, bytes) since the last diff
@@ -129,7 +156,7 @@ struct RaceState {
 inline RaceState g_race;
 
 // Atomic functions call this with the address they update.
-inline void note_atomic(const void* address, size_t bytes) {
+MOT_CPU_RUNTIME inline void note_atomic(const void* address, size_t bytes) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(address);
     if (g_race.tracking) g_race.segment_atomics.emplace_back(a, static_cast<uint32_t>(bytes));
     if (g_race.log_atomics)
@@ -138,7 +165,29 @@ inline void note_atomic(const void* address, size_t bytes) {
 
 // "result[3] (buffer 2 "d_result", byte offset 12)": the kernel's pointer argument into the buffer that is
 // closest below the byte names the element, when there is one.
+// "partial[3] (shared memory)" when a registered name covers the byte, else "".
+inline std::string describe_shared(const Region& region, size_t offset) {
+    const unsigned char* address = region.data + offset;
+    const SharedName* found = nullptr;
+    if (region.name == "dynamic shared memory") {
+        auto& names = dynamic_shared_names();
+        auto it = names.find(g_launch.kernel_id);
+        if (it == names.end()) it = names.find(nullptr);
+        if (it != names.end()) found = &it->second;
+    } else {
+        for (const SharedName& name : shared_names())
+            if (address >= name.start && address < name.start + name.size) found = &name;
+    }
+    if (found == nullptr) return "";
+    const size_t element = static_cast<size_t>(address - found->start) / found->element_size;
+    return found->name + (found->array ? "[" + std::to_string(element) + "]" : "") + " (" + region.name + ")";
+}
+
 inline std::string describe_location(const Region& region, size_t offset) {
+    if (region.shared) {
+        std::string named = describe_shared(region, offset);
+        if (!named.empty()) return named;
+    }
     const unsigned char* address = region.data + offset;
     const PointerArgument* best = nullptr;
     for (const PointerArgument& argument : g_launch.pointers) {
@@ -176,14 +225,14 @@ inline void report_conflict(const Region& region, size_t offset, const Segment& 
            who.c_str(), describe_location(region, offset).c_str(), how, launch_words().c_str());
 }
 
-inline bool written_atomically(uintptr_t address) {
+MOT_CPU_RUNTIME inline bool written_atomically(uintptr_t address) {
     for (const auto& entry : g_race.segment_atomics)
         if (address >= entry.first && address < entry.first + entry.second) return true;
     return false;
 }
 
 // The segment that just ended changed byte `offset` of `region`: record it, report a conflict.
-inline void record_write(Region& region, size_t offset, uint32_t segment) {
+MOT_CPU_RUNTIME inline void record_write(Region& region, size_t offset, uint32_t segment) {
     if (region.owner.empty()) region.owner.assign(region.size, 0);
     const bool atomic = written_atomically(reinterpret_cast<uintptr_t>(region.data + offset));
     const uint32_t previous = region.owner[offset];
@@ -198,7 +247,7 @@ inline void record_write(Region& region, size_t offset, uint32_t segment) {
     report_conflict(region, offset, before, before_atomic, now, atomic);
 }
 
-inline void diff_region(Region& region, uint32_t segment) {
+MOT_CPU_RUNTIME inline void diff_region(Region& region, uint32_t segment) {
     if (std::memcmp(region.data, region.shadow.data(), region.size) == 0) return;
     size_t i = 0;
     for (; i + 8 <= region.size; i += 8) {
@@ -226,29 +275,19 @@ inline void note_guard_writers(uint64_t block, uint32_t thread) {
     }
 }
 
+// Bytes one diff compares (the regions the kernel can write).
 inline uint64_t watched_bytes() {
     uint64_t total = 0;
-    for (const Region& region : g_race.regions) total += region.size;
+    for (const Region& region : g_race.regions) total += region.read_only ? 0 : region.size;
     return total;
 }
 
-// One thread's segment ended (it reached a barrier or returned).
-inline void end_segment(uint64_t block, uint32_t thread, uint32_t interval) {
-    if (!g_race.tracking) return;
-    const uint64_t cost = watched_bytes() + 1;
-    if (cost > g_race.budget_left) {  // out of budget: the rest of the launch goes unchecked
-        g_race.tracking = false;
-        g_race.stopped = true;
-        g_race.segment_atomics.clear();
-        return;
-    }
-    g_race.budget_left -= cost;
-    const uint32_t segment = static_cast<uint32_t>(g_race.segments.size());
-    g_race.segments.push_back(Segment{block, thread, interval});
-    for (Region& region : g_race.regions) diff_region(region, segment);
-    note_guard_writers(block, thread);
-    g_race.segment_atomics.clear();
-    if (g_race.segments.size() >= (kAtomicBit >> 1)) g_race.tracking = false, g_race.stopped = true;
+// The write-write check without instrumentation: diff every watched region the kernel can write.
+inline void diff_segment(uint32_t segment) {
+    for (Region& region : g_race.regions)
+        if (!region.read_only) diff_region(region, segment);
+    const Segment& now = g_race.segments[segment];
+    note_guard_writers(now.block, now.thread);
 }
 
 }  // namespace detail

@@ -21,7 +21,7 @@
 #include <cstdlib>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
+#if MOT_CPU_ASAN
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -63,7 +63,7 @@ inline FiberPool g_fibers;
 
 // AddressSanitizer must be told before a switch which stack comes next, and after it where it came from.
 inline void announce_switch(void** fake_stack, const void* bottom, size_t size) {
-#if defined(__SANITIZE_ADDRESS__)
+#if MOT_CPU_ASAN
     __sanitizer_start_switch_fiber(fake_stack, bottom, size);
 #else
     (void)fake_stack, (void)bottom, (void)size;
@@ -71,7 +71,7 @@ inline void announce_switch(void** fake_stack, const void* bottom, size_t size) 
 }
 
 inline void finish_switch(void* fake_stack, const void** from_bottom, size_t* from_size) {
-#if defined(__SANITIZE_ADDRESS__)
+#if MOT_CPU_ASAN
     __sanitizer_finish_switch_fiber(fake_stack, from_bottom, from_size);
 #else
     (void)fake_stack, (void)from_bottom, (void)from_size;
@@ -79,7 +79,7 @@ inline void finish_switch(void* fake_stack, const void** from_bottom, size_t* fr
 }
 
 // Fiber -> scheduler: the fiber's thread reached a barrier or returned.
-inline void fiber_yield() {
+MOT_CPU_RUNTIME inline void fiber_yield() {
     Fiber* self = g_fibers.current;
     if (!mot_cpu_setjmp(self->context)) {
         announce_switch(&self->fake_stack, g_fibers.main_bottom, g_fibers.main_size);
@@ -89,7 +89,7 @@ inline void fiber_yield() {
 }
 
 // Scheduler -> fiber: run it until it yields.
-inline void fiber_resume(Fiber* fiber) {
+MOT_CPU_RUNTIME inline void fiber_resume(Fiber* fiber) {
     g_fibers.current = fiber;
     if (!mot_cpu_setjmp(g_fibers.scheduler)) {
         announce_switch(&g_fibers.scheduler_fake_stack, fiber->stack, fiber->stack_size);
@@ -100,7 +100,7 @@ inline void fiber_resume(Fiber* fiber) {
 }
 
 // A fiber's whole life: run one emulated thread after another, yielding after each.
-inline void fiber_main(unsigned int high, unsigned int low) {
+MOT_CPU_RUNTIME inline void fiber_main(unsigned int high, unsigned int low) {
     Fiber* self = reinterpret_cast<Fiber*>((static_cast<uintptr_t>(high) << 32) | low);
     finish_switch(nullptr, &g_fibers.main_bottom, &g_fibers.main_size);  // learn the scheduler's stack
     if (!mot_cpu_setjmp(self->context)) {  // made: hand control back to fiber_create

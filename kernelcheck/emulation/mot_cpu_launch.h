@@ -60,6 +60,20 @@ inline void collect_regions(size_t dynamic_bytes) {
         g_race.regions.push_back(make_region("dynamic shared memory", g_dynamic_shared, dynamic_bytes, true, nullptr));
 }
 
+// A buffer the kernel receives only as `const T*` is read-only for the write-write check.
+inline void mark_read_only_regions() {
+    for (Region& region : g_race.regions) {
+        if (region.shared) continue;
+        bool referenced = false, writable = false;
+        for (const PointerArgument& argument : g_launch.pointers) {
+            if (argument.pointer < region.data || argument.pointer > region.data + region.size) continue;
+            referenced = true;
+            writable = writable || !argument.to_const;
+        }
+        region.read_only = referenced && !writable;
+    }
+}
+
 inline uint64_t global_bytes() {
     uint64_t total = 0;
     for (const Region& region : g_race.regions) total += region.shared ? 0 : region.size;
@@ -68,15 +82,18 @@ inline uint64_t global_bytes() {
 
 // The write-write check's starting point: shadows equal to memory, no owners, the budget full.
 inline bool start_tracking() {
-    g_race.tracking = g_race.stopped = false;
+    g_race.tracking = g_race.stopped = g_race.diffs_stopped = false;
     g_race.reported = 0;
     g_race.reported_regions.clear();
-    g_race.blocks_covered = 0;
+    g_race.reported_read_regions.clear();
+    g_race.blocks_covered = g_race.diff_blocks_covered = 0;
     g_race.segments.clear();
     g_race.segment_atomics.clear();
     if (watched_bytes() > MOT_CPU_RACE_MAX_BYTES) return false;
-    for (Region& region : g_race.regions) region.shadow.assign(region.data, region.data + region.size);
+    for (Region& region : g_race.regions)
+        if (!region.read_only) region.shadow.assign(region.data, region.data + region.size);
     g_race.budget_left = MOT_CPU_RACE_BUDGET;
+    g_race.access_budget_left = MOT_CPU_ACCESS_BUDGET;
     g_race.tracking = true;
     return true;
 }
@@ -114,10 +131,10 @@ inline void compare_orders(const Snapshot& forward) {
     }
     if (where == nullptr) return;
     report("RACE", &g_memory.findings.races,
-           "data race: the result depends on the order in which threads run: %s (and %zu more byte%s) differs "
+           "data race: the result depends on the order in which threads run: %s differs (%zu byte%s in all) "
            "between running blocks and threads in order and in reverse order %s: a thread reads memory that "
            "another thread writes without a barrier between them, or reads uninitialised shared memory%s",
-           describe_location(*where, first).c_str(), differing - 1, differing == 2 ? "" : "s", launch_words().c_str(),
+           describe_location(*where, first).c_str(), differing, differing == 1 ? "" : "s", launch_words().c_str(),
            g_race.atomic_bytes.empty() ? "" : " (the kernel uses atomics: results placed by atomic counters also "
                                               "depend on the order on a GPU)");
 }
@@ -158,14 +175,22 @@ inline void check_dynamic_shared_guard(size_t dynamic_bytes) {
 inline void report_coverage(bool tracked, bool ordered) {
     const uint64_t blocks = static_cast<uint64_t>(g_grid_dim.x) * g_grid_dim.y * g_grid_dim.z;
     if (!tracked)
-        report("NOTE", &g_memory.findings.notes, "write-write race check off %s: %llu bytes watched (limit %llu)",
+        report("NOTE", &g_memory.findings.notes, "race check by thread off %s: %llu bytes watched (limit %llu)",
                launch_words().c_str(), static_cast<unsigned long long>(watched_bytes()),
                static_cast<unsigned long long>(MOT_CPU_RACE_MAX_BYTES));
     else if (g_race.stopped)
         report("NOTE", &g_memory.findings.notes,
-               "write-write race check covered the first %llu of %llu blocks %s (budget of %llu compared bytes)",
+               "race check by thread covered the first %llu of %llu blocks %s (budget: %llu %s)",
                static_cast<unsigned long long>(g_race.blocks_covered), static_cast<unsigned long long>(blocks),
-               launch_words().c_str(), static_cast<unsigned long long>(MOT_CPU_RACE_BUDGET));
+               launch_words().c_str(),
+               static_cast<unsigned long long>(MOT_CPU_INSTRUMENTED ? MOT_CPU_ACCESS_BUDGET : MOT_CPU_RACE_BUDGET),
+               MOT_CPU_INSTRUMENTED ? "tracked accesses" : "compared bytes");
+    if (tracked && MOT_CPU_INSTRUMENTED && g_race.diffs_stopped)
+        report("NOTE", &g_memory.findings.notes,
+               "race check of shared memory and __device__ variables covered the first %llu of %llu blocks %s "
+               "(budget: %llu compared bytes)", static_cast<unsigned long long>(g_race.diff_blocks_covered),
+               static_cast<unsigned long long>(blocks), launch_words().c_str(),
+               static_cast<unsigned long long>(MOT_CPU_RACE_BUDGET));
     if (!ordered && MOT_CPU_ORDER_CHECK)
         report("NOTE", &g_memory.findings.notes, "order-dependence check off %s: %llu bytes watched (limit %llu)",
                launch_words().c_str(), static_cast<unsigned long long>(global_bytes()),
@@ -178,11 +203,29 @@ inline void release_tracking() {
     std::unordered_set<uintptr_t>().swap(g_race.atomic_bytes);
 }
 
+// A pointer argument that is neither null nor into watched memory (a cudaMalloc allocation, watch()ed memory,
+// __device__ variables) is host memory: a GPU kernel that dereferences it fails with an illegal address.  The
+// kernel still runs here, so its output can be compared; the line says why a GPU would not produce it.
+inline void check_pointer_arguments() {
+    for (const PointerArgument& argument : g_launch.pointers) {
+        if (argument.pointer == nullptr || find_buffer(argument.pointer, true) != nullptr) continue;
+        if (argument.pointer >= __start_mot_cpu_device && argument.pointer < __stop_mot_cpu_device) continue;
+        std::string parameter = "argument " + std::to_string(argument.index);
+        if (g_launch.description != nullptr && argument.index < static_cast<int>(g_launch.description->parameters.size()))
+            parameter += " (" + g_launch.description->parameters[argument.index] + ")";
+        report("HOST_POINTER", &g_memory.findings.host_pointers,
+               "%s of kernel %s (launch %d) is %p, not device memory (not from cudaMalloc): a GPU kernel that "
+               "dereferences it fails with an illegal address", parameter.c_str(), g_launch.kernel.c_str(),
+               g_launch.number, static_cast<const void*>(argument.pointer));
+    }
+}
+
 inline void begin_launch(const char* name, const void* kernel, dim3 grid, dim3 block,
                          std::vector<PointerArgument> pointers) {
     auto described = kernel_descriptions().find(kernel);
     g_launch.description = described == kernel_descriptions().end() ? nullptr : &described->second;
     g_launch.kernel = name ? name : (g_launch.description ? g_launch.description->name : std::string("kernel"));
+    g_launch.kernel_id = kernel;
     g_launch.number = ++g_memory.findings.launches;
     g_launch.grid = grid;
     g_launch.block = block;
@@ -207,13 +250,16 @@ inline void run_launch(const char* name, const void* kernel, dim3 grid, dim3 blo
     }
     install_fault_handlers();
     begin_launch(name, kernel, grid, block, std::move(pointers));
+    check_pointer_arguments();
     g_fibers.body = body;
     g_fibers.body_arg = argument;
     g_dynamic_shared_bytes = dynamic_bytes;
     std::memset(g_dynamic_shared + dynamic_bytes, kCanary, kGuardBytes);
     collect_regions(dynamic_bytes);
+    if (!MOT_CPU_INSTRUMENTED) mark_read_only_regions();  // instrumented, a store costs the same anywhere
     const bool ordered = MOT_CPU_ORDER_CHECK && global_bytes() <= MOT_CPU_ORDER_MAX_BYTES;
     const bool tracked = start_tracking();
+    build_access_ranges(dynamic_bytes);
     Snapshot before;
     if (ordered) before = take_snapshot();
     g_race.log_atomics = ordered;
@@ -221,7 +267,7 @@ inline void run_launch(const char* name, const void* kernel, dim3 grid, dim3 blo
     run_grid(false, fibers);
     g_race.tracking = g_race.log_atomics = false;
     const bool out_of_bounds = !check_all_guards(launch_words()).empty();
-    check_dynamic_shared_guard(dynamic_bytes);
+    if (!MOT_CPU_INSTRUMENTED) check_dynamic_shared_guard(dynamic_bytes);  // instrumented, the hooks saw it
     if (ordered) {
         Snapshot forward = take_snapshot();
         restore_snapshot(before);
@@ -247,7 +293,8 @@ inline std::vector<PointerArgument> pointer_arguments(const Tuple& params, std::
             using Element = std::remove_cv_t<std::remove_pointer_t<T>>;
             size_t size = 1;
             if constexpr (!std::is_void<Element>::value) size = sizeof(Element);
-            pointers.push_back(PointerArgument{reinterpret_cast<const unsigned char*>(value), size, index});
+            pointers.push_back(PointerArgument{reinterpret_cast<const unsigned char*>(value), size, index,
+                                               std::is_const<std::remove_pointer_t<T>>::value});
         }
     };
     (add(std::get<I>(params), static_cast<int>(I)), ...);
@@ -271,6 +318,25 @@ inline bool describe_kernel(const void* kernel, const char* name, const char* pa
     }
     if (!all.empty()) description.parameters.push_back(current);
     detail::kernel_descriptions()[kernel] = description;
+    return true;
+}
+
+// Name a static __shared__ variable for findings ("partial[3] (shared memory)"); MOT_CPU_NAME_SHARED calls it.
+template <typename T>
+inline bool name_shared(const T& variable, const char* name) {
+    using Element = std::remove_all_extents_t<T>;
+    detail::shared_names().push_back(detail::SharedName{reinterpret_cast<const unsigned char*>(&variable), sizeof(T),
+                                                        sizeof(Element), std::is_array<T>::value, name});
+    return true;
+}
+
+// Name the dynamic shared memory as the running kernel sees it (`extern __shared__ T name[]`).
+template <typename T>
+inline bool name_dynamic_shared(T* const&, const char* name) {
+    size_t size = 1;
+    if constexpr (!std::is_void<std::remove_cv_t<T>>::value) size = sizeof(T);
+    detail::dynamic_shared_names()[detail::g_in_kernel ? detail::g_launch.kernel_id : nullptr] =
+        detail::SharedName{detail::g_dynamic_shared, detail::kMaxSharedLimit, size, true, name};
     return true;
 }
 
@@ -303,6 +369,10 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dynamic_s
 
 #define MOT_CPU_CONCAT2(a, b) a##b
 #define MOT_CPU_CONCAT(a, b) MOT_CPU_CONCAT2(a, b)
+#define MOT_CPU_NAME_SHARED(variable) \
+    static const bool MOT_CPU_CONCAT(mot_cpu_named_, __COUNTER__) = ::mot_cpu::name_shared(variable, #variable);
+#define MOT_CPU_NAME_DYNAMIC_SHARED(pointer) \
+    static const bool MOT_CPU_CONCAT(mot_cpu_named_, __COUNTER__) = ::mot_cpu::name_dynamic_shared(pointer, #pointer);
 #define MOT_CPU_DESCRIBE_KERNEL(kernel, parameters)                                                             \
     static const bool MOT_CPU_CONCAT(mot_cpu_described_, __COUNTER__) =                                        \
         ::mot_cpu::describe_kernel(reinterpret_cast<const void*>(&kernel), #kernel, parameters);

@@ -42,11 +42,12 @@ struct Buffer {
     size_t guard_after = 0;
     bool device = true;              // from cudaMalloc (else watch())
     std::string oob_writer;          // the thread seen overwriting a guard first, when the race check saw it
+    bool write_reported = false;     // the instrumentation reported the write already: re-arm quietly
 };
 
 // Counters of what was found, printed in the MOT_CPU_SUMMARY line at exit.
 struct Findings {
-    int races = 0, oob = 0, faults = 0, barrier = 0, notes = 0, launches = 0, launch_errors = 0;
+    int races = 0, oob = 0, faults = 0, barrier = 0, host_pointers = 0, notes = 0, launches = 0, launch_errors = 0;
 };
 
 struct Memory {
@@ -99,7 +100,7 @@ inline Buffer* allocate(size_t size, const std::string& label) {
     Buffer* buffer = new Buffer();
     buffer->label = label;
     buffer->size = size;
-#if defined(__SANITIZE_ADDRESS__)
+#if MOT_CPU_ASAN
     void* block = nullptr;  // exact size: ASan's redzones do the guarding
     if (posix_memalign(&block, kAlignment, size ? size : 1) != 0) { delete buffer; return nullptr; }
     buffer->raw = buffer->data = static_cast<unsigned char*>(block);
@@ -169,6 +170,8 @@ inline bool guards_intact(const Buffer* buffer) {
 // `when` says after what it was found ("after kernel k (launch 2)", "at cudaFree").  Returns the description.
 inline std::string check_buffer_guards(Buffer* buffer, const std::string& when, bool quiet = false) {
     std::string description;
+    quiet = quiet || buffer->write_reported;
+    buffer->write_reported = false;
     for (int after = 0; after < 2; ++after) {
         long long first = 0, last = 0;
         if (!damaged_guard(buffer, after != 0, &first, &last)) continue;
@@ -238,10 +241,10 @@ inline void label(const void* pointer, const char* name) {
 // Check every live allocation's guard zones now: "" when intact, else the findings (also printed as MOT_OOB).
 inline std::string check_guards() { return detail::check_all_guards("(found by mot_cpu::check_guards)"); }
 
-// Findings so far (MOT_RACE, MOT_OOB, MOT_FAULT and MOT_BARRIER lines), for a harness that wants to stop early.
+// Findings so far (MOT_RACE, MOT_OOB, MOT_FAULT, MOT_BARRIER and MOT_HOST_POINTER lines), for a harness that wants to stop early.
 inline int findings_count() {
     const detail::Findings& f = detail::g_memory.findings;
-    return f.races + f.oob + f.faults + f.barrier;
+    return f.races + f.oob + f.faults + f.barrier + f.host_pointers;
 }
 
 }  // namespace mot_cpu

@@ -267,8 +267,9 @@ inline void at_exit() {
     check_all_guards("(found at exit)");
     const Findings& f = g_memory.findings;
     fflush(stdout);
-    fprintf(stderr, "MOT_CPU_SUMMARY: launches=%d launch_errors=%d races=%d oob=%d faults=%d barrier=%d notes=%d\n",
-            f.launches, f.launch_errors, f.races, f.oob, f.faults, f.barrier, f.notes);
+    fprintf(stderr,
+            "MOT_CPU_SUMMARY: launches=%d launch_errors=%d races=%d oob=%d faults=%d barrier=%d host_pointers=%d "
+            "notes=%d\n", f.launches, f.launch_errors, f.races, f.oob, f.faults, f.barrier, f.host_pointers, f.notes);
     fflush(stderr);
 }
 inline const bool g_exit_hook = (std::atexit(&at_exit), true);

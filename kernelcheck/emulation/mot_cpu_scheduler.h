@@ -77,21 +77,24 @@ inline int block_barrier(bool registered, int line, int predicate, int mode) {
 }
 
 // ---- Running blocks ------------------------------------------------------------------------------------------
-inline uint3 unflatten(uint64_t linear, dim3 shape) {
+MOT_CPU_RUNTIME inline uint3 unflatten(uint64_t linear, dim3 shape) {
     return uint3{static_cast<unsigned>(linear % shape.x), static_cast<unsigned>((linear / shape.x) % shape.y),
                  static_cast<unsigned>(linear / (static_cast<uint64_t>(shape.x) * shape.y))};
 }
 
-inline void run_block_direct(uint64_t block, uint32_t threads, bool reverse) {
+MOT_CPU_RUNTIME inline void run_block_direct(uint64_t block, uint32_t threads, bool reverse) {
     for (uint32_t k = 0; k < threads; ++k) {
         const uint32_t t = reverse ? threads - 1 - k : k;
         g_thread_idx = unflatten(t, g_block_dim);
+        g_access.current = Segment{block, t, 0};
+        g_access.kernel_running = true;
         g_fibers.body(g_fibers.body_arg);
+        g_access.kernel_running = false;
         end_segment(block, t, 0);
     }
 }
 
-inline void check_barrier_divergence(uint64_t block, uint32_t threads, bool* reported) {
+MOT_CPU_RUNTIME inline void check_barrier_divergence(uint64_t block, uint32_t threads, bool* reported) {
     int line = 0;
     uint32_t first = 0;
     for (uint32_t t = 0; t < threads; ++t) {
@@ -108,7 +111,7 @@ inline void check_barrier_divergence(uint64_t block, uint32_t threads, bool* rep
     }
 }
 
-inline void run_block_fibers(uint64_t block, uint32_t threads, bool reverse, bool* divergence_reported) {
+MOT_CPU_RUNTIME inline void run_block_fibers(uint64_t block, uint32_t threads, bool reverse, bool* divergence_reported) {
     for (uint32_t t = 0; t < threads; ++t) g_fibers.fibers[t]->finished = false;
     for (uint32_t interval = 0;; ++interval) {
         uint32_t waiting = 0;
@@ -119,19 +122,22 @@ inline void run_block_fibers(uint64_t block, uint32_t threads, bool reverse, boo
             if (fiber->finished) continue;
             g_thread_idx = unflatten(t, g_block_dim);
             fiber->barrier_line = 0;
+            g_access.current = Segment{block, t, interval};
+            g_access.kernel_running = true;
             fiber_resume(fiber);
+            g_access.kernel_running = false;
             end_segment(block, t, interval);
             if (!fiber->finished) ++waiting, predicates += fiber->predicate;
         }
         if (waiting == 0) return;
-        check_barrier_divergence(block, threads, divergence_reported);
+        if (!reverse) check_barrier_divergence(block, threads, divergence_reported);  // once: not in the re-run
         g_barrier.arrived = static_cast<int>(waiting);
         g_barrier.predicate_count = predicates;
     }
 }
 
 // Shared memory of a new block: poisoned (a read before a write shows), and its race tracking restarted.
-inline void start_block(unsigned char poison) {
+MOT_CPU_RUNTIME inline void start_block(unsigned char poison) {
     if (__start_mot_cpu_shared != nullptr)
         std::memset(__start_mot_cpu_shared, poison, static_cast<size_t>(__stop_mot_cpu_shared - __start_mot_cpu_shared));
     std::memset(g_dynamic_shared, poison, g_dynamic_shared_bytes);
@@ -144,7 +150,7 @@ inline void start_block(unsigned char poison) {
     }
 }
 
-inline void run_grid(bool reverse, bool fibers) {
+MOT_CPU_RUNTIME inline void run_grid(bool reverse, bool fibers) {
     const uint64_t blocks = static_cast<uint64_t>(g_grid_dim.x) * g_grid_dim.y * g_grid_dim.z;
     const uint32_t threads = g_block_dim.x * g_block_dim.y * g_block_dim.z;
     bool divergence_reported = false;
@@ -166,6 +172,7 @@ inline void fault_handler(int signal_number, siginfo_t* info, void*) {
     const char* what = signal_number == SIGFPE    ? "arithmetic fault (integer division by zero?)"
                        : signal_number == SIGABRT ? "abort (a failed assert or __trap)"
                        : signal_number == SIGBUS  ? "bus error"
+                       : signal_number == SIGILL  ? "illegal instruction (undefined behaviour g++ turned into a trap)"
                                                   : "invalid memory access (an illegal address on a GPU)";
     char message[768];
     if (g_in_kernel) {
@@ -184,7 +191,7 @@ inline void fault_handler(int signal_number, siginfo_t* info, void*) {
 }
 
 inline void install_fault_handlers() {
-#if !defined(__SANITIZE_ADDRESS__)  // AddressSanitizer reports faults itself
+#if !MOT_CPU_ASAN  // AddressSanitizer reports faults itself
     static bool installed = false;
     if (installed) return;
     installed = true;
@@ -197,7 +204,7 @@ inline void install_fault_handlers() {
     action.sa_sigaction = &fault_handler;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
-    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGABRT}) sigaction(s, &action, nullptr);
+    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL}) sigaction(s, &action, nullptr);
 #endif
 }
 

@@ -5,6 +5,30 @@
 #include <cstddef>
 #include <cstdint>
 
+// Two builds use the compiler's address instrumentation (both define __SANITIZE_ADDRESS__):
+// MOT_CPU_INSTRUMENTED: -fsanitize=kernel-address with calls for every access, served by this runtime's own hooks
+//   (mot_cpu_instrument.h): exact write tracking for the race checks, out-of-bounds reads and writes of guards;
+// MOT_CPU_ASAN: -fsanitize=address, AddressSanitizer's runtime (exact-size allocations, its own reports).
+#if defined(MOT_CPU_INSTRUMENTED) && MOT_CPU_INSTRUMENTED
+#undef MOT_CPU_INSTRUMENTED
+#define MOT_CPU_INSTRUMENTED 1
+#define MOT_CPU_ASAN 0
+#else
+#undef MOT_CPU_INSTRUMENTED
+#define MOT_CPU_INSTRUMENTED 0
+#if defined(__SANITIZE_ADDRESS__)
+#define MOT_CPU_ASAN 1
+#else
+#define MOT_CPU_ASAN 0
+#endif
+#endif
+// The runtime's own hot paths (scheduler, race bookkeeping) are not instrumented: only the kernel's accesses are.
+#if MOT_CPU_INSTRUMENTED
+#define MOT_CPU_RUNTIME __attribute__((no_sanitize_address))
+#else
+#define MOT_CPU_RUNTIME
+#endif
+
 // ---- Qualifiers ------------------------------------------------------------------------------------------------
 // Kernels and device functions are ordinary C++ functions on the CPU.
 #define __global__
