@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .cpu_backend import GXX_CPU_FLAGS, HEADER_DIR
+from .cpu_backend import GXX_CPU_FLAGS, HEADER_DIR, INSTRUMENT_FLAGS, instrumentable
 from .functional import PreludePCH, nvcc_command
 from .harness import Program
 from .harness_runtime import RUNTIME_HEADER, RUNTIME_SOURCE
@@ -100,10 +100,12 @@ class RuntimeObject:
 
 
 def _build_gxx(program: Program, tc: Toolchain, workdir: str, timeout_s: float, flags: Sequence[str],
-               filename: str, include_dirs: Sequence[str] = (), binary: str = "prog") -> tuple[bool, str, float]:
-    """g++ build of a program: its head precompiled, the runtime linked from its object (inline as fallback)."""
+               filename: str, include_dirs: Sequence[str] = (), binary: str = "prog",
+               runtime_flags: Sequence[str] | None = None) -> tuple[bool, str, float]:
+    """g++ build of a program: its head precompiled, the runtime linked from its object built with
+    ``runtime_flags`` (default ``flags``; inline as fallback)."""
     includes = tuple(f"-I{d}" for d in include_dirs)
-    runtime = RuntimeObject.path(tc.gxx, (*flags, *includes), timeout_s)
+    runtime = RuntimeObject.path(tc.gxx, runtime_flags if runtime_flags is not None else flags, timeout_s)
     pch = PreludePCH.flags(tc.gxx, timeout_s, header_text=program.head, compile_flags=(*flags, *includes))
     text = program.text(inline_runtime=runtime is None)
     if pch:
@@ -155,4 +157,8 @@ def build_kernel(program: Program, backend: str, tc: Toolchain, workdir: str, ti
         (Path(workdir) / "candidate_program.cu").write_text(program.text(inline_runtime=True), encoding="utf-8")
         built = compile_program(nvcc_command(tc), workdir, timeout_s, nvcc=tc.nvcc)
         return built.ok, built.message, built.seconds
-    return _build_gxx(program, tc, workdir, timeout_s, CPU_KERNEL_FLAGS, "kernel_program.cpp", (str(HEADER_DIR),))
+    # The CPU backend instruments every load and store of the program (its race and out-of-bounds checks by
+    # access); the runtime object stays uninstrumented: it is harness code, and the hooks live in the header.
+    flags = (*CPU_KERNEL_FLAGS, *INSTRUMENT_FLAGS) if instrumentable(tc.gxx) else CPU_KERNEL_FLAGS
+    return _build_gxx(program, tc, workdir, timeout_s, flags, "kernel_program.cpp", (str(HEADER_DIR),),
+                      runtime_flags=CPU_KERNEL_FLAGS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verdict = verify(texts[0], texts[1], function=args.function, kernel=args.kernel, backend=args.backend,
                      seeds=args.seeds)
-    if args.json:
-        print(json.dumps(verdict.to_json(), indent=2, allow_nan=False))
-    else:
-        print(verdict.summary())
+    try:
+        print(json.dumps(verdict.to_json(), indent=2, allow_nan=False) if args.json else verdict.summary())
+        sys.stdout.flush()
+    except BrokenPipeError:  # `mot-check ... | head`: the reader left; the exit status still tells the verdict
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_CODES[verdict.status]
 
 

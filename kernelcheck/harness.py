@@ -242,11 +242,12 @@ def _return_case(j: int, ku: KernelUnderTest, c: FunctionInfo) -> str:
     return f"        case {j}: mot_ret = ({c.return_type.name})(({slot.kernel.scalar.name}*)b_ret)[0]; break;"
 
 
-def _gpu_body(kernels: Sequence[KernelUnderTest], names: Sequence[str], c: FunctionInfo) -> tuple[list[str],
-                                                                                                   list[str]]:
-    """(lines before the record, lines freeing device memory) of the kernel program's per-input body: the
-    arrays copied with their guard zones into ``cudaMalloc`` blocks, the launch of kernel ``which``, the blocks
-    copied back whole."""
+def _gpu_body(kernels: Sequence[KernelUnderTest], names: Sequence[str], c: FunctionInfo,
+              device_guards: bool) -> tuple[list[str], list[str]]:
+    """(lines before the record, lines freeing device memory) of the kernel program's per-input body: the arrays
+    copied into ``cudaMalloc`` blocks — with their guard zones (``device_guards``: on a GPU nothing else sees an
+    out-of-bounds write) or exactly (the CPU backend's allocations have guards of their own and report reads as
+    well) — the launch of kernel ``which``, the blocks copied back."""
     body = _buffer_lines(c)
     copies_back, frees = [], []
     buffers = [(str(j), f"(v[{j}].n * sizeof({p.scalar.name}))") for j, p in enumerate(c.params)
@@ -255,14 +256,15 @@ def _gpu_body(kernels: Sequence[KernelUnderTest], names: Sequence[str], c: Funct
         body.append("        unsigned char* b_ret = mot::guarded_alloc(8, -1);")
         body.append("        std::memset(b_ret, 0, 8);")
         buffers.append(("_ret", "8"))
+    guard = "mot::GUARD" if device_guards else "0"
     for j, size in buffers:
         body.append(f"        unsigned char* r{j} = nullptr;")
-        body.append(f"        MOT_CUDA_CHECK(cudaMalloc((void**)&r{j}, {size} + 2 * mot::GUARD));")
-        body.append(f"        MOT_CUDA_CHECK(cudaMemcpy(r{j}, (unsigned char*)b{j} - mot::GUARD, {size} + 2 * mot::GUARD, "
+        body.append(f"        MOT_CUDA_CHECK(cudaMalloc((void**)&r{j}, {size} + 2 * {guard}));")
+        body.append(f"        MOT_CUDA_CHECK(cudaMemcpy(r{j}, (unsigned char*)b{j} - {guard}, {size} + 2 * {guard}, "
                     "cudaMemcpyHostToDevice));")
-        body.append(f"        void* d{j} = r{j} + mot::GUARD;")
-        copies_back.append(f"        MOT_CUDA_CHECK(cudaMemcpy((unsigned char*)b{j} - mot::GUARD, r{j}, "
-                           f"{size} + 2 * mot::GUARD, cudaMemcpyDeviceToHost));")
+        body.append(f"        void* d{j} = r{j} + {guard};")
+        copies_back.append(f"        MOT_CUDA_CHECK(cudaMemcpy((unsigned char*)b{j} - {guard}, r{j}, "
+                           f"{size} + 2 * {guard}, cudaMemcpyDeviceToHost));")
         frees.append(f"        cudaFree(r{j});")
     body.append("        const std::vector<long long>& L = plan.launch[n];")
     body.append("        switch (which) {")
@@ -314,7 +316,7 @@ def kernels_program(kernels: Sequence[KernelUnderTest], c: FunctionInfo, backend
     on the plan's inputs: several candidate kernels of one function share one build.  `CpuUnsupported` when the
     CPU backend cannot run them."""
     sources, names = _kernel_sources(kernels)
-    body_lines, frees = _gpu_body(kernels, names, c)
+    body_lines, frees = _gpu_body(kernels, names, c, device_guards=backend == "gpu")
     tail = _MAIN_TAIL.replace("{items}", _items(c, "mot_ret" if c.returns_value else None)) \
         .replace("{free}", "\n".join(frees))
     head = _MAIN_HEAD.replace("    mot::Output out;", "    int which = argc > 3 ? std::atoi(argv[3]) : 0;\n"

@@ -262,7 +262,10 @@ def _emulation_findings(stderr: str) -> tuple[list[tuple[int, str]], list[str]]:
         if found is None:
             continue
         if found.group(1) in EMULATION_FAILURES:
-            failures.append((current, f"{found.group(1)[4:].lower()}: {found.group(2).strip()}"))
+            text = f"{found.group(1)[4:].lower()}: {found.group(2).strip()}"
+            if "at address (nil)" in text:  # the harness passes null only for arrays of size 0
+                text += " (a null pointer: an array of size 0 on this input, so an out-of-bounds access)"
+            failures.append((current, text))
         elif found.group(1) == "MOT_NOTE":
             notes.append(found.group(2).strip())
     return failures, notes
