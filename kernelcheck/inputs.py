@@ -2,8 +2,8 @@
 
 * **Sizes** (integer parameters that bound the C function's loops, and every ``std::vector``'s length) take
   0, 1, 7, 33, 255, 257, 1000 — empty, one element, and sizes that are not a multiple of a block of 256 (or of
-  16 x 16) — one parameter at a time around small values (3, 5, 2, 4, ...) when there are several, plus all-ones
-  and all-small combinations; a combination is dropped when the C loops would run more than `MAX_WORK`
+  16 x 16) — one parameter at a time around small values (3, 5, 2, 4, ...) when there are several (`size_combos`),
+  plus all-ones and all-small combinations; a combination is dropped when the C loops would run more than `MAX_WORK`
   iterations or its arrays would hold more than `MAX_ELEMENTS` elements (a 1000 x 1000 x 1000 product is not
   a unit test).
 * **Other integer scalars**: ordinary values (3, -2, 0, 1, 7, 100, -1000, 5); strides (parameters that scale an
@@ -113,8 +113,9 @@ def _fmt(value: float) -> float | int | str:
 
 
 def size_combos(names: Sequence[str]) -> list[dict[str, int]]:
-    """Size assignments: every `SIZE_VALUES` for one size; for several, each size swept over 0, 1, 7, 33, 257,
-    1000 (and 255 for the first) around small distinct values, plus all-ones and two all-small combinations."""
+    """Size assignments: every `SIZE_VALUES` for one size; for several, all ones, small distinct values (3, 5, 2,
+    4, ...), 7, 9, 11, ..., and each size in turn swept over 0, 33, 257, 1000 (7 and 255 for every other size)
+    with the others at their small values."""
     if not names:
         return [{}]
     if len(names) == 1:
