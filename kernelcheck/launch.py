@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .intervals import TOP, Evaluator, Iv, constant_macros
+from .intervals import TOP, Evaluator, Iv, constant_macros, parse_number
 from .loopnest import strip_parens
 from .signatures import FunctionInfo, node_text
 
@@ -40,6 +40,7 @@ class IndexVar:
     form: str  # "global" | "thread" | "block"
     bounds: list[tuple[Any, bool]] = field(default_factory=list)  # (upper bound node, inclusive)
     stride: str | None = None  # "grid" | "block" when a loop strides it
+    block: int | None = None  # the block width the index assumes: `blockIdx.x * BLOCK + threadIdx.x` (no blockDim)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class LaunchRule:
                 bound = " / ".join(("<= " if inc else "< ") + node_text(b) for b, inc in var.bounds) or \
                     "no bounds check"
                 stride = f", {var.stride}-stride loop" if var.stride else ""
+                stride += f", blocks of {var.block} (its index assumes them)" if var.block else ""
                 parts.append(f"{axis}: {var.form} index {var.name} {bound}{stride}" if var.bounds
                              else f"{axis}: {var.form} index {var.name} ({bound}{stride})")
         shape = "one thread per element (no bounds check; extents from the C loops)" if not self.checked \
@@ -113,18 +115,21 @@ def thread_coords(node: Any, known: Mapping[str, set[str]]) -> set[str]:
     return out
 
 
-def _index_coords(node: Any, index_vars: Mapping[str, "IndexVar"], coords: Mapping[str, set[str]]) -> set[str] | None:
+def _index_coords(node: Any, index_vars: Mapping[str, "IndexVar"], coords: Mapping[str, set[str]],
+                  macros: Mapping[str, Iv]) -> set[str] | None:
     """Coordinates of an *index expression* — a sum of coordinate products (``blockIdx.x * blockDim.x``,
     ``threadIdx.x``), index variables and constants, through casts and parentheses — else None.
 
     ``tid / clsNum``, ``2 * u`` or ``y * width + x`` compute data positions from an index: they are not indexes.
+    A constant in a product (``blockIdx.x * 256``, ``blockIdx.x * BLOCK`` of ``#define BLOCK 256``) comes out as the
+    token "#256".
     """
     node = strip_parens(node)
     if node is None:
         return None
     kind = node.type
     if kind == "cast_expression":
-        return _index_coords(node.child_by_field_name("value"), index_vars, coords)
+        return _index_coords(node.child_by_field_name("value"), index_vars, coords, macros)
     token = _builtin(node)
     if token is not None:
         return {token}
@@ -138,29 +143,32 @@ def _index_coords(node: Any, index_vars: Mapping[str, "IndexVar"], coords: Mappi
     op = node_text(node.child_by_field_name("operator"))
     left, right = node.child_by_field_name("left"), node.child_by_field_name("right")
     if op == "+":
-        a, b = _index_coords(left, index_vars, coords), _index_coords(right, index_vars, coords)
+        a, b = _index_coords(left, index_vars, coords, macros), _index_coords(right, index_vars, coords, macros)
         return None if a is None or b is None else a | b
     if op == "*":
-        a, b = _builtin_product(left), _builtin_product(right)
+        a, b = _builtin_product(left, macros), _builtin_product(right, macros)
         return None if a is None or b is None else a | b
     return None
 
 
-def _builtin_product(node: Any) -> set[str] | None:
-    """Coordinates of a sum/product made only of builtins and constants (``blockIdx.x + blockIdx.y * gridDim.x``)."""
+def _builtin_product(node: Any, macros: Mapping[str, Iv]) -> set[str] | None:
+    """Coordinates of a sum/product made only of builtins and constants (``blockIdx.x + blockIdx.y * gridDim.x``);
+    a constant (a number, a ``#define``d one) as the token "#value"."""
     node = strip_parens(node)
     if node is None:
         return None
     if node.type == "cast_expression":
-        return _builtin_product(node.child_by_field_name("value"))
+        return _builtin_product(node.child_by_field_name("value"), macros)
     token = _builtin(node)
     if token is not None:
         return {token}
-    if node.type == "number_literal":
-        return set()
+    constant = parse_number(node_text(node)) if node.type == "number_literal" else (
+        macros.get(node_text(node)) if node.type == "identifier" else None)
+    if constant is not None:
+        return {f"#{int(constant.lo)}"} if constant.is_point and not constant.flt else set()
     if node.type == "binary_expression" and node_text(node.child_by_field_name("operator")) in ("+", "*"):
-        a = _builtin_product(node.child_by_field_name("left"))
-        b = _builtin_product(node.child_by_field_name("right"))
+        a = _builtin_product(node.child_by_field_name("left"), macros)
+        b = _builtin_product(node.child_by_field_name("right"), macros)
         return None if a is None or b is None else a | b
     return None
 
@@ -186,12 +194,13 @@ def _form(coords: set[str]) -> tuple[str, str] | None:
 class _KernelReader:
     """Finds index variables, their bounds and strides in one pass over the kernel body (source order)."""
 
-    def __init__(self, kernel: FunctionInfo):
+    def __init__(self, kernel: FunctionInfo, macros: Mapping[str, Iv]):
         self.coords: dict[str, set[str]] = {}
         self.vars: dict[str, IndexVar] = {}
         self.used_axes: set[str] = set()
         self.consumed: set[tuple[int, int]] = set()
         self.kernel = kernel
+        self.macros = macros
 
     def define(self, name: str, value: Any) -> None:
         if value is None:
@@ -199,13 +208,16 @@ class _KernelReader:
         plain = thread_coords(value, self.coords)
         if plain:
             self.coords[name] = self.coords.get(name, set()) | plain
-        index = _index_coords(value, self.vars, self.coords)
+        index = _index_coords(value, self.vars, self.coords, self.macros)
         found = _form(index) if index else None
         if found is None:
             return
         self.consumed.add((value.start_byte, value.end_byte))
         if not (name in self.vars and self.vars[name].axis == found[0]):
             self.vars[name] = IndexVar(name, found[0], found[1])
+        widths = [int(t[1:]) for t in index if t.startswith("#")]
+        if found[1] == "global" and f"d.{found[0]}" not in index and len(widths) == 1 and 0 < widths[0] <= 1024:
+            self.vars[name].block = widths[0]
 
     def read(self, node: Any) -> None:
         """Walk the body in source order: definitions first, then each comparison and stride update."""
@@ -327,7 +339,8 @@ def _tile(kernel: FunctionInfo, macros: Mapping[str, Iv]) -> tuple[int, int, int
 
 def launch_rule(kernel: FunctionInfo) -> LaunchRule:
     """Read the kernel's indexing (see the module docstring); LaunchError when no launch can be inferred."""
-    reader = _KernelReader(kernel)
+    macros = constant_macros(kernel.source)
+    reader = _KernelReader(kernel, macros)
     reader.read(kernel.body)
     axes: dict[str, list[IndexVar]] = {}
     for var in reader.vars.values():
@@ -340,7 +353,6 @@ def launch_rule(kernel: FunctionInfo) -> LaunchRule:
     for axis in reader.used_axes:
         if axis not in axes:  # used directly, e.g. means[blockIdx.x * blockDim.x + threadIdx.x] = 0
             axes[axis] = [IndexVar(f"(thread index {axis})", axis, "global")]
-    macros = constant_macros(kernel.source)
     return LaunchRule(axes=axes, tile=_tile(kernel, macros), kernel=kernel, macros=macros)
 
 

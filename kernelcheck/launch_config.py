@@ -124,7 +124,7 @@ def _axis_launch(axis: str, vars_: list[IndexVar], env: Mapping[str, Iv], rule: 
         extent = max(need(v) for v in by_form["global"])
         if unchecked:
             return extent, 1
-        block = default
+        block = next((v.block for v in by_form["global"] if v.block), default)
         blocks = math.ceil(extent / block)
         return max(1, math.ceil(blocks / 2) if strided else blocks), block
     block = 1

@@ -183,6 +183,13 @@ def test_launch_darknet_flattened_grid_is_1d_and_tiles_fix_the_block():
     assert _launch(tiled, {"n": 40})[1].block == (16, 16, 1)
 
 
+def test_an_index_with_a_constant_block_width_gets_that_block():
+    k = "#define BLOCK 128\n__global__ void f(float* a, int n) { int i = blockIdx.x * BLOCK + threadIdx.x; " \
+        "if (i < n) a[i] = 0; }"
+    rule, launch = _launch(k, {"n": 1000})
+    assert launch.block == (128, 1, 1) and launch.grid == (8, 1, 1) and "blocks of 128" in rule.describe()
+
+
 def test_dynamic_shared_memory_cannot_be_launched():
     k = "__global__ void r(float* a, int n) { extern __shared__ float s[]; int i = threadIdx.x; if (i < n) a[i] = s[i]; }"
     with pytest.raises(LaunchError, match="extern __shared__"):
