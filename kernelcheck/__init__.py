@@ -16,5 +16,13 @@ Modules:
   ``emulation/cuda_cpu.h``) — the CPU backend: CUDA kernels built by g++ and run on the CPU with races and
   out-of-bounds accesses reported, for differential testing without a GPU.
 
+* `kernelcheck.verify` — differential testing of a kernel against the user's C/C++ function (``mot-check``,
+  `kernelcheck.check_cli`): `kernelcheck.signatures`, `kernelcheck.intervals`, `kernelcheck.cwalk` and
+  `kernelcheck.loopnest` read the code; `kernelcheck.mapping`, `kernelcheck.launch`, `kernelcheck.launch_config`,
+  `kernelcheck.inputs` and `kernelcheck.pairing` prepare a check; `kernelcheck.harness` (with
+  `kernelcheck.harness_runtime`), `kernelcheck.builds`, `kernelcheck.runner` and `kernelcheck.reference_cache` run
+  it; `kernelcheck.compare`, `kernelcheck.judge` and `kernelcheck.verdict` judge it; `kernelcheck.mutants`,
+  `kernelcheck.mutant_suite` and `kernelcheck.vacuity` test the check itself and the data.
+
 Importing the package imports none of them; the harness modules need only the standard library.
 """

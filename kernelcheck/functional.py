@@ -194,16 +194,19 @@ class PreludePCH:
     _dirs: list[tempfile.TemporaryDirectory] = []
 
     @classmethod
-    def flags(cls, gxx: str, compile_timeout_s: float) -> tuple[str, ...]:
-        key = (gxx, GXX_FLAGS, PRELUDE)
+    def flags(cls, gxx: str, compile_timeout_s: float, *, header_text: str = PRELUDE,
+              compile_flags: Sequence[str] = GXX_FLAGS) -> tuple[str, ...]:
+        """``-include HEADER`` of ``header_text`` precompiled with ``compile_flags`` (the flags the program is
+        built with must be the same), or () when it could not be built."""
+        key = (gxx, tuple(compile_flags), header_text)
         with cls._lock:
             if key in cls._built:
                 return cls._built[key]
             result: tuple[str, ...] = ()
             holder = tempfile.TemporaryDirectory(prefix="mot-func-pch-")
             header = Path(holder.name) / "mot_prelude.hpp"
-            header.write_text(PRELUDE, encoding="utf-8")
-            proc = run_sandboxed([gxx, *GXX_FLAGS, "-x", "c++-header", "-o", str(header) + ".gch", str(header)],
+            header.write_text(header_text, encoding="utf-8")
+            proc = run_sandboxed([gxx, *compile_flags, "-x", "c++-header", "-o", str(header) + ".gch", str(header)],
                                  cwd=holder.name, env=scrubbed_env(holder.name), timeout_s=compile_timeout_s,
                                  rlimits=compiler_rlimits(compile_timeout_s))
             if proc.returncode == 0 and Path(str(header) + ".gch").is_file():

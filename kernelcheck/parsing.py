@@ -58,6 +58,17 @@ def _parse(source: str, grammar: str) -> tuple[tree_sitter.Tree, bytes]:
     return _parser(grammar).parse(data), data
 
 
+def syntax_tree(source: str, *, grammar: GrammarName = "cpp") -> tree_sitter.Node:
+    """The root node of ``source``'s tree-sitter parse (``grammar`` "cpp" or "cuda").
+
+    For modules that read code structure (`kernelcheck.signatures`, `kernelcheck.cloops`, `kernelcheck.launch`)
+    without importing tree-sitter themselves: they only use the nodes' attributes (``type``, ``text``,
+    ``children``, ``child_by_field_name``...).  ``node.text`` is UTF-8 bytes of the source.
+    """
+    tree, _ = _parse(source, grammar)
+    return tree.root_node
+
+
 class _LineIndex:
     """Converts tree-sitter points (row, byte column) into (line, character column)."""
 
