@@ -341,26 +341,30 @@ class Generator:
             groups.setdefault((seq.primary, seq.request.mode), []).append((seq, routing, b))
         batches = []
         for key, members in groups.items():
-            if self.prefill_graphs is not None and 1 < len(members) <= GRAPH_PREFILL_MAX_GROUP:
-                batches += [(key, [member]) for member in members]  # a graph replay each beats one eager batch
+            units = _same_prompt(members, key[0])  # a function's candidates: one prefill between them
+            if self.prefill_graphs is not None and 1 < len(units) <= GRAPH_PREFILL_MAX_GROUP:
+                batches += [(key, unit) for unit in units]  # a graph replay each beats one eager batch
             else:
-                batches.append((key, members))
+                batches.append((key, [m for unit in units for m in unit]))
         cohorts = []
         for (primary, mode), members in batches:
+            rows = _shared_rows([s.prompt_ids[primary] for s, _, _ in members])
+            distinct = [members[rows.index(r)] for r in range(max(rows) + 1)]
             ctx = None
             if mode == "full":
-                routing = stack_routings([(r, b) for _, r, b in members])
-                alone = self.prefill_graphs is not None and len(members) == 1
+                routing = stack_routings([(r, b) for _, r, b in distinct])
+                alone = self.prefill_graphs is not None and len(distinct) == 1
                 with self.substitutions(decoding=False):  # the secondaries' prompts: a prefill
                     ctx = mot.memory_context(
-                        [s.request.source for s, _, _ in members], routing,
-                        prompts=[s.prompt_ids for s, _, _ in members],
+                        [s.request.source for s, _, _ in distinct], routing,
+                        prompts=[s.prompt_ids for s, _, _ in distinct],
                         prompt_runner=self.prefill_graphs.prompt_states if alone else None,
                     )
             seqs = [s for s, _, _ in members]
             for s in seqs:
                 s.rng = request_rng(s.request.seed, mot.experts[primary])
-            cohorts.append(Cohort(primary, mode, seqs, None, None, None, None, ctx))
+            shared = rows if len(distinct) < len(members) else None
+            cohorts.append(Cohort(primary, mode, seqs, None, None, None, None, ctx, shared))
         return cohorts
 
     def _forward(self, cohort: Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
@@ -380,7 +384,7 @@ class Generator:
         mot, p = self.mot, cohort.primary
         model = mot.experts[p]
         dev = next(model.parameters()).device
-        prompts = [s.prompt_ids[p] for s in cohort.seqs]
+        prompts = cohort.distinct(p)  # requests with one prompt (candidates) prefill it once
         columns = max(len(pr) for pr in prompts) + max(s.request.max_new_tokens for s in cohort.seqs)
         to_slab = self._slab_path(p) and supports(model, bucket(columns, MIN_COLUMNS))
         out = None
@@ -402,6 +406,8 @@ class Generator:
             cohort.cache = DynamicCache(config=model.config)
             logits = self._forward(cohort, ids, position_ids)
             cohort.positions = position_ids[:, -1:] + 1
+        if cohort.shared is not None:
+            logits = _share_prefill(cohort, logits)
         now = time.perf_counter()
         for s in cohort.seqs:
             s.t_first = now
@@ -616,4 +622,32 @@ class Generator:
         if cohort.ctx is not None:
             cohort.ctx = cohort.ctx.select(idx.to(self.mot.device))
 
+
+def _same_prompt(members: list, primary: int) -> list[list]:
+    """Members grouped by their prompt for `primary` (order of first appearance kept)."""
+    units: dict[tuple[int, ...], list] = {}
+    for member in members:
+        units.setdefault(tuple(member[0].prompt_ids[primary]), []).append(member)
+    return list(units.values())
+
+
+def _shared_rows(prompts: list[list[int]]) -> list[int]:
+    """Each prompt's row among the distinct prompts, numbered in order of first appearance."""
+    rows: dict[tuple[int, ...], int] = {}
+    return [rows.setdefault(tuple(p), len(rows)) for p in prompts]
+
+
+def _share_prefill(cohort: Cohort, logits: torch.Tensor) -> torch.Tensor:
+    """Repeat the distinct prompts' prefill (cache, mask, positions, memory, last logits) for every sequence that
+    shares it: from here on each candidate is a row of its own, sampled with its own generator."""
+    rows = torch.tensor(cohort.shared, device=cohort.attention_mask.device)
+    cohort.cache.batch_select_indices(rows)
+    cohort.attention_mask = cohort.attention_mask.index_select(0, rows)
+    cohort.positions = cohort.positions.index_select(0, rows)
+    if cohort.ctx is not None:
+        flag = cohort.ctx.nonfinite
+        cohort.ctx = cohort.ctx.select(rows.to(cohort.ctx.primary_weight.device))
+        cohort.ctx.nonfinite = flag
+    cohort.shared = None
+    return logits.index_select(0, rows.to(logits.device))
 

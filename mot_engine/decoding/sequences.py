@@ -45,6 +45,16 @@ class Cohort:
     positions: torch.Tensor  # (B, 1) position id of the next input token
     next_input: torch.Tensor  # (B, 1) token to feed next
     ctx: MemoryContext | None
+    # Requests with the same prompt (a function's candidates) share one prefill: shared[b] is the row of sequence b
+    # among the distinct prompts, which alone are prefilled (and whose memory alone is computed); None: one row each.
+    shared: list[int] | None = None
+
+    def distinct(self, primary: int) -> list[list[int]]:
+        """The prompts the prefill computes: one per distinct prompt, in order of first appearance."""
+        if self.shared is None:
+            return [s.prompt_ids[primary] for s in self.seqs]
+        firsts = {row: b for b, row in reversed(list(enumerate(self.shared)))}
+        return [self.seqs[firsts[row]].prompt_ids[primary] for row in range(len(firsts))]
 
     @property
     def live(self) -> list["Sequence"]:
@@ -55,7 +65,12 @@ class PrefilledCache:
     """A graph prefill's cache, cut to the prompt: what `_joiners` reads (per layer (1, Hk, L, D) keys and values)."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-            self.layers = [SimpleNamespace(keys=k, values=v) for k, v in zip(keys, values)]
+        self.layers = [SimpleNamespace(keys=k, values=v) for k, v in zip(keys, values)]
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) these rows, as transformers' caches do."""
+        for layer in self.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
 def detokenize_incrementally(tok, s: Sequence) -> str:
