@@ -20,6 +20,7 @@ import torch
 from accelerate.utils import gather_object
 
 from kernelcheck.cases import has_test_cases, load_exec_cases
+from kernelcheck.extract import STATUSES, extract_kernel
 from kernelcheck.functional import evaluate_functional
 from mot_engine import GenerationRequest, Generator
 from mot_engine.defaults import MODE
@@ -53,7 +54,8 @@ def _gather(items: list, accelerator) -> list:
 
 @torch.no_grad()
 def generate(mot, sources: list[str], *, mode: str, max_new_tokens: int, batch_size: int) -> list[dict]:
-    """Greedy translations: [{"text", "routing", "finish_reason", "error"}], one per source, in order.
+    """Greedy translations: [{"text", "routing", "finish_reason", "error"}], one per source, in order. `text` is the
+    whole answer (the prompt format's answer prefix, the kernel's head, then what the model wrote).
 
     A request that fails (NaN/Inf logits, a prompt too long for a context) becomes an empty prediction with its
     error recorded; the others go on.
@@ -71,10 +73,16 @@ def generate(mot, sources: list[str], *, mode: str, max_new_tokens: int, batch_s
     while gen.has_unfinished():
         gen.step()
     for rid, res in gen.results.items():
-        out[int(rid)] = {"text": res.text, "routing": res.routing, "finish_reason": res.finish_reason,
+        out[int(rid)] = {"text": res.answer, "routing": res.routing, "finish_reason": res.finish_reason,
                          "error": res.error}
     mot.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _what_came_out(answer: str) -> dict:
+    """The answer's status and kernel, as every surface extracts them."""
+    extraction = extract_kernel(answer)
+    return {"status": extraction.status, "kernel": extraction.code}
 
 
 def routing_statistics(routings: list[dict], expert_names: list[str]) -> dict:
@@ -125,7 +133,8 @@ def evaluate_generation(
             "id": pair.origin,
             "source": pair.source,
             "reference": pair.target,
-            "prediction": o["text"],
+            "prediction": o["text"],  # the model's answer (metrics compare it with the reference)
+            **_what_came_out(o["text"]),
             "primary_expert": names[r["primary_expert"]] if r else None,
             "active_experts": [names[e] for e in r.get("active_experts", [])],
             "routing_probs": {names[e]: p for e, p in enumerate(r.get("all_expert_probs", []))},
@@ -152,6 +161,7 @@ def evaluate_generation(
         summary["metrics"] = None
     summary["routing"] = routing_statistics([r["routing"] for r in records], names)
     summary["errors"] = sum(1 for r in records if r["finish_reason"] == "error")
+    summary["statuses"] = {k: sum(r["status"] == k for r in records) for k in STATUSES}
     summary["finish_reasons"] = {k: sum(r["finish_reason"] == k for r in records) for k in ("stop", "eos", "length", "error")}
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary, records
@@ -193,7 +203,8 @@ def functional_evaluation(data_path, records: list[dict], *, timeout_s: float = 
     """
     if not has_test_cases(data_path):
         return {"status": "not applicable", "reason": f"{data_path} has no executable tests"}
-    predictions = {r["case_id"]: [r["prediction"]] for r in records if "case_id" in r}
+    # the kernel a user would get (kernelcheck.extract): an answer with no kernel is an empty candidate, which fails
+    predictions = {r["case_id"]: [r["kernel"]] for r in records if "case_id" in r}
     if not predictions:
         return {"status": "not applicable", "reason": "no evaluated pair maps to an executable case"}
     cases = [c for c in load_exec_cases(data_path) if c.id in predictions]
