@@ -170,7 +170,10 @@ def reference_program(source: str, c: FunctionInfo, *, call: bool = True) -> Pro
             args.append(f"b{j}")
         else:
             args.append(_value(p, j))
-    text = f"{c.name}({', '.join(args)})"
+    # Qualified: under the prelude's `using namespace std`, an unqualified `copy(a, b, n)` would pick std::copy
+    # (an exact template match beats the user's function when a `const` is added to an argument).
+    callee = c.name if "::" in c.name else f"::{c.name}"
+    text = f"{callee}({', '.join(args)})"
     if not call:
         pass
     elif c.returns_value:

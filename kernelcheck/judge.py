@@ -9,6 +9,7 @@ non-trivial (some size non-zero, or a function without sizes) and launched the k
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 from .compare import Mismatch, first_mismatch
@@ -49,8 +50,13 @@ def _first_mismatch(pair: Pair, ref: ReferenceRun, cases: list[InputCase],
     return None, compared
 
 
+_PRINTS_RE = re.compile(r"\b(?:printf|fprintf|puts|std::cout|cout)\b")
+
+
 def _notes(pair: Pair, ref: ReferenceRun, kernel_run: KernelRun) -> list[str]:
     notes = list(pair.mapping.notes)
+    if any(_PRINTS_RE.search(f.source or "") for f in (pair.c, pair.k)):
+        notes.append("printed output is not compared (only arrays, references and the return value are)")
     if ref.regrown:
         notes.append(f"{ref.regrown} array(s) regrown where the C reference read past the extent the analysis gave")
     if not ref.sanitised:

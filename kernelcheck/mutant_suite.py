@@ -81,6 +81,10 @@ def run_case(case_id: str, cpp_source: str, kernel_source: str, *, backend: str 
     return result
 
 
+def _score(caught: int, catchable: int) -> float | None:
+    return round(caught / catchable, 4) if catchable else None
+
+
 def summarize(results: Sequence[CaseResult]) -> dict:
     """Per mutant kind: outcome counts over cases whose reference is verified, and over all cases."""
     verified_cases = [r for r in results if r.reference.status == "verified"]
@@ -92,6 +96,9 @@ def summarize(results: Sequence[CaseResult]) -> dict:
         out["kinds"][kind] = {
             "mutants": len(mine), **{o: counts.get(o, 0) for o in OUTCOMES},
             "caught_rate": round(counts.get("caught", 0) / len(mine), 4) if mine else None,
+            # The mutation score: equivalent mutants (outputs equal to the reference kernel's on every input, e.g.
+            # an emptied body whose only effect was printing) cannot be caught and leave the denominator.
+            "score": _score(counts.get("caught", 0), len(mine) - counts.get("verified_equivalent", 0)),
             "all_cases": dict(Counter(m.outcome for m in every)),
         }
     return out

@@ -367,7 +367,18 @@ async def test_placements_and_settings_changes(tmp_path, daemon):
         assert after.startswith(SOURCE[: SOURCE.index("}\n\nfloat dot") + 1] + "\n\n// MoT")
 
         # Pull model: the notification carries nothing; the server asks workspace/configuration.
+        # 5 tokens cannot hold a kernel: the setting applies, the user is told why, and nothing is edited.
         s.client.set_configuration({"placement": "replaceSelection", "maxNewTokens": 5, "ignoreEos": True}, section="mot")
+        s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+        await asyncio.sleep(0.3)
+        selection = await s.actions(uri, (11, 4), (14, 5))
+        resolved = await s.client.code_action_resolve_async(selection[0])
+        assert resolved.edit is None
+        await until(lambda: any("no kernel came out for selection (truncated" in m and "raise max_new_tokens" in m
+                                for m in s.messages(types.MessageType.Warning)), 10, what="the truncation warning")
+        assert s.progress()[-1][-1].message == "done: 5 tokens generated"
+
+        s.client.set_configuration({"placement": "replaceSelection", **FAST}, section="mot")
         s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
         await asyncio.sleep(0.3)
         selection = await s.actions(uri, (11, 4), (14, 5))
@@ -376,7 +387,6 @@ async def test_placements_and_settings_changes(tmp_path, daemon):
         (replace,) = texts[0].edits
         assert replace.range == types.Range(start=pos(11, 4), end=pos(14, 5))
         assert replace.new_text.startswith("// MoT: CUDA translation of the selection (main.cpp:12)")
-        assert s.progress()[-1][-1].message == "done: 5 tokens generated"
 
         # A bad value is reported and ignored; the other keys of the same change still apply.
         s.configure(placement="sideways", mode="full")

@@ -96,8 +96,8 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
          help=f"weight of the routing consistency loss (default: {defaults.LAMBDA_CONSISTENCY}, or the checkpoint's)",
          show_default=False)
     _add(model, "shared_dim", type=_int, default=None,
-         help="width of the interaction layers' shared space (default: the smallest expert's hidden size, or the "
-         "checkpoint's); smaller trains faster and ships smaller", show_default=False)
+         help="width of the interaction layers' shared space; smaller trains faster and ships smaller (default: the "
+         "smallest expert's hidden size, or the checkpoint's)", show_default=False)
     _add(model, "prompt_format", choices=tuple(FORMATS), default=None,
          help="the prompt format to train (and later translate) with; the checkpoint records it (default: the "
          "checkpoint's, else the preset's)", show_default=False)
