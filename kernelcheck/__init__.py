@@ -11,7 +11,9 @@ Modules:
 * `kernelcheck.compile_check` — ``nvcc -c`` of a snippet with diagnostics an editor can show.
 * `kernelcheck.cases`, `kernelcheck.programs`, `kernelcheck.reports`, `kernelcheck.functional`,
   `kernelcheck.cli` — the functional (compile-and-run) harness for BabelTower executable cases and its
-  ``functional`` command (``python -m kernelcheck functional``).
+  ``functional`` command (``python -m kernelcheck functional``); `kernelcheck.generated` and
+  `kernelcheck.side_by_side` strengthen it with generated-input checks against each case's C code (pass@k on the
+  data's tests and on data + generated tests side by side, vacuous cases apart).
 * `kernelcheck.cpu_backend` (with `kernelcheck.cpu_source`, `kernelcheck.cpu_features` and the C++ header
   ``emulation/cuda_cpu.h``) — the CPU backend: CUDA kernels built by g++ and run on the CPU with races and
   out-of-bounds accesses reported, for differential testing without a GPU.

@@ -86,6 +86,7 @@ __all__ = [
     "nvcc_command",
     "evaluate_candidate",
     "evaluate_functional",
+    "sample_jobs",
     "make_broken_candidate",
 ]
 
@@ -320,8 +321,8 @@ def check_cpp_references(cases: Sequence[ExecCase], *, timeout_s: float = DEFAUL
                                                            max_output_bytes=max_output_bytes), cases))
 
 
-def _sample_jobs(cases: Sequence[ExecCase], predictions: Mapping[str, Sequence[str]],
-                 samples: int | None) -> tuple[list[tuple[ExecCase, int, str]], list[str]]:
+def sample_jobs(cases: Sequence[ExecCase], predictions: Mapping[str, Sequence[str]],
+                samples: int | None) -> tuple[list[tuple[ExecCase, int, str]], list[str]]:
     """(case, sample index, code) of every sample to evaluate, and the ids of cases without a prediction (they
     get one empty sample)."""
     preds = {str(k): list(v) for k, v in predictions.items()}
@@ -360,7 +361,7 @@ def evaluate_functional(cases: Sequence[ExecCase], predictions: Mapping[str, Seq
     tc = toolchain or detect_toolchain()
     workers = workers or _default_workers()
     gate = threading.Semaphore(gpu_concurrency or min(workers, 8))
-    jobs, missing = _sample_jobs(cases, predictions, samples)
+    jobs, missing = sample_jobs(cases, predictions, samples)
     unique: dict[tuple[str, str], tuple[ExecCase, str]] = {}
     for case, _, code in jobs:
         unique.setdefault((case.id, code), (case, code))

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from .toolchain import RUN_STAGE_RAN, Toolchain
 
-__all__ = ["OUTCOMES", "TestRun", "SampleResult", "ReferenceCheck", "FunctionalReport", "pass_at_k"]
+__all__ = ["OUTCOMES", "TestRun", "SampleResult", "ReferenceCheck", "FunctionalReport", "pass_at_k", "id_key",
+           "standard_ks"]
 
 OUTCOMES = ("pass", "wrong_output", "runtime_error", "timeout", "compile_error", "skipped", "unavailable")
 
@@ -103,11 +104,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def _id_key(case_id: str) -> tuple:
+def id_key(case_id: str) -> tuple:
+    """Sort key of case ids: numeric ids in numeric order, then the others."""
     return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
 
 
-def _standard_ks(max_samples: int) -> list[int]:
+def standard_ks(max_samples: int) -> list[int]:
+    """The k of pass@k reported when the case with the fewest samples has ``max_samples``."""
     return sorted({k for k in (1, 2, 5, 10, 20, 50, 100, max_samples) if 1 <= k <= max_samples})
 
 
@@ -162,7 +165,7 @@ class FunctionalReport:
     def summary(self) -> dict:
         per_case = self.samples_per_case()
         ns = [n for n, _ in per_case.values()] or [0]
-        ks = _standard_ks(min(ns)) if min(ns) > 0 else []
+        ks = standard_ks(min(ns)) if min(ns) > 0 else []
         pass_k = {str(k): self.pass_at(k) for k in ks}
         counts = self.counts()
         out: dict = {
@@ -179,7 +182,7 @@ class FunctionalReport:
             "missing_predictions": self.missing_predictions,
             "cases_without_kernel_launch": self.cases_without_kernel_launch,
             "passes_with_cuda_error": sorted({r.case_id for r in self.results if r.outcome == "pass" and r.cuda_error},
-                                             key=_id_key),
+                                             key=id_key),
             "cpp_reference": self.reference_summary(),
             "wall_seconds": round(self.wall_seconds, 3),
             "compile_seconds_total": round(sum(r.compile_seconds for r in self.results), 3),

@@ -428,10 +428,10 @@ def test_cli_with_predictions_and_no_nvcc(tmp_path, capsys):
     out = tmp_path / "out"
     rc = cli.functional_main(["--data", str(EXEC), "--predictions", str(preds), "--output-dir", str(out),
                               "--limit", "3", "--nvcc", str(tmp_path / "no" / "nvcc"), "--skip-cpp-reference",
-                              "--quiet"])
+                              "--verify-backend", "off", "--quiet"])  # the generated half: test_functional_generated
     assert rc == 0
     summary = json.loads((out / "functional_results.json").read_text())
-    assert summary["run_stage"] == "unavailable (no nvcc)"
+    assert summary["run_stage"] == "unavailable (no nvcc)" and summary["verification"]["status"] == "off"
     assert summary["cases"] == 3 and summary["samples"] == 4  # 2 + 1 + one empty sample for the missing id
     assert summary["missing_predictions"] == ["111"]
     lines = [json.loads(ln) for ln in (out / "functional_cases.jsonl").read_text().splitlines()]
@@ -446,7 +446,8 @@ def test_cli_with_predictions_and_no_nvcc(tmp_path, capsys):
 def test_cli_reference_candidates(tmp_path, capsys):
     out = tmp_path / "out"
     rc = cli.functional_main(["--data", str(EXEC), "--candidates", "reference", "--output_dir", str(out),
-                              "--limit", "2", "--workers", "2", "--timeout", "20", "--samples", "1", "--quiet"])
+                              "--limit", "2", "--workers", "2", "--timeout", "20", "--samples", "1",
+                              "--verify_backend", "off", "--quiet"])
     assert rc == 0
     s = json.loads((out / "functional_results.json").read_text())
     assert s["cpp_reference"]["reproduced"] == 2 and s["cpp_reference"]["checked"] == 2

@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = Path(kernelcheck.__file__).resolve().parent
 FORBIDDEN = ("torch", "transformers", "mot_engine", "daemon", "lsp_server", "train")
 # The harness modules run where only the standard library is (benchmarks/functional_gpu.py on a GPU machine).
-STDLIB_ONLY = ("kernelcheck.cases", "kernelcheck.cli", "kernelcheck.functional", "kernelcheck.programs",
-               "kernelcheck.reports", "kernelcheck.sandbox", "kernelcheck.toolchain")
+STDLIB_ONLY = ("kernelcheck.cases", "kernelcheck.cli", "kernelcheck.functional", "kernelcheck.generated",
+               "kernelcheck.programs", "kernelcheck.reports", "kernelcheck.sandbox", "kernelcheck.side_by_side",
+               "kernelcheck.toolchain")
 
 _PROBE = """
 import importlib, json, pkgutil, sys
