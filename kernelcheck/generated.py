@@ -60,13 +60,15 @@ class SampleCheck:
     reason: str
     backend: str | None = None
     inputs: int = 0
+    seconds: float = 0.0  # the check of the case's samples (one reference and one kernel build for all of them)
 
     @property
     def failed(self) -> bool:
         return self.status in FAILING_STATUSES
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "reason": self.reason, "backend": self.backend, "inputs": self.inputs}
+        return {"status": self.status, "reason": self.reason, "backend": self.backend, "inputs": self.inputs,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass(frozen=True)
@@ -108,15 +110,19 @@ def _checker():
 
 
 def _check_case(case: ExecCase, codes: list[str], backend: str, tc: Toolchain, verify_kwargs: dict,
-                verify_many, is_vacuous) -> tuple[list[SampleCheck], CaseVacuity]:
-    """The verdicts of a case's distinct samples (in order) and the vacuity of its reference."""
+                verify_many, is_vacuous) -> tuple[list[SampleCheck], CaseVacuity | None]:
+    """The verdicts of a case's distinct samples (in order) and the vacuity of its reference (None: not asked)."""
     kernels = [strip_code_fences(code) for code in codes]
+    start = time.monotonic()
     try:
         verdicts = verify_many(case.cpp_code, kernels, backend=backend, toolchain=tc, **verify_kwargs)
-        checks = [SampleCheck(v.status, v.reason, v.backend, v.inputs) for v in verdicts]
+        seconds = time.monotonic() - start
+        checks = [SampleCheck(v.status, v.reason, v.backend, v.inputs, seconds) for v in verdicts]
     except Exception as exc:  # noqa: BLE001 - one case's checker bug must not lose a whole evaluation: listed
-        checks = [SampleCheck(CHECK_ERROR, f"the differential check raised {type(exc).__name__}: {exc}", backend)
-                  for _ in kernels]
+        checks = [SampleCheck(CHECK_ERROR, f"the differential check raised {type(exc).__name__}: {exc}", backend,
+                              seconds=time.monotonic() - start) for _ in kernels]
+    if is_vacuous is None:
+        return checks, None
     try:
         found = is_vacuous(case.cpp_code, toolchain=tc, **{k: v for k, v in verify_kwargs.items() if k == "seeds"})
         vacuity = CaseVacuity(found.vacuous, found.reason)
@@ -128,14 +134,16 @@ def _check_case(case: ExecCase, codes: list[str], backend: str, tc: Toolchain, v
 def check_generated(cases: Sequence[ExecCase], predictions: Mapping[str, Sequence[str]], *,
                     backend: str = DEFAULT_VERIFY_BACKEND, toolchain: Toolchain | None = None,
                     workers: int | None = None, samples: int | None = None, seeds: int | None = None,
-                    compile_timeout_s: float | None = None,
+                    compile_timeout_s: float | None = None, check_vacuity: bool = True,
                     progress: Callable[[int, int], None] | None = None) -> GeneratedChecks:
     """Verify every sample of every case against the case's ``cpp_code`` on generated inputs (see the module
     docstring).  Samples are picked as `kernelcheck.functional.evaluate_functional` picks them (the first
     ``samples`` of each id; a case without a prediction gets one empty sample); identical samples of a case are
     checked once.  ``workers`` cases are checked at a time (default: half the CPU count, as each check runs two builds
     at once).
-    ``seeds`` and ``compile_timeout_s`` go to `kernelcheck.verify.verify_many` (default: its own)."""
+    ``seeds`` and ``compile_timeout_s`` go to `kernelcheck.verify.verify_many` (default: its own).
+    ``check_vacuity=False`` leaves the vacuity checks out (``vacuity`` stays empty): two builds a case saved where
+    only the verdicts are wanted (a benchmark choosing among candidates)."""
     if backend not in VERIFY_BACKENDS:
         raise UnknownVerifyBackend(backend)
     if backend == "off":
@@ -160,9 +168,10 @@ def check_generated(cases: Sequence[ExecCase], predictions: Mapping[str, Sequenc
     verify_kwargs = {k: v for k, v in (("seeds", seeds), ("compile_timeout_s", compile_timeout_s)) if v is not None}
     done, lock = [0], threading.Lock()
 
-    def run(case: ExecCase) -> tuple[list[SampleCheck], CaseVacuity]:
+    def run(case: ExecCase) -> tuple[list[SampleCheck], CaseVacuity | None]:
         try:
-            return _check_case(case, codes[case.id], chosen, tc, verify_kwargs, verify_many, is_vacuous)
+            return _check_case(case, codes[case.id], chosen, tc, verify_kwargs, verify_many,
+                               is_vacuous if check_vacuity else None)
         finally:
             if progress is not None:
                 with lock:
@@ -176,6 +185,7 @@ def check_generated(cases: Sequence[ExecCase], predictions: Mapping[str, Sequenc
     for case, i, code in jobs:
         checks, vacuity = per_case[case.id]
         result.samples[(case.id, i)] = checks[codes[case.id].index(code)]
-        result.vacuity[case.id] = vacuity
+        if vacuity is not None:
+            result.vacuity[case.id] = vacuity
     result.seconds = time.monotonic() - start
     return result
