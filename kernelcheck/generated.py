@@ -40,7 +40,8 @@ DEFAULT_VERIFY_BACKEND = "auto"
 # Verdicts that fail a sample: the kernel is wrong (or does not build) on some generated input.  The other
 # non-verified statuses (not_verifiable, unavailable) say the check could not judge, never that the kernel is wrong.
 FAILING_STATUSES = ("mismatch", "compile_error", "syntax_error")
-# Status of a sample whose check raised (a bug of the checker on that candidate): listed, never a pass or a failure.
+# Status of a sample whose check raised (a bug of the checker on that candidate): listed, never a verified sample nor a
+# failing one (data+generated keeps the data's tests there, as for a not-verifiable pair).
 CHECK_ERROR = "check_error"
 
 
