@@ -78,6 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--candidates", type=int, nargs="+", default=[],
                    help="add rows ROW+verify@N for these N to each MoT row (N candidates, the first verified one "
                         "delivered); needs --verify-backend")
+    # Off unless asked (the harness's own default is kernelcheck.generated.DEFAULT_VERIFY_BACKEND): the column is
+    # optional here, and a function's check costs seconds of CPU beside a generation that may take less.
     p.add_argument("--verify-backend", choices=VERIFY_BACKENDS, default="off",
                    help="where delivered kernels are checked on generated inputs (the verified column; +verify "
                         "rows need it): auto (GPU where one runs, else CPU), gpu, cpu, off (default)")
