@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, row in summary["kinds"].items():
             print(f"  {kind:18s} {row['mutants']:4d} mutants: caught {row['caught']}, verified-equivalent "
                   f"{row['verified_equivalent']}, verified-DIFFERENT {row['verified_different']}, not verifiable "
-                  f"{row['not_verifiable']}  (caught rate {row['caught_rate']})")
+                  f"{row['not_verifiable']}  (caught rate {row['caught_rate']}, score {row['score']})")
         for r in results:
             for m in r.mutants:
                 if m.outcome == "verified_different":

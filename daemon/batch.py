@@ -8,6 +8,9 @@ What a run guarantees:
   edited source or a file with failed functions is translated again.
 - A function that fails (too long, timeout, ...) is reported (summary, `--report`) and the run goes on; the run
   stops early only when no daemon is left to talk to.
+- Each function's kernel is verified by the daemon where it has a C++ compiler (`--no-verify`: not), choosing among
+  `--candidates` candidates; its comment in the `.cu` file, its `--report` line and the summary say what the check
+  found (verified on N inputs, the first mismatch, does not compile, not verifiable and why...).
 - Work is spread over every `--endpoint` that answers; an endpoint that dies mid-run hands its work back to the
   others. If none answers, an engine is started in this process for the run (and the run says so).
 
@@ -30,7 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mot_engine.defaults import MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, TEMPERATURE, TOP_P
+from mot_engine.defaults import CANDIDATES, MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, TEMPERATURE, TOP_P, VERIFY
 from mot_engine.envs import RuntimeConfig
 
 from . import protocol as P
@@ -46,7 +49,7 @@ from .batch_files import (
     top_level_functions,
     write_atomic,
 )
-from .batch_report import problem_lines, report_line, summary_table
+from .batch_report import check_lines, problem_lines, report_line, summary_table
 from .client import DaemonAuthError, DaemonClient, DaemonError, DaemonUnavailable, Overloaded
 from .engine_config import EngineConfig
 from .inprocess import InProcessEngine
@@ -68,6 +71,8 @@ class BatchOptions:
     temperature: float = TEMPERATURE
     top_p: float = TOP_P
     seed: int | None = None
+    candidates: int = CANDIDATES  # per function, where they are verified
+    verify: str = VERIFY  # "auto" | "off" (`--no-verify`)
     timeout_s: float | None = None  # per function, on the daemon
     jobs: int | None = None  # concurrent requests per daemon; None: the daemon's batch size
     connect_timeout_s: float = 3.0
@@ -239,6 +244,7 @@ class BatchRun:
                 result = ep.client.translate(
                     job.span.text, on_partial=on_partial, mode=opts.mode, max_new_tokens=opts.max_new_tokens,
                     temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed, timeout_s=opts.timeout_s,
+                    candidates=opts.candidates, verify=opts.verify,
                 )
             except Overloaded as e:  # another user's burst: not this function's fault, retry after a pause
                 if job.attempts >= opts.max_overloaded_retries:
@@ -386,7 +392,7 @@ class BatchRun:
         endpoints = [(ep.name, ep.alive) for ep in self.endpoints]
         self.out.print(summary_table(self.files, endpoints, t_start=self.t_start,
                                      t_translate=self.t_translate))
-        for line in problem_lines(self.files):
+        for line in check_lines(self.files) + problem_lines(self.files):
             self.out.print(line, markup=False, highlight=False)
         if self._abort.is_set():
             self.out.print(f"STOPPED: {self._abort_reason}. Finished files are complete; rerun with --resume.",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernelcheck.candidates import describe_check
 from kernelcheck.extract import KERNEL, describe
 
 from . import protocol as P
@@ -180,13 +181,24 @@ def remove_stale_temp_files(out_dir: Path) -> list[Path]:
     return removed
 
 
+def _check_line(r: P.TranslateResult) -> str:
+    """What the check of the delivered kernel found, and which candidate it is."""
+    c = r.check
+    words = describe_check(c.status, backend=c.backend, inputs=c.inputs, reason=c.reason)
+    if len(r.candidates) > 1:
+        sampled = "greedy" if r.candidates[r.candidate].temperature == 0 else "sampled"
+        words += f" (candidate {r.candidate + 1} of {len(r.candidates)}, {sampled})"
+    return words
+
+
 def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:
     """The `.cu` text of a finished source: the header line, then each function's kernel (or why it failed)."""
     failed = sum(1 for j in sf.jobs if j.result is None)
     meta = {
         "format": OUTPUT_FORMAT, "source": sf.rel.as_posix(), "source_sha256": sf.sha256, "functions": len(sf.jobs),
-        "failed": failed, "complete": failed == 0, "kernels": sum(1 for j in sf.jobs if j.status == KERNEL), "mode": mode, "preset": model_info.get("preset"),
-        "checkpoint": model_info.get("checkpoint"),
+        "failed": failed, "complete": failed == 0, "kernels": sum(1 for j in sf.jobs if j.status == KERNEL),
+        "verified": sum(1 for j in sf.jobs if j.result is not None and j.result.check.status == "verified"),
+        "mode": mode, "preset": model_info.get("preset"), "checkpoint": model_info.get("checkpoint"),
     }
     lines = [
         HEADER_PREFIX + json.dumps(meta, sort_keys=True),
@@ -199,6 +211,7 @@ def render_output(sf: SourceFile, mode: str, model_info: dict) -> str:
         if r is not None and r.status == KERNEL:
             lines.append(f"// ---- {name} ({job.location}): kernel; expert {r.primary_expert_name}, "
                          f"{r.num_generated_tokens} tokens{''.join('; ' + n for n in r.notes)}")
+            lines.append(f"// check: {_check_line(r)}")
             lines.append(r.kernel.rstrip("\n"))
         elif r is not None:  # the model answered, but not with a kernel: say so, and write no code
             lines.append(f"// ---- {name} ({job.location}): NO KERNEL ({r.status}): {describe(r.status, r.notes)}; expert "

@@ -1,5 +1,6 @@
 """What `mot-daemon translate` reports: one JSON line per function for `--report` (location, routing, timings,
-status), and the summary table and failure lines printed at the end of a run."""
+status, what the check of its kernel found and every candidate), and the summary table and failure lines printed at
+the end of a run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 from rich.table import Table
 
+from kernelcheck.candidates import CHECK_STATUSES, describe_check
 from kernelcheck.extract import STATUSES
+
+from . import protocol as P
 
 from .batch_files import FunctionJob, SourceFile
 
@@ -32,11 +36,19 @@ def report_line(job: FunctionJob) -> dict[str, Any]:
             },
             num_prompt_tokens=r.num_prompt_tokens, num_generated_tokens=r.num_generated_tokens,
             finish_reason=r.finish_reason, timings=r.timings, notes=r.notes,
+            check={**P.to_builtins(r.check), "summary": check_words(r.check)},
+            candidates=[P.to_builtins(c) for c in r.candidates], candidate=r.candidate,
         )
     else:
         line.update(routing=None, num_prompt_tokens=None, num_generated_tokens=None, finish_reason=None, timings=None,
-                    notes=[])
+                    notes=[], check=None, candidates=[], candidate=None)
     return line
+
+
+def check_words(check: P.Verification) -> str:
+    """What the check of a delivered kernel found, in one line ("verified on 21 generated inputs (CPU)",
+    "mismatch: ...", "not verifiable: ..."; kernelcheck.candidates)."""
+    return describe_check(check.status, backend=check.backend, inputs=check.inputs, reason=check.reason)
 
 
 def summary_table(
@@ -65,6 +77,12 @@ def summary_table(
     table.add_row("functions translated", str(len(ok)))
     for status in STATUSES:  # what came out: a kernel, or what instead
         table.add_row(f"  {status}", str(sum(1 for j in ok if j.status == status)))
+    kernels = [j for j in ok if j.result.kernel]
+    table.add_row("kernels checked", str(sum(1 for j in kernels if j.result.check.status != "skipped")))
+    for status in CHECK_STATUSES:  # what the check of each delivered kernel found
+        count_status = sum(1 for j in kernels if j.result.check.status == status)
+        if count_status:
+            table.add_row(f"  {status}", str(count_status))
     table.add_row("functions failed", str(len(failed)))
     table.add_row("functions skipped", str(sum(1 for j in jobs if j.status == "skipped")))
     table.add_row("generated tokens", str(tokens))
@@ -78,6 +96,15 @@ def summary_table(
     for name, alive in endpoints:
         table.add_row(f"endpoint {name}", "ok" if alive else "lost")
     return table
+
+
+def check_lines(files: list[SourceFile]) -> list[str]:
+    """One line per delivered kernel (the first MAX_FAILURES_LISTED): where it is and what its check found."""
+    jobs = [j for sf in files for j in sf.jobs if j.result is not None and j.result.kernel]
+    lines = [f"CHECK {j.location} {j.span.name}: {check_words(j.result.check)}" for j in jobs[:MAX_FAILURES_LISTED]]
+    if len(jobs) > MAX_FAILURES_LISTED:
+        lines.append(f"... and {len(jobs) - MAX_FAILURES_LISTED} more kernels (see --report)")
+    return lines
 
 
 def problem_lines(files: list[SourceFile]) -> list[str]:

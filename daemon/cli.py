@@ -1,7 +1,8 @@
 """`mot-daemon`: serve the MoT, translate files in batch, ask for status, stop, make CURVE keys.
 
-    mot-daemon serve     [--endpoint E] [--preset P] [--checkpoint DIR] [--device D] [--dtype T] ...
-    mot-daemon translate PATH... --out DIR [--endpoint E]... [--report F.jsonl] [--resume] ...
+    mot-daemon serve     [--endpoint E] [--preset P] [--checkpoint DIR] [--device D] [--dtype T] [--no-verify] ...
+    mot-daemon translate PATH... --out DIR [--endpoint E]... [--report F.jsonl] [--resume] [--candidates N]
+                         [--no-verify] ...
     mot-daemon status    [--endpoint E] [--json]          exit 0 when a daemon answers, 1 when none does
     mot-daemon stop      [--endpoint E]
     mot-daemon keys      DIR [--client NAME]...
@@ -23,7 +24,17 @@ from pathlib import Path
 
 import msgspec
 
-from mot_engine.defaults import MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, MODE, MODES, TEMPERATURE, TOP_P
+from mot_engine.defaults import (
+    CANDIDATES,
+    CANDIDATES_LIMIT,
+    MAX_NEW_TOKENS,
+    MAX_NEW_TOKENS_LIMIT,
+    MODE,
+    MODES,
+    TEMPERATURE,
+    TOP_P,
+    VERIFY_TIMEOUT_S,
+)
 from mot_engine.envs import RuntimeConfig
 from mot_engine.presets.names import PRESETS
 
@@ -87,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-ms", type=float, default=5.0, help="when idle, gather requests that arrive less "
                    "than this apart into one batch (default 5)")
     s.add_argument("--batch-wait-max-ms", type=float, default=50.0, help="...for at most this long (default 50)")
+    s.add_argument("--no-verify", action="store_true", help="never build or run generated kernels: translations "
+                   "are not verified and generate one candidate (default: verify where a C++ compiler exists)")
+    s.add_argument("--verify-timeout", type=float, default=VERIFY_TIMEOUT_S, metavar="S",
+                   help=f"seconds the verification of one translation may take (default {VERIFY_TIMEOUT_S:g})")
     s.add_argument("--init-seed", type=int, default=0, help="seed for randomly initialised weights (a fresh router "
                    "without --checkpoint, random-weight presets): same routing on every start (default 0)")
     s.add_argument("--curve-dir", metavar="DIR", help="CURVE keys (server.key_secret, authorized_clients/); "
@@ -107,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float, default=TEMPERATURE)
     t.add_argument("--top-p", type=float, default=TOP_P)
     t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--candidates", type=int, default=CANDIDATES, metavar="N",
+                   help=f"candidates per function, the greedy one first, when they are verified (default {CANDIDATES}, "
+                   f"at most {CANDIDATES_LIMIT}; 1: greedy only)")
+    t.add_argument("--no-verify", action="store_true", help="do not verify the kernels (syntax, compile, differential "
+                   "test against the function); then each function gets its greedy candidate alone")
     t.add_argument("--timeout", type=float, default=None, help="per-function timeout in seconds (daemon default)")
     t.add_argument("--jobs", type=int, default=None, help="concurrent requests per daemon (default: its batch size)")
     t.add_argument("--no-embedded", action="store_true", help="fail instead of starting an in-process engine")
@@ -181,7 +201,8 @@ def cmd_serve(args) -> int:
             max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_source_chars=args.max_source_chars,
             max_new_tokens=args.max_new_tokens, default_timeout_s=args.request_timeout,
             batch_wait_s=args.batch_wait_ms / 1000.0, batch_wait_max_s=args.batch_wait_max_ms / 1000.0,
-            init_seed=args.init_seed, runtime=RuntimeConfig.from_env(),
+            init_seed=args.init_seed, runtime=RuntimeConfig.from_env(), verify=not args.no_verify,
+            verify_timeout_s=args.verify_timeout,
         )
         config.validate()
         log.info("runtime (mot_engine/envs.py, * = changed by the environment): %s", config.runtime.describe())
@@ -228,7 +249,9 @@ def cmd_status(args) -> int:
     print(f"  preset {status.preset}; experts {', '.join(status.expert_names) or '(loading)'}; encoder {status.encoder}")
     print(f"  checkpoint {status.checkpoint or '(none: fresh router and interaction layers)'}")
     print(f"  device {status.device} ({status.dtype}); memory: {memory}")
-    print(f"  queue {status.queue_depth} waiting, {status.running} running (batch {status.max_batch_size}, queue limit {status.max_queue}); "
+    print(f"  verification {status.verification or 'unknown'}")
+    print(f"  queue {status.queue_depth} waiting, {status.running} running (batch {status.max_batch_size}, queue limit {status.max_queue}), "
+          f"{status.verifying} being verified; "
           f"{status.steps} steps, {status.requests_served} translations served")
     print("  limits " + ", ".join(f"{k}={v}" for k, v in status.limits.items()))
     return 0
@@ -264,6 +287,10 @@ def cmd_stop(args) -> int:
 
 
 def cmd_translate(args) -> int:
+    if not 1 <= args.candidates <= CANDIDATES_LIMIT:
+        print(f"mot-daemon translate: --candidates must be between 1 and {CANDIDATES_LIMIT}, got {args.candidates}",
+              file=sys.stderr)
+        return EXIT_USAGE
     for name in ("max_new_tokens", "jobs", "max_batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -273,7 +300,8 @@ def cmd_translate(args) -> int:
     opts = BatchOptions(
         paths=args.paths, out_dir=args.out, endpoints=args.endpoint or [None], report=args.report, resume=args.resume,
         mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed, timeout_s=args.timeout, jobs=args.jobs, embedded=not args.no_embedded, preset=args.preset,
+        seed=args.seed, candidates=args.candidates, verify="off" if args.no_verify else "auto", timeout_s=args.timeout,
+        jobs=args.jobs, embedded=not args.no_embedded, preset=args.preset,
         checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
         progress=not args.no_progress, curve=_client_curve(args),
     )

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mot_engine.defaults import MAX_NEW_TOKENS, MODE, TEMPERATURE, TOP_P
+from mot_engine.defaults import CANDIDATES, MAX_NEW_TOKENS, MODE, TEMPERATURE, TOP_P, VERIFY
 
 from . import protocol as P
 from .errors import DaemonUnavailable, InternalError, error_from_reply
@@ -34,7 +34,8 @@ class TranslateStream:
     """The replies of one translation: iterate to get `Partial`s as they arrive; `result` when done.
 
     Iteration ends after the final reply; an error reply raises its DaemonError from the iteration (and from
-    `result`). `cancel()` asks the daemon to stop it (the iteration then raises Cancelled).
+    `result`). `cancel()` asks the daemon to stop it (the iteration then raises Cancelled). A `checking` reply (the
+    candidates are being verified) is not yielded: it is kept in `checking` and passed to `on_checking`, if set.
     """
 
     def __init__(self, client: "ClientBase", request_id: str, replies: queue.SimpleQueue, t_sent: float):
@@ -45,6 +46,8 @@ class TranslateStream:
         self._result: P.TranslateResult | None = None
         self._error: BaseException | None = None
         self.partials_received = 0
+        self.checking: P.Checking | None = None
+        self.on_checking: Callable[[P.Checking], None] | None = None
 
     def __iter__(self) -> Iterator[P.Partial]:
         return self
@@ -54,6 +57,11 @@ class TranslateStream:
             raise StopIteration
         try:
             reply = self._client._next_reply(self._replies, self._t_sent)
+            while isinstance(reply, P.Checking):
+                self.checking = reply
+                if self.on_checking is not None:
+                    self.on_checking(reply)
+                reply = self._client._next_reply(self._replies, self._t_sent)
         except BaseException as e:
             self._finish(e)
             raise
@@ -196,12 +204,14 @@ class ClientBase(abc.ABC):
     def stream_translate(
         self, source: str, *, mode: str = MODE, max_new_tokens: int = MAX_NEW_TOKENS, temperature: float = TEMPERATURE,
         top_p: float = TOP_P, seed: int | None = None, timeout_s: float | None = None, stream: bool = True,
-        ignore_eos: bool = False, request_id: str | None = None,
+        ignore_eos: bool = False, candidates: int = CANDIDATES, verify: str = VERIFY, request_id: str | None = None,
     ) -> TranslateStream:
-        """Send a translation and return its stream at once (iterate it for partials; `.result` at the end)."""
+        """Send a translation and return its stream at once (iterate it for partials; `.result` at the end).
+        `candidates` and `verify`: see `protocol.TranslateOptions`; the daemon validates every option (a bad value
+        is answered `bad_request` naming the field)."""
         options = P.TranslateOptions(
             mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            timeout_s=timeout_s, stream=stream, ignore_eos=ignore_eos,
+            timeout_s=timeout_s, stream=stream, ignore_eos=ignore_eos, candidates=candidates, verify=verify,
         )
         request = P.Translate(id=request_id or self.new_request_id(), source=source, options=options)
         q, t_sent = self._start(request)

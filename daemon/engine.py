@@ -20,10 +20,14 @@ Why this shape:
 - Errors of one request are replies (bad_request, too_large...); an exception inside a decoding step fails the
   requests of that step with `internal` and the engine continues with a fresh Generator; only a model that
   cannot be loaded is fatal.
+- A translation's candidates decode as rows of the batch; their kernels are verified on the verifier's own threads
+  (verification.py), whose results come back through the inbox: g++ never holds up a decoding step, and a check
+  that fails is that request's "unavailable" check.
 
 This module holds the thread-safe API; what runs on the engine thread is `EngineLoop` (engine_loop.py). Around
 them: EngineConfig (engine_config.py), the state shared between the threads (engine_state.py), the replies with
-limits and values (replies.py), and the model side (served_model.py: torch and mot_engine's compute, imported on the
+limits and values (replies.py), a translation's candidates and checks (translation.py), the verifier
+(verification.py), and the model side (served_model.py: torch and mot_engine's compute, imported on the
 engine thread, so that importing the engine loads neither).
 """
 
@@ -123,12 +127,20 @@ class EngineCore(EngineLoop):
         """Clients with translations in flight (the server probes them to notice vanished ones)."""
         return self._shared.active_clients()
 
+    def verification_summary(self) -> str:
+        """Whether translations asking for verification ("auto") are verified here, in words."""
+        plan = self._verifier.plan("auto")
+        if plan.choose:
+            return f"on: candidates are verified (C++ compiler {self._verifier.gxx})"
+        return f"{'syntax only' if plan.check else 'off'}: {plan.reason}"
+
     def status_reply(self, request_id: str) -> P.StatusResult:
         snap, info, state, error, queue_depth = self._shared.status_view()
         limits: dict[str, int | float] = {
             "max_source_chars": self.config.max_source_chars,
             "max_new_tokens": self.config.max_new_tokens,
             "default_timeout_s": self.config.default_timeout_s,
+            "verify_timeout_s": self.config.verify_timeout_s,
         }
         if info["max_source_tokens"] is not None:
             limits["max_source_tokens"] = info["max_source_tokens"]
@@ -140,6 +152,6 @@ class EngineCore(EngineLoop):
             encoder=info["encoder"], max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue,
             queue_depth=queue_depth, running=snap["running"], steps=snap["steps"],
             requests_served=snap["requests_served"], device_memory=device_memory(info["device"]), limits=limits,
-            error=error,
+            error=error, verifying=snap["verifying"], verification=self.verification_summary(),
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mot_engine.defaults import MAX_NEW_TOKENS_LIMIT
+from mot_engine.defaults import MAX_NEW_TOKENS_LIMIT, VERIFY_TIMEOUT_S
 from mot_engine.envs import RuntimeConfig
 
 
@@ -33,9 +33,16 @@ class EngineConfig:
     init_seed: int | None = 0
     # How the engine decodes (mot_engine/envs.py); `mot-daemon serve` reads it from the environment and logs it.
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # Whether this daemon verifies kernels (builds and runs them, sandboxed, against the user's function); off
+    # (`serve --no-verify`): a daemon that must never run generated code, and translations generate one candidate.
+    verify: bool = True
+    verify_timeout_s: float = VERIFY_TIMEOUT_S  # per translation, all its candidates together
+    # Verifications at once, each on a thread of its own (its builds use a core or two): more would slow decoding.
+    verify_workers: int = 2
 
     def validate(self) -> None:
-        for name in ("max_batch_size", "max_new_tokens", "max_source_chars", "max_pending_routes", "route_batch_size"):
+        for name in ("max_batch_size", "max_new_tokens", "max_source_chars", "max_pending_routes", "route_batch_size",
+                     "verify_workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -43,6 +50,8 @@ class EngineConfig:
             raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
         if not self.default_timeout_s > 0:
             raise ValueError(f"default_timeout_s must be > 0, got {self.default_timeout_s!r}")
+        if not self.verify_timeout_s > 0:
+            raise ValueError(f"verify_timeout_s must be > 0, got {self.verify_timeout_s!r}")
         if not self.batch_wait_s >= 0:
             raise ValueError(f"batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
         if not self.batch_wait_max_s >= 0:

@@ -1,6 +1,8 @@
 """`EngineLoop`: what runs on the daemon's engine thread (see engine.py for the design): take requests from the
-inbox, admit translations into the Generator, serve routes between steps, reload checkpoints, decode one step,
-turn its outputs into partials and results, and answer cancels, timeouts, vanished clients and shutdown.
+inbox, admit translations (each one's candidates together) into the Generator, serve routes between steps, reload
+checkpoints, decode one step, turn its outputs into partials, hand finished translations' kernels to the verifier
+(daemon/verification.py, worker threads) and their verifications into results, and answer cancels, timeouts,
+vanished clients and shutdown.
 
 Nothing here is called from another thread: the thread-safe API (`EngineCore`, engine.py) only puts requests into
 `_inbox` and reads the `SharedState`.
@@ -14,42 +16,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from mot_engine import CheckpointMismatch, SourceTooLong
+from mot_engine import CheckpointMismatch
 
 from . import protocol as P
 from . import replies
 from .engine_config import EngineConfig
 from .engine_state import ClientKey, SharedState
+from .translation import Translation, count_translations
+from .verification import Verifier
 
 log = logging.getLogger("daemon.engine")  # one logger for the engine, whichever of its modules logs
 
 EmitFn = Callable[[list[tuple[ClientKey, P.Reply]]], None]
-# What the inbox carries: (kind, client, request or reason, time received)
-TRANSLATE, ROUTE, CANCEL, RELOAD, SHUTDOWN, GONE, STOP = range(7)
-
-
-@dataclass
-class _Tracked:
-    """The engine's bookkeeping of one translation, from acceptance to its final reply."""
-
-    client: ClientKey
-    request: P.Translate
-    gen_id: str
-    t_received: float
-    deadline: float
-    in_generator: bool = False
-    t_admitted: float | None = None
-    abort_reason: str | None = None  # "cancelled" | "timeout" | "gone" | "shutdown"
-    cancel_step: int | None = None
-    partial_index: int = 0
-    num_tokens: int = 0
-
-    @property
-    def key(self) -> tuple[ClientKey, str]:
-        return (self.client, self.request.id)
+# What the inbox carries: (kind, client, request or reason, time received); VERIFIED: (kind, None, (translation,
+# its kernels' verifications), time), put by a verifier's worker thread
+TRANSLATE, ROUTE, CANCEL, RELOAD, SHUTDOWN, GONE, STOP, VERIFIED = range(8)
 
 
 class _StopLoop(Exception):
@@ -72,10 +55,11 @@ class EngineLoop:
         self._shared = SharedState(config)  # what other threads see, under its lock
         self.stopped = threading.Event()  # set when the loop has ended (after a shutdown request or stop())
         self.shutdown_requested = threading.Event()  # set when a client asked the daemon to shut down
+        self._verifier = Verifier(enabled=config.verify, workers=config.verify_workers)
         # --- engine thread only
-        self._by_key: dict[tuple[ClientKey, str], _Tracked] = {}
-        self._by_gen: dict[str, _Tracked] = {}
-        self._backlog: collections.deque[_Tracked] = collections.deque()
+        self._by_key: dict[tuple[ClientKey, str], Translation] = {}
+        self._by_gen: dict[str, tuple[Translation, int]] = {}  # a candidate's Generator id -> (its translation, index)
+        self._backlog: collections.deque[Translation] = collections.deque()
         self._routes: list[tuple[ClientKey, P.Route]] = []
         self._reload: tuple[ClientKey, P.Reload] | None = None
         self._out: list[tuple[ClientKey, P.Reply]] = []
@@ -109,6 +93,7 @@ class EngineLoop:
             self._cancel_everything(self._stopping or "the daemon is shutting down")
             self._flush()
         finally:
+            self._verifier.close()
             self._shared.set_state("stopping")
             self.stopped.set()
             log.info("engine loop ended")
@@ -196,9 +181,8 @@ class EngineLoop:
                 return
             timeout = request.options.timeout_s or self.config.default_timeout_s
             self._next_gen += 1
-            t = _Tracked(client, request, f"g{self._next_gen}", t_received, t_received + timeout)
+            t = Translation(client, request, f"g{self._next_gen}", t_received, t_received + timeout)
             self._by_key[key] = t
-            self._by_gen[t.gen_id] = t
             self._backlog.append(t)
         elif kind == ROUTE:
             self._routes.append((client, request))
@@ -220,6 +204,10 @@ class EngineLoop:
             self._drop_client(client)
         elif kind == STOP:
             self._stopping = request
+        elif kind == VERIFIED:
+            t, checks = request
+            if self._by_key.get(t.key) is t and t.verifying:  # else cancelled, gone or out of time meanwhile
+                self._deliver(t, checks)
 
     # ------------------------------------------------------------------------------------------ requests
 
@@ -233,7 +221,13 @@ class EngineLoop:
             return
         if t.in_generator:
             t.abort_reason, t.cancel_step = "cancelled", self._steps
-            self._gen.abort(t.gen_id)
+            self._abort_candidates(t)
+        elif t.verifying:  # its verification goes on in the sandbox; its result will reach nobody
+            self._send(client, P.Error(
+                id=t.request.id, code="cancelled", message="the request was cancelled while its kernels were being "
+                "verified", details={"num_generated_tokens": t.num_tokens},
+            ))
+            self._forget(t)
         else:
             self._backlog.remove(t)
             self._send(client, P.Error(
@@ -250,9 +244,11 @@ class EngineLoop:
             if t.in_generator:
                 if t.abort_reason is None:
                     t.abort_reason = "gone"
-                    self._gen.abort(t.gen_id)
+                    self._abort_candidates(t)
                 else:
                     t.abort_reason = "gone"  # whatever it was, nobody is left to tell
+            elif t.verifying:
+                self._forget(t)
             else:
                 self._backlog.remove(t)
                 self._forget(t)
@@ -260,40 +256,48 @@ class EngineLoop:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        for t in [t for t in self._by_key.values() if t.verifying and t.verify_deadline <= now]:
+            # the kernels are there: deliver them, saying that their check ran out of time
+            late = P.Verification(status="unavailable",
+                                  reason=f"verification took longer than {t.verify_budget_s:.3g} s")
+            self._deliver(t, [late] * len(t.kernels))
         for t in [t for t in self._by_key.values() if t.deadline <= now and t.abort_reason is None]:
             if t.in_generator:
                 t.abort_reason = "timeout"
-                self._gen.abort(t.gen_id)
+                self._abort_candidates(t)
             else:
                 self._backlog.remove(t)
                 self._send(t.client, self._timeout_error(t))
                 self._forget(t)
 
-    def _timeout_error(self, t: _Tracked) -> P.Error:
+    def _timeout_error(self, t: Translation) -> P.Error:
         return replies.timeout_error(t.request, t.num_tokens, self.config.default_timeout_s)
 
     def _admit(self) -> None:
         while self._backlog:
             t = self._backlog.popleft()
+            added: list[str] = []
             try:
-                self._gen.add_request(t.gen_id, self._served_model.generation_request(t.request))
-            except SourceTooLong as e:
-                self._send(t.client, P.Error(
-                    id=t.request.id, code="too_large", message=str(e),
-                    details={"limit": e.limit, "actual": e.actual, "expert": e.expert, "what": "source_tokens"},
-                ))
-                self._forget(t)
-                continue
-            except ValueError as e:
-                self._send(t.client, P.Error(id=t.request.id, code="bad_request", message=str(e)))
-                self._forget(t)
-                continue
+                t.start(self._verifier.plan(t.request.options.verify))
+                for sampling in t.samplings:  # added together: the Generator prefills their one prompt once
+                    self._gen.add_request(t.gen_id(sampling.index),
+                                          self._served_model.generation_request(t.request, sampling))
+                    added.append(t.gen_id(sampling.index))
             except Exception as e:
-                log.exception("could not queue translation %s", t.request.id)
-                self._send(t.client, P.Error(id=t.request.id, code="internal", message=f"{type(e).__name__}: {e}"))
-                self._forget(t)
+                for gen_id in added:  # none of its candidates decodes for a refused translation
+                    self._gen.abort(gen_id)
+                self._refuse(t, e)
                 continue
+            for sampling in t.samplings:
+                self._by_gen[t.gen_id(sampling.index)] = (t, sampling.index)
             t.in_generator, t.t_admitted = True, time.monotonic()
+
+    def _refuse(self, t: Translation, e: Exception) -> None:
+        """A translation the Generator does not take: its error reply."""
+        if not isinstance(e, ValueError):  # SourceTooLong is one: a request's fault, not ours
+            log.error("could not queue translation %s", t.request.id, exc_info=e)
+        self._send(t.client, replies.refusal(t.request, e))
+        self._forget(t)
 
     def _serve_routes(self) -> None:
         batch, self._routes = self._routes[: self.config.route_batch_size], self._routes[self.config.route_batch_size :]
@@ -341,12 +345,14 @@ class EngineLoop:
             self._on_output(out)
 
     def _on_output(self, out) -> None:
-        t = self._by_gen.get(out.request_id)
+        found = self._by_gen.get(out.request_id)
         result = self._gen.results.pop(out.request_id, None) if out.finished else None
-        if t is None:  # dropped already (its client vanished before a step ended it): nothing to tell
+        if found is None:  # dropped already (its client vanished, or a sibling candidate failed): nothing to tell
             return
-        t.num_tokens += len(out.new_token_ids)
-        stream = t.request.options.stream
+        t, index = found
+        stream = t.request.options.stream and index == 0  # candidate 0's text streams
+        if index == 0:
+            t.num_tokens += len(out.new_token_ids)
         if not out.finished:
             if stream and t.abort_reason is None and (out.text_delta or out.new_token_ids):
                 self._partial(t, out.text_delta)
@@ -354,25 +360,71 @@ class EngineLoop:
         if out.finish_reason in ("eos", "stop", "length") and result is not None:
             if stream and out.text_delta:
                 self._partial(t, out.text_delta)
-            self._send(t.client, replies.translate_result(
-                t.request, result, t_received=t.t_received, t_admitted=t.t_admitted,
-                expert_names=self._model.expert_names,
-            ))
-            self._served += 1
-        elif out.finish_reason == "aborted":
+            t.results[index] = result
+            if t.generated:
+                self._generated(t)
+            return
+        if out.finish_reason == "aborted":
             reply = self._abort_reply(t)
             if reply is not None:
                 self._send(t.client, reply)
         else:
             message = (result.error if result is not None else None) or out.error or f"generation ended with {out.finish_reason}"
             self._send(t.client, P.Error(id=t.request.id, code="internal", message=message))
+        self._abort_candidates(t)  # one reply per translation: its other candidates stop and are not heard of
         self._forget(t)
 
-    def _partial(self, t: _Tracked, text: str) -> None:
+    def _abort_candidates(self, t: Translation) -> None:
+        for gen_id in t.unfinished_gen_ids():
+            self._gen.abort(gen_id)
+
+    def _generated(self, t: Translation) -> None:
+        """Every candidate ended: verify their kernels off this thread, or deliver at once when none is checked."""
+        t.in_generator, t.t_generated = False, time.monotonic()
+        for gen_id in [t.gen_id(s.index) for s in t.samplings]:
+            self._by_gen.pop(gen_id, None)
+        if t.abort_reason is not None:  # cancelled (timed out, gone) as its last candidate ended: no check for it
+            reply = self._abort_reply(t)
+            if reply is not None:
+                self._send(t.client, reply)
+            self._forget(t)
+            return
+        t.kernels = t.extract()
+        if not t.kernels:
+            self._deliver(t, None)
+            return
+        t.verify_budget_s = max(0.0, min(self.config.verify_timeout_s, t.deadline - t.t_generated))
+        t.verify_deadline = t.t_generated + t.verify_budget_s
+        inbox = self._inbox
+
+        def done(key, checks) -> None:  # on a verifier's worker thread
+            inbox.put((VERIFIED, None, (key, checks), time.monotonic()))
+
+        try:
+            self._verifier.submit(t, t.request.source, t.kernels, compile_timeout_s=max(1.0, t.verify_budget_s),
+                                  done=done)
+        except Exception as e:  # a verifier that cannot take work: the check is unavailable, the kernels still go
+            log.exception("could not hand translation %s to the verifier", t.request.id)
+            failed = P.Verification(status="unavailable", reason=f"the check could not start: {type(e).__name__}: {e}")
+            self._deliver(t, [failed] * len(t.kernels))
+            return
+        if t.request.options.stream:
+            self._send(t.client, P.Checking(id=t.request.id, candidates=len(t.samplings),
+                                            kernels=len(set(t.kernels))))
+
+    def _deliver(self, t: Translation, kernel_checks: list[P.Verification] | None) -> None:
+        """The result: the chosen candidate with every candidate's check (kernel_checks: one per kernel to verify,
+        in order; None where nothing was verified)."""
+        checks = t.checks(kernel_checks)
+        self._send(t.client, replies.translate_result(t, checks, expert_names=self._model.expert_names))
+        self._served += 1
+        self._forget(t)
+
+    def _partial(self, t: Translation, text: str) -> None:
         self._send(t.client, P.Partial(id=t.request.id, index=t.partial_index, text=text, num_generated_tokens=t.num_tokens))
         t.partial_index += 1
 
-    def _abort_reply(self, t: _Tracked) -> P.Error | None:
+    def _abort_reply(self, t: Translation) -> P.Error | None:
         if t.abort_reason == "cancelled":
             return P.Error(
                 id=t.request.id, code="cancelled", message="the request was cancelled",
@@ -401,16 +453,18 @@ class EngineLoop:
     def _release(self, client: ClientKey) -> None:
         self._shared.release_translation(client)
 
-    def _forget(self, t: _Tracked) -> None:
+    def _forget(self, t: Translation) -> None:
         self._by_key.pop(t.key, None)
-        self._by_gen.pop(t.gen_id, None)
+        for s in t.samplings:
+            self._by_gen.pop(t.gen_id(s.index), None)
+        t.verify_deadline = None  # a verification still running is no longer waited for
         self._release(t.client)
 
     def _publish(self) -> None:
-        gen = self._gen
+        counts = count_translations(self._by_key.values(), {seq.request_id for seq in self._gen.waiting})
         self._shared.publish({
-            "queue_depth": len(self._backlog) + gen.num_waiting, "running": gen.num_running,
-            "steps": self._steps, "requests_served": self._served,
+            "queue_depth": len(self._backlog) + counts["waiting"], "running": counts["running"],
+            "verifying": counts["verifying"], "steps": self._steps, "requests_served": self._served,
         })
 
     def _fail_generator(self, message: str) -> None:

@@ -27,7 +27,8 @@ class SharedState:
         self._outstanding = 0  # translations accepted and not yet answered
         self._pending_routes = 0
         self._active_clients: collections.Counter = collections.Counter()
-        self._snapshot: dict[str, Any] = {"queue_depth": 0, "running": 0, "steps": 0, "requests_served": 0}
+        self._snapshot: dict[str, Any] = {"queue_depth": 0, "running": 0, "verifying": 0, "steps": 0,
+                                          "requests_served": 0}
         self._info: dict[str, Any] = {
             "preset": config.preset, "checkpoint": config.checkpoint, "device": config.device, "dtype": config.dtype,
             "expert_names": [], "expert_ids": [], "encoder": None, "max_source_tokens": None,
@@ -91,7 +92,7 @@ class SharedState:
     # ------------------------------------------------------------------------------------------ status
 
     def publish(self, snapshot: dict[str, Any]) -> None:
-        """The engine loop's numbers for `status` (queue_depth, running, steps, requests_served)."""
+        """The engine loop's numbers for `status` (queue_depth, running, verifying, steps, requests_served)."""
         with self._lock:
             self._snapshot = snapshot
 
@@ -111,6 +112,6 @@ class SharedState:
         """(snapshot, model description, state, error, queue depth), read together."""
         with self._lock:
             snap, info, state, error = dict(self._snapshot), dict(self._info), self._state, self._error
-            # Accepted but not decoding yet, including what the engine thread has not picked up yet.
-            queue_depth = max(0, self._outstanding - snap["running"])
+            # Accepted but not decoding (nor verified) yet, including what the engine thread has not picked up yet.
+            queue_depth = max(0, self._outstanding - snap["running"] - snap["verifying"])
         return snap, info, state, error, queue_depth

@@ -10,14 +10,15 @@ Framing
     client's connection: two clients may use the same id.
 
 Requests (client -> daemon), `type` tag:
-    translate  source + TranslateOptions -> zero or more `partial`, then `translate_result` or `error`
+    translate  source + TranslateOptions -> zero or more `partial`, a `checking` when its candidates are verified,
+               then `translate_result` or `error`
     route      source -> `route_result` (routing only, no generation)
     status     -> `status_result` (answered at once, even while the model loads or translations run)
     cancel     target_id -> `cancel_result`; the cancelled translation then ends with `error` code "cancelled"
     reload     checkpoint -> `reload_result` once running translations finished and the weights are swapped
     shutdown   -> `shutdown_result`, then the daemon cancels what is in flight and exits
 
-Replies (daemon -> client): partial, translate_result, route_result, status_result, cancel_result, reload_result,
+Replies (daemon -> client): partial, checking, translate_result, route_result, status_result, cancel_result, reload_result,
 shutdown_result, error, heartbeat (id "": sent to clients with work in flight so that they know the daemon is
 alive and the daemon learns when a client has vanished).
 
@@ -33,15 +34,22 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta, Struct, field
 
-from mot_engine.defaults import MAX_NEW_TOKENS, MODE, TEMPERATURE, TOP_P
+from mot_engine.defaults import CANDIDATES, CANDIDATES_LIMIT, MAX_NEW_TOKENS, MODE, TEMPERATURE, TOP_P, VERIFY
 
-PROTOCOL_VERSION = 2  # 2: translate_result says what came out (status, kernel, answer_prefix, notes)
+# 2: translate_result says what came out (status, kernel, answer_prefix, notes)
+# 3: a translation has candidates and is verified: options `candidates` and `verify`; translate_result gains `check`,
+#    `candidates` and `candidate`; the `checking` reply; status_result gains `verifying`
+PROTOCOL_VERSION = 3
 
 ErrorCode = Literal["bad_request", "too_large", "overloaded", "cancelled", "timeout", "internal"]
 ERROR_CODES: tuple[str, ...] = ("bad_request", "too_large", "overloaded", "cancelled", "timeout", "internal")
 # The modes as the wire validates them: a Literal must spell its values, so this repeats mot_engine.defaults.MODES
 # (tests/test_defaults.py holds the two equal).
 Mode = Literal["fast", "full"]
+# Likewise mot_engine.defaults.VERIFY_CHOICES, and kernelcheck.candidates.CHECK_STATUSES (a test holds them equal).
+VerifyChoice = Literal["auto", "off"]
+CheckStatus = Literal["verified", "mismatch", "compile_error", "syntax_error", "not_verifiable", "unavailable",
+                      "skipped"]
 
 # Ceilings of the wire format itself; the daemon's own (configurable, usually lower) limits are in `status_result`.
 MAX_ID_LENGTH = 128
@@ -64,8 +72,14 @@ class TranslateOptions(Struct, kw_only=True, frozen=True):
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
     # Seconds from the daemon receiving the request to its end, queueing included; None: the daemon's default.
     timeout_s: Annotated[float, Meta(gt=0.0, le=MAX_TIMEOUT_S)] | None = None
-    stream: bool = True  # send `partial` replies as text is generated
+    stream: bool = True  # send `partial` replies as text is generated (and `checking` when the check starts)
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    # Candidates to choose from: the first decodes with the options above (greedy by default), the others sample
+    # (mot_engine.defaults.CANDIDATE_TEMPERATURE, their own seeds). Only where they are verified: with no check to
+    # choose by, a translation generates its first candidate alone.
+    candidates: Annotated[int, Meta(ge=1, le=CANDIDATES_LIMIT)] = CANDIDATES
+    # "auto": verify the candidates' kernels where the daemon has a C++ compiler (kernelcheck.verify); "off": never.
+    verify: VerifyChoice = VERIFY
 
 
 class _Request(Struct, tag_field="type", kw_only=True, frozen=True):
@@ -119,11 +133,46 @@ class Partial(_Reply, tag="partial"):
     num_generated_tokens: int
 
 
+class Checking(_Reply, tag="checking"):
+    """The translation's candidates are generated and their kernels are being verified (sent when streaming)."""
+
+    candidates: int  # candidates generated
+    kernels: int  # distinct kernels among them being checked
+
+
+class Verification(Struct, kw_only=True, frozen=True):
+    """What the check of a kernel found (kernelcheck.verify's verdict, in brief). `status`: a kernelcheck verdict
+    status, or "skipped" (no check ran: no kernel came out, verification is off). "verified" only where
+    kernelcheck.verify said so for this very kernel."""
+
+    status: CheckStatus
+    reason: str = ""
+    backend: str | None = None  # "cpu" | "gpu" where the kernel was built or run
+    inputs: int = 0  # inputs compared
+    mismatch: str | None = None  # the first mismatch ("y[3]: expected 1.5, got 0 (...)"), where there is one
+
+
+class Candidate(Struct, kw_only=True, frozen=True):
+    """One candidate of a translation, in the order they were made and checked."""
+
+    index: int  # 0: decoded with the request's own options (greedy by default); then the sampled ones
+    temperature: float  # 0: greedy
+    top_p: float
+    seed: int | None
+    status: str  # what came out of its answer (kernelcheck.extract): "kernel", "truncated", "no_kernel"
+    check: CheckStatus
+    reason: str = ""  # the check's reason, short
+    num_generated_tokens: int = 0
+
+
 class TranslateResult(_Reply, tag="translate_result"):
-    """`text` is what the model generated (the partials, joined); `answer_prefix` the start of the answer its prompt
-    wrote (the kernel's head). `status` says what came out of the answer (kernelcheck.extract): "kernel", "truncated"
-    or "no_kernel"; `kernel` is what a user gets — the kernel with its helpers and launcher — and is empty unless
-    the status is "kernel"."""
+    """`text` is what the model generated for the delivered candidate (`candidate`; the partials stream candidate
+    0's text, so they join to `text` when candidate 0 is delivered); `answer_prefix` the start of the answer its
+    prompt wrote (the kernel's head). `status` says what came out of the answer (kernelcheck.extract): "kernel",
+    "truncated" or "no_kernel"; `kernel` is what a user gets — the kernel with its helpers and launcher — and is
+    empty unless the status is "kernel". `check` is what the verification of that kernel found; `candidates` every
+    candidate with its sampling, what came out and its check (kernelcheck.candidates: the first verified wins,
+    else the one whose check got furthest)."""
 
     text: str
     status: str
@@ -139,6 +188,9 @@ class TranslateResult(_Reply, tag="translate_result"):
     timings: dict[str, float | None] = field(default_factory=dict)
     answer_prefix: str = ""
     notes: list[str] = field(default_factory=list)
+    check: Verification = field(default_factory=lambda: Verification(status="skipped"))
+    candidates: list[Candidate] = field(default_factory=list)
+    candidate: int = 0  # the index of the delivered candidate
 
 
 class RouteResult(_Reply, tag="route_result"):
@@ -170,6 +222,8 @@ class StatusResult(_Reply, tag="status_result"):
     device_memory: dict[str, Any]
     limits: dict[str, int | float]
     error: str | None = None  # why the state is "failed"
+    verifying: int = 0  # translations whose candidates are being verified
+    verification: str = ""  # whether this daemon verifies kernels ("on: ..." or why not)
 
 
 class CancelResult(_Reply, tag="cancel_result"):
@@ -197,7 +251,8 @@ class Heartbeat(_Reply, tag="heartbeat"):
 
 
 Reply = Union[
-    Partial, TranslateResult, RouteResult, StatusResult, CancelResult, ReloadResult, ShutdownResult, Error, Heartbeat
+    Partial, Checking, TranslateResult, RouteResult, StatusResult, CancelResult, ReloadResult, ShutdownResult, Error,
+    Heartbeat,
 ]
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 
-from kernelcheck.extract import extract_kernel
+from kernelcheck.candidates import SKIPPED, choose
+from mot_engine.errors import SourceTooLong
 
 from . import protocol as P
 from .engine_config import EngineConfig
+from .translation import Translation
 
 
 def source_problem(request: P.Translate | P.Route, max_source_chars: int) -> P.Error | None:
@@ -79,18 +81,34 @@ def routing_fields(info: dict, expert_names: list[str]) -> dict:
     }
 
 
-def translate_result(
-    request: P.Translate, result, *, t_received: float, t_admitted: float | None, expert_names: list[str]
-) -> P.TranslateResult:
-    """The final reply of a translation from the Generator's result; timings gain the daemon's queue and total."""
+def refusal(request: P.Translate, error: Exception) -> P.Error:
+    """The reply to a translation the Generator does not take: `too_large` for a source over an expert's context,
+    `bad_request` for a request it cannot run, `internal` for anything else."""
+    if isinstance(error, SourceTooLong):
+        return P.Error(id=request.id, code="too_large", message=str(error),
+                       details={"limit": error.limit, "actual": error.actual, "expert": error.expert,
+                                "what": "source_tokens"})
+    if isinstance(error, ValueError):
+        return P.Error(id=request.id, code="bad_request", message=str(error))
+    return P.Error(id=request.id, code="internal", message=f"{type(error).__name__}: {error}")
+
+
+def translate_result(t: Translation, checks: list[P.Verification], *, expert_names: list[str]) -> P.TranslateResult:
+    """The final reply of a translation whose candidates all ended: the chosen candidate (kernelcheck.candidates:
+    the first verified, else the one whose check got furthest) with its check and every candidate's; timings gain
+    the daemon's queue, verification and total."""
     now = time.monotonic()
+    chosen = choose([c.status for c in checks])
+    result, extraction = t.results[chosen], t.extractions[chosen]
     timings = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.timings.items()}
-    timings["daemon_queue_s"] = round((t_admitted or now) - t_received, 6)
-    timings["daemon_total_s"] = round(now - t_received, 6)
-    extraction = extract_kernel(result.answer)
+    timings["daemon_queue_s"] = round((t.t_admitted or now) - t.t_received, 6)
+    if t.kernels and t.t_generated is not None:
+        timings["daemon_verify_s"] = round(now - t.t_generated, 6)
+    timings["daemon_total_s"] = round(now - t.t_received, 6)
     return P.TranslateResult(
-        id=request.id, text=result.text, status=extraction.status, kernel=extraction.code,
+        id=t.request.id, text=result.text, status=extraction.status, kernel=extraction.code,
         answer_prefix=result.answer_prefix, notes=list(extraction.notes), num_prompt_tokens=result.num_prompt_tokens,
         num_generated_tokens=result.num_generated_tokens, finish_reason=result.finish_reason, timings=timings,
-        **routing_fields(result.routing, expert_names),
+        check=checks[chosen] if checks else P.Verification(status=SKIPPED), candidates=t.candidates(checks),
+        candidate=chosen, **routing_fields(result.routing, expert_names),
     )

@@ -18,6 +18,7 @@ from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot, l
 
 from . import protocol as P
 from .engine_config import EngineConfig
+from .translation import Sampling
 
 log = logging.getLogger("daemon.engine")  # the engine's logger, as in engine_loop.py
 
@@ -93,11 +94,12 @@ class ServedModel:
         torch.set_grad_enabled(False)
 
     @staticmethod
-    def generation_request(request: P.Translate) -> GenerationRequest:
+    def generation_request(request: P.Translate, sampling: Sampling) -> GenerationRequest:
+        """One candidate of a translation: the request's options, sampled as `sampling` says."""
         o = request.options
         return GenerationRequest(
-            source=request.source, mode=o.mode, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-            top_p=o.top_p, seed=o.seed, stop_at_eos=not o.ignore_eos,
+            source=request.source, mode=o.mode, max_new_tokens=o.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, seed=sampling.seed, stop_at_eos=not o.ignore_eos,
         )
 
     def route(self, requests: list[P.Route]) -> list[dict | Exception]:

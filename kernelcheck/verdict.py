@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .compare import Mismatch
+if TYPE_CHECKING:  # the statuses are read by light surfaces (the daemon's CLI): no tree-sitter for them
+    from .compare import Mismatch
 
 __all__ = ["STATUSES", "EXIT_CODES", "Verdict"]
 

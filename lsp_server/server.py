@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from daemon import protocol as P
+from kernelcheck.candidates import SKIPPED
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
@@ -39,6 +40,7 @@ from .documents import (
 )
 from .features import code_actions, commands, hover
 from .features.diagnostics import KernelDiagnostics
+from .features.edits import check_words
 from .features.host import EditCapabilities, LastTranslation, RouteCache
 from .features.translate import TranslationRunner
 from .parsing import IncrementalTrees
@@ -141,8 +143,10 @@ class MotLanguageServer(LanguageServer):
 
     def remember_translation(self, document: OpenDocument, source: Source, kernel: str, result: P.TranslateResult):
         key = (uri_key(document.uri), source.name)
+        checked = "" if result.check.status == SKIPPED else check_words(result.check)
         self._translations[key] = LastTranslation(
-            kernel, text_hash(source.text), result.primary_expert_name, result.num_generated_tokens, time.time()
+            kernel, text_hash(source.text), result.primary_expert_name, result.num_generated_tokens, time.time(),
+            checked,
         )
         self._translations.move_to_end(key)
         while len(self._translations) > 1000:

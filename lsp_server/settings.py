@@ -13,8 +13,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from daemon.protocol import MAX_NEW_TOKENS_CEILING, Mode
-from mot_engine.defaults import MAX_NEW_TOKENS, MODE, MODES, TEMPERATURE
+from daemon.protocol import MAX_NEW_TOKENS_CEILING, Mode, VerifyChoice
+from mot_engine.defaults import (
+    CANDIDATES,
+    CANDIDATES_LIMIT,
+    MAX_NEW_TOKENS,
+    MODE,
+    MODES,
+    TEMPERATURE,
+    VERIFY,
+    VERIFY_CHOICES,
+)
 
 SECTION = "mot"
 
@@ -40,6 +49,8 @@ class Settings:
     max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = TEMPERATURE
     placement: Placement = "newFile"
+    candidates: int = CANDIDATES  # the greedy candidate, then sampled ones; the first verified wins
+    verify: VerifyChoice = VERIFY  # auto: the daemon verifies each kernel where it has a C++ compiler; off: never
     # Advanced keys (documented, not required by most users):
     check: Literal["auto", "syntax", "off"] = "auto"  # auto: nvcc when found, else tree-sitter-cuda syntax
     ignore_eos: bool = False  # generate exactly maxNewTokens (benchmarks and tests)
@@ -52,6 +63,8 @@ class Settings:
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "ignore_eos": self.ignore_eos,
+            "candidates": self.candidates,
+            "verify": self.verify,
         }
         if self.request_timeout is not None:
             options["timeout_s"] = self.request_timeout
@@ -72,6 +85,8 @@ KEYS: dict[str, str] = {
     "maxNewTokens": "max_new_tokens",
     "temperature": "temperature",
     "placement": "placement",
+    "candidates": "candidates",
+    "verify": "verify",
     "check": "check",
     "ignoreEos": "ignore_eos",
     "requestTimeout": "request_timeout",
@@ -108,13 +123,18 @@ def _choice(choices: tuple[str, ...]):
     return check
 
 
-def _max_new_tokens(key: str, value: Any) -> tuple[int | None, str | None]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        return None, f"mot.{key} must be a whole number, got {value!r}"
-    value = int(value)
-    if not 1 <= value <= MAX_NEW_TOKENS_ACCEPTED:
-        return None, f"mot.{key} must be between 1 and {MAX_NEW_TOKENS_ACCEPTED}, got {value}"
-    return value, None
+def _whole_number(low: int, high: int, low_means: str = ""):
+    """A parser of a whole number in [low, high] (`low_means`: what the lowest value does, for the message)."""
+
+    def check(key: str, value: Any) -> tuple[int | None, str | None]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            return None, f"mot.{key} must be a whole number, got {value!r}"
+        value = int(value)
+        if not low <= value <= high:
+            return None, f"mot.{key} must be between {low}{low_means} and {high}, got {value}"
+        return value, None
+
+    return check
 
 
 def _temperature(key: str, value: Any) -> tuple[float | None, str | None]:
@@ -139,9 +159,11 @@ _PARSERS = {
     "preset": _optional_str,
     "checkpoint": _optional_str,
     "mode": _choice(MODES),
-    "maxNewTokens": _max_new_tokens,
+    "maxNewTokens": _whole_number(1, MAX_NEW_TOKENS_ACCEPTED),
     "temperature": _temperature,
     "placement": _choice(PLACEMENTS),
+    "candidates": _whole_number(1, CANDIDATES_LIMIT, " (greedy only)"),
+    "verify": _choice(VERIFY_CHOICES),
     "check": _choice(CHECKS),
     "ignoreEos": _bool,
     "requestTimeout": _timeout,

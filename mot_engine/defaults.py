@@ -19,3 +19,22 @@ TOP_P = 1.0
 # "fast": the primary alone after routing; "full": the experts interact at every generated token.
 MODE = "fast"
 MODES = ("fast", "full")
+
+# Candidates of a translation, where it can choose among them (a C++ compiler to verify them with): the greedy one
+# first, then sampled ones; the first verified candidate wins (daemon/translation.py). 1 = the greedy one only.
+# Four: enough for a sampled candidate to fix a greedy slip, few enough that a function's candidates share one
+# prefill and decode as rows of one batch.
+CANDIDATES = 4
+# The most candidates a request may ask for (the wire format's bound): each is a row of the decoding batch.
+CANDIDATES_LIMIT = 16
+# How the candidates after the first sample: warm enough to differ from the greedy one, cool enough to stay on
+# topic; each has its own seed (the request's seed + its index, or its index), so a translation is reproducible.
+CANDIDATE_TEMPERATURE = 0.7
+CANDIDATE_TOP_P = 0.95
+# Whether a translation's candidates are verified (kernelcheck.verify: syntax, compile, differential test):
+# "auto" = where a C++ compiler exists (the GPU backend where nvcc and a GPU are, else the CPU one); "off" = never.
+VERIFY = "auto"
+VERIFY_CHOICES = ("auto", "off")
+# Seconds a translation's verification may take, all its candidates together; past it the result says
+# "unavailable: verification took longer than ... s" (a CPU build of a kernel takes ~5 s, a cold one ~20 s).
+VERIFY_TIMEOUT_S = 60.0

@@ -82,8 +82,8 @@ def test_kill9_during_a_batch_then_resume_leaves_no_missing_partial_or_corrupt_f
     src, out = tmp_path / "src", tmp_path / "out"
     functions = _make_sources(src)
     n_files = len(functions)
-    a = spawn_daemon(tmp_path / "a", args=["--max-batch-size", "4"])
-    b = spawn_daemon(tmp_path / "b", args=["--max-batch-size", "4"])
+    a = spawn_daemon(tmp_path / "a", args=["--max-batch-size", "4", "--no-verify"])  # one candidate each, as before
+    b = spawn_daemon(tmp_path / "b", args=["--max-batch-size", "4", "--no-verify"])
     env = daemon_env(tmp_path / "cli")
     try:
         a.wait_ready(300)
@@ -165,7 +165,8 @@ def test_outputs_hold_kernels_only_and_say_what_came_out(tmp_path):
     env = daemon_env(tmp_path / "home")
     src = tmp_path / "src"
     shutil.copytree(EXAMPLES, src)
-    runs = {"writers": ["--checkpoint", str(checkpoint)], "random": ["--preset", "tiny"]}
+    # --no-verify: this test is about what comes out; tests/test_daemon_verification.py checks the kernels
+    runs = {"writers": ["--checkpoint", str(checkpoint), "--no-verify"], "random": ["--preset", "tiny", "--no-verify"]}
     for name, model in runs.items():
         out, report = tmp_path / f"out-{name}", tmp_path / f"{name}.jsonl"
         cli = _cli(env, str(src), "--out", str(out), *model, "--device", "cpu", "--max-new-tokens", TOKENS,

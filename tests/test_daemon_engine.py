@@ -23,7 +23,9 @@ LONG = 400  # tokens a "long" translation asks for: far more than any test waits
 @pytest.fixture(scope="module")
 def hub(tiny_mot):
     """One engine over the session's tiny MoT. Small capacity (2 running + 2 queued) so overload is cheap."""
-    engine = InProcessEngine(EngineConfig(max_batch_size=2, max_queue=2, max_source_chars=50_000), model=tiny_mot)
+    # verify=False: one candidate per translation, so that a translation is one row of the batch, as these tests count
+    engine = InProcessEngine(EngineConfig(max_batch_size=2, max_queue=2, max_source_chars=50_000, verify=False),
+                             model=tiny_mot)
     yield engine
     engine.close()
 
@@ -200,7 +202,7 @@ def test_reload_swaps_weights_between_steps_and_refuses_a_mismatch(client, tiny_
 
 
 def test_shutdown_cancels_what_is_in_flight(tiny_mot):
-    hub = InProcessEngine(EngineConfig(max_batch_size=2, max_queue=2), model=tiny_mot)
+    hub = InProcessEngine(EngineConfig(max_batch_size=2, max_queue=2, verify=False), model=tiny_mot)
     try:
         c = hub.client()
         stream = c.stream_translate(SOURCES[0], max_new_tokens=LONG, ignore_eos=True)

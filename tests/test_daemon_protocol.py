@@ -43,6 +43,7 @@ def test_every_request_and_reply_round_trips():
         assert P.decode_request(P.encode(m)) == m
     replies = [
         P.Partial(id="a", index=0, text="__global__", num_generated_tokens=2),
+        P.Checking(id="a", candidates=4, kernels=2),
         P.TranslateResult(id="a", text=" {}", status="kernel", kernel="__global__ void f() {}\n",
                           answer_prefix="__global__ void f()", notes=["a note"], primary_expert=1, primary_expert_name="e1", active_experts=[1, 0],
                           expert_names=["e0", "e1"], routing_probs=[0.4, 0.6], num_prompt_tokens=5,
@@ -54,6 +55,53 @@ def test_every_request_and_reply_round_trips():
     ]
     for r in replies:
         assert P.decode_reply(P.encode(r)) == r
+
+
+def test_candidates_and_their_checks_round_trip():
+    """Protocol v3: a translation's candidates and verification, both ways."""
+    request = P.Translate(id="a", source="void f(int n, float* y) {}",
+                          options=P.TranslateOptions(candidates=3, verify="off", seed=9))
+    assert P.decode_request(P.encode(request)) == request
+    check = P.Verification(status="mismatch", reason="y[1]: expected 2, got 0 (differs) on input #1 (n=3)",
+                           backend="cpu", inputs=1, mismatch="y[1]: expected 2, got 0 (differs)")
+    candidates = [
+        P.Candidate(index=0, temperature=0.0, top_p=1.0, seed=None, status="kernel", check="mismatch",
+                    reason=check.reason, num_generated_tokens=4),
+        P.Candidate(index=1, temperature=0.7, top_p=0.95, seed=10, status="no_kernel", check="skipped",
+                    reason="no kernel to check: the answer holds no __global__ function"),
+    ]
+    result = P.TranslateResult(
+        id="a", text=" {}", status="kernel", kernel="__global__ void f_kernel(int n, float* y) {}\n", primary_expert=0,
+        primary_expert_name="e0", active_experts=[0, 1], expert_names=["e0", "e1"], routing_probs=[0.6, 0.4],
+        num_prompt_tokens=5, num_generated_tokens=4, finish_reason="stop", check=check, candidates=candidates,
+        candidate=0,
+    )
+    assert P.decode_reply(P.encode(result)) == result
+    assert P.TranslateOptions().candidates == 4 and P.TranslateOptions().verify == "auto"
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"candidates": 0}, "Expected `int` >= 1 - at `$.options.candidates`"),
+    ({"candidates": P.CANDIDATES_LIMIT + 1}, f"Expected `int` <= {P.CANDIDATES_LIMIT} - at `$.options.candidates`"),
+    ({"candidates": "4"}, "Expected `int`, got `str` - at `$.options.candidates`"),
+    ({"verify": "maybe"}, "Invalid enum value 'maybe' - at `$.options.verify`"),
+    ({"verify": True}, "at `$.options.verify`"),
+])
+def test_bad_candidates_and_verify_options_are_refused_naming_the_field(options, words):
+    frame = msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "q", "source": "s",
+                                    "options": options})
+    with pytest.raises(P.ProtocolError) as info:
+        P.decode_request(frame)
+    assert info.value.request_id == "q" and words in str(info.value)
+
+
+def test_a_check_status_outside_the_verdicts_is_refused():
+    frame = P.encode(P.TranslateResult(
+        id="a", text="", status="kernel", kernel="k", primary_expert=0, primary_expert_name="e", active_experts=[0],
+        expert_names=["e"], routing_probs=[1.0], num_prompt_tokens=1, num_generated_tokens=1, finish_reason="stop",
+        check=P.Verification(status="probably_fine")))
+    with pytest.raises(P.ProtocolError, match="probably_fine"):
+        P.decode_reply(frame)
 
 
 def test_defaults_are_greedy_fast_and_unknown_fields_are_ignored():

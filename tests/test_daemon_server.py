@@ -53,9 +53,12 @@ def daemons(tmp_path_factory):
     stranger_dir.mkdir()
     zmq.auth.create_certificates(str(stranger_dir), "stranger")
     port = free_tcp_port()
+    # --no-verify: one candidate per translation, so that a translation is one row of the batch, as these tests count
     main = spawn_daemon(root / "main", args=["--max-batch-size", "16", "--max-queue", "48", "--max-source-chars",
-                                             str(MAX_SOURCE_CHARS), "--max-message-bytes", str(MAX_MESSAGE_BYTES)])
-    curve = spawn_daemon(root / "curve", endpoint=f"tcp://0.0.0.0:{port}", args=["--curve-dir", str(keys), "--max-batch-size", "4"])
+                                             str(MAX_SOURCE_CHARS), "--max-message-bytes", str(MAX_MESSAGE_BYTES),
+                                             "--no-verify"])
+    curve = spawn_daemon(root / "curve", endpoint=f"tcp://0.0.0.0:{port}",
+                         args=["--curve-dir", str(keys), "--max-batch-size", "4", "--no-verify"])
     curve.endpoint = f"tcp://127.0.0.1:{port}"
     known = load_client_keys(keys / "server.key", keys / "clients" / "known.key_secret")
     stranger_pub, stranger_secret = zmq.auth.load_certificate(str(stranger_dir / "stranger.key_secret"))
@@ -197,7 +200,7 @@ def test_fifty_concurrent_clients_each_get_their_own_answer(client):
 def test_requests_arriving_one_by_one_share_slabs_and_get_their_own_answers(tmp_path):
     """The GPU default (continuous batching in slabs, `MOT_SLABS=1` on CPU) through the real daemon: clients that
     start at different times decode in one batch and each gets exactly its answer alone."""
-    d = spawn_daemon(tmp_path / "slabs", env_extra={"MOT_SLABS": "1"}, args=["--max-batch-size", "8"])
+    d = spawn_daemon(tmp_path / "slabs", env_extra={"MOT_SLABS": "1"}, args=["--max-batch-size", "8", "--no-verify"])
     try:
         d.wait_ready(300)
         assert "continuous batching in slabs" in d.log_path.read_text()

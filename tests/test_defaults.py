@@ -32,6 +32,19 @@ def test_the_wire_and_the_clients_default_to_mot_engine_defaults():
     assert {name: params[name].default for name in ("mode", "max_new_tokens", "temperature", "top_p")} == {
         "mode": defaults.MODE, "max_new_tokens": defaults.MAX_NEW_TOKENS, "temperature": defaults.TEMPERATURE,
         "top_p": defaults.TOP_P}
+    assert (options.candidates, options.verify) == (defaults.CANDIDATES, defaults.VERIFY)
+    assert (params["candidates"].default, params["verify"].default) == (defaults.CANDIDATES, defaults.VERIFY)
+    assert typing.get_args(P.VerifyChoice) == defaults.VERIFY_CHOICES and defaults.VERIFY in defaults.VERIFY_CHOICES
+    assert 1 <= defaults.CANDIDATES <= defaults.CANDIDATES_LIMIT
+
+
+def test_the_wire_check_statuses_are_kernelchecks():
+    from daemon import protocol as P
+    from kernelcheck.candidates import CHECK_STATUSES, RANK
+    from kernelcheck.verdict import STATUSES
+
+    assert typing.get_args(P.CheckStatus) == CHECK_STATUSES == (*STATUSES, "skipped")
+    assert set(RANK) == set(CHECK_STATUSES)
 
 
 def test_the_daemon_and_its_batch_cli_default_to_mot_engine_defaults():
@@ -47,6 +60,9 @@ def test_the_daemon_and_its_batch_cli_default_to_mot_engine_defaults():
     for got in (translate, opts):
         assert (got.mode, got.max_new_tokens, got.temperature, got.top_p) == (
             defaults.MODE, defaults.MAX_NEW_TOKENS, defaults.TEMPERATURE, defaults.TOP_P)
+    assert (translate.candidates, translate.no_verify) == (defaults.CANDIDATES, False)
+    assert (opts.candidates, opts.verify) == (defaults.CANDIDATES, defaults.VERIFY)
+    assert EngineConfig().verify_timeout_s == serve.verify_timeout == defaults.VERIFY_TIMEOUT_S
 
 
 def test_the_language_server_settings_default_to_mot_engine_defaults():
@@ -55,6 +71,7 @@ def test_the_language_server_settings_default_to_mot_engine_defaults():
     settings = Settings()
     assert (settings.mode, settings.max_new_tokens, settings.temperature) == (
         defaults.MODE, defaults.MAX_NEW_TOKENS, defaults.TEMPERATURE)
+    assert (settings.candidates, settings.verify) == (defaults.CANDIDATES, defaults.VERIFY)
 
 
 def test_vscode_settings_defaults_equal_mot_engine_defaults():
@@ -67,6 +84,12 @@ def test_vscode_settings_defaults_equal_mot_engine_defaults():
     from daemon.protocol import MAX_NEW_TOKENS_CEILING
 
     assert properties["mot.maxNewTokens"]["maximum"] == MAX_NEW_TOKENS_CEILING  # what the settings accept
+    assert properties["mot.candidates"]["default"] == defaults.CANDIDATES
+    assert properties["mot.candidates"]["maximum"] == defaults.CANDIDATES_LIMIT
+    assert properties["mot.verify"]["default"] == defaults.VERIFY
+    assert tuple(properties["mot.verify"]["enum"]) == defaults.VERIFY_CHOICES
+    extension = (REPO / "editors" / "vscode" / "src" / "extension.ts").read_text(encoding="utf-8")
+    assert '"candidates"' in extension and '"verify"' in extension  # the keys the extension sends to the server
 
 
 def test_neovim_settings_defaults_equal_mot_engine_defaults():
@@ -83,11 +106,14 @@ def test_neovim_settings_defaults_equal_mot_engine_defaults():
     assert int(value("maxNewTokens")) == defaults.MAX_NEW_TOKENS
     assert value("mode") == repr(defaults.MODE)
     assert float(value("temperature")) == defaults.TEMPERATURE
+    assert int(value("candidates")) == defaults.CANDIDATES
+    assert value("verify") == repr(defaults.VERIFY)
 
 
 def test_editors_readme_documents_the_default():
     readme = (REPO / "editors" / "README.md").read_text(encoding="utf-8")
     assert f"| `maxNewTokens` | `{defaults.MAX_NEW_TOKENS}` |" in readme
+    assert f"| `candidates` | `{defaults.CANDIDATES}` |" in readme and f"| `verify` | `{defaults.VERIFY}` |" in readme
 
 
 def test_light_modules_import_no_torch():

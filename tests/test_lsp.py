@@ -25,7 +25,7 @@ from daemon.client import DaemonClient
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
 from kernel_writers import kernel_writing_checkpoint
 from lsp_server.features.diagnostics import check_kernel
-from kernelcheck.toolchain import find_nvcc
+from kernelcheck.toolchain import find_gxx, find_nvcc
 from lsprotocol import types
 from pytest_lsp import client_capabilities
 from pytest_lsp.client import make_test_lsp_client
@@ -58,7 +58,9 @@ VECTOR_ADD = (4, 10)  # (line, col) inside vector_add's body, 0-based
 DOT = (11, 8)
 OUTSIDE = (17, 3)  # the global variable: no function
 VECTOR_ADD_SPAN = ((3, 0), (7, 1))
-FAST = {"maxNewTokens": 12, "ignoreEos": True}  # a few tokens, never empty
+# A few tokens, never empty; one unverified candidate (the shared daemon verifies: the tests of verification ask for
+# it, the others are about edits, progress and cancels and would wait for g++)
+FAST = {"maxNewTokens": 12, "ignoreEos": True, "verify": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +370,8 @@ async def test_placements_and_settings_changes(tmp_path, daemon):
 
         # Pull model: the notification carries nothing; the server asks workspace/configuration.
         # 5 tokens cannot hold a kernel: the setting applies, the user is told why, and nothing is edited.
-        s.client.set_configuration({"placement": "replaceSelection", "maxNewTokens": 5, "ignoreEos": True}, section="mot")
+        s.client.set_configuration({"placement": "replaceSelection", "maxNewTokens": 5, "ignoreEos": True,
+                                    "verify": "off"}, section="mot")
         s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
         await asyncio.sleep(0.3)
         selection = await s.actions(uri, (11, 4), (14, 5))
@@ -414,7 +417,8 @@ async def _unavailable(s: Session, uri: str, *needles: str):
 
 @pytest.mark.asyncio
 async def test_cancel_request_reaches_the_daemon(tmp_path, daemon):
-    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 3000, "ignoreEos": True}
+    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 3000, "ignoreEos": True,
+                "verify": "off"}
     async with lsp_session(tmp_path, settings) as s:
         uri = s.open("main.cpp")
         await s.wait_routing(uri)
@@ -437,7 +441,8 @@ async def test_cancel_request_reaches_the_daemon(tmp_path, daemon):
 
 @pytest.mark.asyncio
 async def test_progress_cancel_reaches_the_daemon_and_hovers_stay_fast_meanwhile(tmp_path, daemon):
-    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 3000, "ignoreEos": True}
+    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 3000, "ignoreEos": True,
+                "verify": "off"}
     async with lsp_session(tmp_path, settings) as s:
         uri = s.open("main.cpp")
         await s.wait_routing(uri)
@@ -467,7 +472,8 @@ async def test_progress_cancel_reaches_the_daemon_and_hovers_stay_fast_meanwhile
 
 @pytest.mark.asyncio
 async def test_a_document_changed_during_the_translation_gets_no_edit(tmp_path, daemon):
-    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 600, "ignoreEos": True}
+    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 600, "ignoreEos": True,
+                "verify": "off"}
     async with lsp_session(tmp_path, settings) as s:
         uri = s.open("main.cpp")
         await s.wait_routing(uri)
@@ -519,6 +525,44 @@ async def test_hover_shows_routing_and_the_last_translation(tmp_path, daemon):
         s.change(uri, SOURCE.replace("c[i] = a[i] + b[i];", "c[i] = a[i] - b[i];"))
         text = await s.hover(uri)
         assert "| expert |" in text and "earlier version of this function" in text
+
+
+@pytest.mark.asyncio
+@pytest.mark.slow
+@pytest.mark.skipif(find_gxx() is None, reason="no C++ compiler (g++): the daemon cannot verify kernels here")
+async def test_the_header_progress_hover_and_a_diagnostic_say_what_the_check_found(tmp_path, daemon):
+    """With verification (the default) and two candidates: the kernel writers' empty kernel does not compute
+    vector_add, and every surface says so with the first mismatch."""
+    settings = {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 24, "candidates": 2,
+                "check": "syntax"}
+    async with lsp_session(tmp_path, settings) as s:
+        uri = s.open("main.cpp")
+        await s.wait_routing(uri)
+        resolved = await s.client.code_action_resolve_async(await s.action(uri))
+        assert resolved.edit is not None, s.messages()
+        (insert,) = edit_parts(resolved.edit)[1][0].edits
+        header, kernel = insert.new_text.rstrip("\n").split("\n", 1)
+        lead = "// MoT: CUDA translation of `vector_add` (main.cpp:4), primary expert tiny-"
+        assert header.startswith(lead) and "; mismatch: c[" in header, header
+        words = header.split("; ", 1)[1]
+        assert "expected" in words and "got" in words
+
+        (reports,) = s.progress()
+        messages = [r.message for r in reports if r.message]
+        assert "checking 2 candidates (1 distinct kernel)" in messages
+        assert reports[-1].message.startswith("done: ") and "; mismatch: c[" in reports[-1].message
+
+        hover = await s.hover(uri)
+        assert f"**Check**: {words.rstrip('…')}" in hover  # the whole words (the header clips long ones)
+
+        cu = s.root / "main.cu"
+        cu.write_text(insert.new_text)
+        s.client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=cu.as_uri(), language_id="cuda", version=1, text=insert.new_text)))
+        await until(lambda: s.client.diagnostics.get(cu.as_uri()) is not None, 60, what="diagnostics")
+        (verification,) = [d for d in s.client.diagnostics[cu.as_uri()] if d.source == "mot-cuda (verification)"]
+        assert verification.range.start.line == 1 and verification.severity == types.DiagnosticSeverity.Warning
+        assert verification.message.startswith("mismatch: c[") and verification.message.startswith(words.rstrip("…"))
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -686,7 +730,8 @@ def test_neovim_applies_the_code_action(tmp_path, daemon):
         "file": str(source),
         "line": 5, "col": 8,  # 1-based line, 0-based col: inside vector_add
         "report": str(report_path),
-        "settings": {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 24, "ignoreEos": True},
+        "settings": {"endpoint": daemon.endpoint, "autostart": False, "maxNewTokens": 24, "ignoreEos": True,
+                     "verify": "off"},
         "timeout_ms": 90_000,
     }
     config_path = tmp_path / "config.json"

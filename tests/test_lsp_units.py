@@ -50,10 +50,21 @@ def test_bad_settings_are_reported_and_keep_the_previous_value():
 
 
 def test_translate_options_follow_the_settings():
-    settings, _ = parse_settings({"mot": {"maxNewTokens": 7, "mode": "full", "temperature": 0.2, "requestTimeout": 9}})
+    settings, _ = parse_settings({"mot": {"maxNewTokens": 7, "mode": "full", "temperature": 0.2, "requestTimeout": 9,
+                                          "candidates": 2, "verify": "off"}})
     assert settings.translate_options() == {
         "mode": "full", "max_new_tokens": 7, "temperature": 0.2, "ignore_eos": False, "timeout_s": 9.0,
+        "candidates": 2, "verify": "off",
     }
+
+
+def test_bad_candidates_and_verify_settings_are_reported_and_keep_their_values():
+    settings, problems = parse_settings({"mot": {"candidates": 0, "verify": "sometimes"}})
+    assert (settings.candidates, settings.verify) == (4, "auto")
+    assert problems == ["mot.candidates must be between 1 (greedy only) and 16, got 0",
+                        "mot.verify must be one of auto, off; got 'sometimes'"]
+    settings, problems = parse_settings({"mot": {"candidates": 2.5}})
+    assert problems == ["mot.candidates must be a whole number, got 2.5"] and settings.candidates == 4
 
 
 # ---------------------------------------------------------------------------------------------- positions

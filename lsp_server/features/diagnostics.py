@@ -1,4 +1,6 @@
-"""Diagnostics on produced kernels: nvcc where present, else tree-sitter-cuda syntax; published on the target file.
+"""Diagnostics on produced kernels: nvcc where present, else tree-sitter-cuda syntax; and what the daemon's
+verification of the kernel found (on its first line: information when verified, or not checkable; a warning for a
+mismatch, a compile or syntax error); published on the target file.
 
 A kernel's problems are computed on the kernel alone (positions relative to its first line) and placed where the
 kernel's text is found in the target document *now*: the open document's text, else the file on disk. So the
@@ -14,13 +16,14 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from kernelcheck.candidates import SKIPPED
 from kernelcheck.compile_check import nvcc_compile_check
 from kernelcheck.parsing import SyntaxProblem, check_cuda_syntax
 from kernelcheck.toolchain import find_nvcc
 from lsprotocol import types
 
 from ..documents import TextView, uri_key, uri_to_path
-from .edits import PlacedKernel
+from .edits import Kernel, PlacedKernel, check_words
 from .host import ServerHost
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,13 @@ NVCC_TIMEOUT_S = 60.0
 _POSITION_PREFIX = re.compile(r"^line \d+(?:, col \d+)?: ")
 # A kernel whose text was never seen in its document is forgotten after this long (the edit was not applied).
 UNSEEN_TTL_S = 120.0
+# The verification's finding as a diagnostic: a kernel shown to be wrong warns; the others inform.
+VERIFICATION_SEVERITY = {"verified": types.DiagnosticSeverity.Information,
+                         "mismatch": types.DiagnosticSeverity.Warning,
+                         "compile_error": types.DiagnosticSeverity.Warning,
+                         "syntax_error": types.DiagnosticSeverity.Warning,
+                         "not_verifiable": types.DiagnosticSeverity.Information,
+                         "unavailable": types.DiagnosticSeverity.Information}
 
 
 @dataclass
@@ -161,6 +171,9 @@ class KernelDiagnostics:
             first_line = text.count("\n", 0, at)
             first_col = at - (text.rfind("\n", 0, at) + 1)
             diagnostics.extend(self._diagnostics(item.check, first_line, first_col, text))
+            verification = self._verification(item.placed.kernel, first_line, first_col, text)
+            if verification is not None:
+                diagnostics.append(verification)
         self._tracked[key] = keep
         if not keep:
             del self._tracked[key]
@@ -191,6 +204,17 @@ class KernelDiagnostics:
                 )
             )
         return out
+
+    def _verification(self, kernel: Kernel, line0: int, col0: int, text: str) -> types.Diagnostic | None:
+        """What the daemon's check found, on the kernel's first line; None where no check ran."""
+        if kernel.check.status == SKIPPED:
+            return None
+        view = TextView(text, self.server.position_encoding)
+        first = kernel.text.split("\n", 1)[0]
+        return types.Diagnostic(
+            range=view.to_range((line0, col0), (line0, col0 + len(first))), message=check_words(kernel.check),
+            severity=VERIFICATION_SEVERITY[kernel.check.status], source=f"{SOURCE} (verification)",
+        )
 
     def on_document(self, uri: str) -> None:
         """A document opened or changed: re-place its kernels' problems."""

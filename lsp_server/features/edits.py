@@ -17,9 +17,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon import protocol as P
+from kernelcheck.candidates import SKIPPED, describe_check
 from lsprotocol import types
 
 from ..documents import OpenDocument, TextView, path_to_uri, uri_to_path
+
+HEADER_CHECK_CHARS = 200  # the check's words in a kernel's header comment (hovers and diagnostics say all of it)
 
 _FENCE = re.compile(r"^\s*```[\w+-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.S)
 # C0 controls (but tab and newline), DEL, C1 controls, lone surrogates: a random-weight model emits them, an
@@ -43,6 +47,12 @@ def clean_kernel(raw: str) -> str:
     return "\n".join(lines)
 
 
+def check_words(check: P.Verification, limit: int = 1000) -> str:
+    """What the daemon's check of a kernel found, in one line: "verified on 21 generated inputs (CPU)",
+    "mismatch: c[0]: expected 3, got 0 (...) on input #1 (...)", "not checked: verification is off"..."""
+    return describe_check(check.status, backend=check.backend, inputs=check.inputs, reason=check.reason, limit=limit)
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One finished translation, ready to place."""
@@ -52,12 +62,16 @@ class Kernel:
     start: tuple[int, int]  # the translated span in the source document (line, code point col)
     end: tuple[int, int]
     primary_expert: str
+    check: P.Verification = P.Verification(status=SKIPPED)  # the daemon's verification of this kernel
 
     def header(self, source_name: str) -> str:
+        """The comment line above the kernel: its source, its primary expert and what its check found (nothing
+        where no check ran)."""
         what = "the selection" if self.name == "selection" else f"`{self.name}`"
+        checked = "" if self.check.status == SKIPPED else f"; {check_words(self.check, HEADER_CHECK_CHARS)}"
         return (
             f"// MoT: CUDA translation of {what} ({source_name}:{self.start[0] + 1}), "
-            f"primary expert {self.primary_expert}"
+            f"primary expert {self.primary_expert}{checked}"
         )
 
     def block(self, source_name: str) -> str:

@@ -33,6 +33,7 @@ class LastTranslation:
     primary_expert: str
     num_generated_tokens: int
     when: float  # time.time()
+    check: str = ""  # what the daemon's check of the kernel found, in words ("" where none ran)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Hover on a function: its routing (primary expert, active experts, every expert's probability as a table with
-bars) and the last translation of this function, if one is cached.
+bars) and the last translation of this function, if one is cached, with what the daemon's check of it found.
 
 Fast by construction: routing only (never generation), answered from a small cache when the function's text was
 routed before, and not even asked when the daemon is known to be down or loading. The daemon call runs on a worker
@@ -67,9 +67,10 @@ def render_translation(last: LastTranslation, current_hash: str) -> str:
     more = f"\n… {len(lines) - MAX_TRANSLATION_LINES} more lines" if len(lines) > MAX_TRANSLATION_LINES else ""
     note = "" if last.source_hash == current_hash else " — of an earlier version of this function"
     fence = "````" if "```" in shown else "```"
+    checked = f"\n\n**Check**: {last.check}" if last.check else ""
     return (
         f"**Last translation** (primary {last.primary_expert}, {last.num_generated_tokens} tokens, "
-        f"{_ago(time.time() - last.when)}){note}\n\n{fence}cuda\n{shown}\n{fence}{more}"
+        f"{_ago(time.time() - last.when)}){note}{checked}\n\n{fence}cuda\n{shown}\n{fence}{more}"
     )
 
 

@@ -12,7 +12,8 @@ Either one marks the job cancelled and sends `cancel` for each of its daemon req
 translation that is not submitted yet is never submitted.
 
 Progress: begin (title, cancellable), reports with the number of tokens generated (at most every
-REPORT_INTERVAL_S, first one at once), end with the outcome.
+REPORT_INTERVAL_S, first one at once), then, where the daemon verifies the candidates, "checking N candidates",
+and the end with the outcome (tokens, and what the check of the delivered kernel found).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from typing import Any
 
 from daemon import protocol as P
 from daemon.client import Cancelled, DaemonClient, DaemonError, DaemonUnavailable
+from kernelcheck.candidates import SKIPPED
 from lsprotocol import types
 
 from ..daemon_link import DaemonDown, DaemonLink
 from ..documents import Source
 from ..settings import Settings
+from .edits import check_words
 from .host import ServerHost
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class TranslationJob:
         self.cancelled = False
         self._requests: list[tuple[DaemonClient, Any]] = []  # (client, stream)
         self.tokens: dict[int, int] = {}
+        self.checking: dict[int, P.Checking] = {}  # sources whose candidates are being verified
 
     def translate(self, index: int, source: str, options: dict, on_progress: Callable[[], None]) -> P.TranslateResult:
         """Blocking: submit one translation and wait for its result, counting generated tokens."""
@@ -67,11 +71,18 @@ class TranslationJob:
                 raise Cancelled("cancelled before it was sent")
             stream = client.stream_translate(source, stream=True, **options)
             self._requests.append((client, stream))
+
+        def checking(message: P.Checking) -> None:
+            self.checking[index] = message
+            on_progress()
+
+        stream.on_checking = checking
         for part in stream:
             self.tokens[index] = part.num_generated_tokens
             on_progress()
         result = stream.result
         self.tokens[index] = result.num_generated_tokens
+        self.checking.pop(index, None)
         on_progress()
         return result
 
@@ -156,6 +167,30 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def checking_message(checking: list[P.Checking], sources: int) -> str:
+    """The progress while candidates are verified: "checking 4 candidates (2 distinct kernels)" for one source,
+    "checking the candidates of 2 of 3 functions" for several."""
+    if sources == 1:
+        message = checking[0]
+        return (f"checking {_plural(message.candidates, 'candidate')} "
+                f"({_plural(message.kernels, 'distinct kernel')})")
+    return f"checking the candidates of {len(checking)} of {sources} functions"
+
+
+def outcome_message(results: list[P.TranslateResult], tokens: int) -> str:
+    """The progress's end: the tokens, and what the check of the delivered kernels found (where one ran)."""
+    done = f"done: {_plural(tokens, 'token')} generated"
+    checked = [r.check for r in results if r.check.status != SKIPPED]
+    if not checked:
+        return done
+    if len(results) == 1:
+        return f"{done}; {check_words(checked[0], 200)}"
+    counts: dict[str, int] = {}
+    for check in checked:
+        counts[check.status] = counts.get(check.status, 0) + 1
+    return f"{done}; " + ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items())
+
+
 class TranslationRunner:
     """Runs translations for the features; keeps the jobs in flight so cancellations can find them."""
 
@@ -210,7 +245,11 @@ class TranslationRunner:
 
         def tick() -> None:  # event loop
             done = job.total_tokens
-            progress.report(f"{_plural(done, 'token')} generated", min(99, 100 * done // budget))
+            checking = list(job.checking.values())  # a snapshot: workers change it meanwhile
+            if checking:
+                progress.report(checking_message(checking, len(sources)), 99, force=True)
+            else:
+                progress.report(f"{_plural(done, 'token')} generated", min(99, 100 * done // budget))
 
         def on_progress() -> None:  # worker threads
             loop.call_soon_threadsafe(tick)
@@ -234,7 +273,7 @@ class TranslationRunner:
                     await asyncio.wait(pending)
                 raise errors[0]
             results = [f.result() for f in futures]
-            outcome = f"done: {_plural(job.total_tokens, 'token')} generated"
+            outcome = outcome_message(results, job.total_tokens)
             return results
         except asyncio.CancelledError:
             outcome = "cancelled"

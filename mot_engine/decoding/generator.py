@@ -25,12 +25,16 @@ from transformers import DynamicCache
 from mot_engine.decoding.compiled_layers import install_compiled_layers
 from mot_engine.decoding.prefill_graphs import PrefillGraphs
 from mot_engine.decoding.requests import GenerationRequest, GenerationResult, StepOutput
-from mot_engine.decoding.sampling import request_rng, sample_token
+from mot_engine.decoding.sampling import next_tokens, request_rng, sample_live
 from mot_engine.decoding.sequences import (
     Cohort,
     PrefilledCache,
     Sequence,
+    compact,
     detokenize_incrementally,
+    same_prompt,
+    share_prefill,
+    shared_rows,
     stack_routings,
     strip_eos,
 )
@@ -311,7 +315,7 @@ class Generator:
                 self._finish(seq, "aborted")
                 outputs.append(StepOutput(seq.request_id, [], "", True, "aborted"))
             if done:
-                self._compact(cohort)
+                compact(cohort, self.mot.device)
         for slab in self.slabs.values():
             for r in slab.live:
                 if slab.rows[r].request_id in self._aborted:
@@ -341,14 +345,14 @@ class Generator:
             groups.setdefault((seq.primary, seq.request.mode), []).append((seq, routing, b))
         batches = []
         for key, members in groups.items():
-            units = _same_prompt(members, key[0])  # a function's candidates: one prefill between them
+            units = same_prompt(members, key[0])  # a function's candidates: one prefill between them
             if self.prefill_graphs is not None and 1 < len(units) <= GRAPH_PREFILL_MAX_GROUP:
                 batches += [(key, unit) for unit in units]  # a graph replay each beats one eager batch
             else:
                 batches.append((key, [m for unit in units for m in unit]))
         cohorts = []
         for (primary, mode), members in batches:
-            rows = _shared_rows([s.prompt_ids[primary] for s, _, _ in members])
+            rows = shared_rows([s.prompt_ids[primary] for s, _, _ in members])
             distinct = [members[rows.index(r)] for r in range(max(rows) + 1)]
             ctx = None
             if mode == "full":
@@ -407,7 +411,7 @@ class Generator:
             logits = self._forward(cohort, ids, position_ids)
             cohort.positions = position_ids[:, -1:] + 1
         if cohort.shared is not None:
-            logits = _share_prefill(cohort, logits)
+            logits = share_prefill(cohort, logits)
         now = time.perf_counter()
         for s in cohort.seqs:
             s.t_first = now
@@ -518,7 +522,7 @@ class Generator:
         if pending is not None and all(ends_with_pending(slab, r, pending) for r in slab.live):
             return self._collect(slab, pending)
         logits, next_ids, finite = slab.decode()  # (C, V), (C,) greedy ids already fed back, (C,)
-        for b in self._sample_live(slab.rows, logits, next_ids):
+        for b in sample_live(slab.rows, logits, next_ids):
             slab.feed(b, next_ids[b])
         slab.pending = slab.stage(next_ids, finite)
         return self._collect(slab, pending) if pending is not None else []
@@ -544,34 +548,14 @@ class Generator:
         outputs, next_ids = self._sample_rows(cohort.primary, cohort.seqs, logits, flag)
         cohort.next_input = next_ids.view(-1, 1).to(cohort.attention_mask.device)
         if any(s.finish_reason for s in cohort.seqs):
-            self._compact(cohort)
+            compact(cohort, self.mot.device)
         return outputs
 
     def _sample_rows(self, primary: int, rows: list, logits: torch.Tensor, flag) -> tuple[list[StepOutput], torch.Tensor]:
         """Next tokens for the live rows of `rows` (None or finished rows are computed and ignored); finishes rows."""
-        next_ids, finite = self._next_tokens(rows, logits, flag)
+        next_ids, finite = next_tokens(rows, logits, flag)
         next_list, finite_list = next_ids.tolist(), finite.tolist()  # the one host sync of the step
         return self._emit(primary, rows, next_list, finite_list), next_ids
-
-    @staticmethod
-    def _next_tokens(rows: list, logits: torch.Tensor, flag) -> tuple[torch.Tensor, torch.Tensor]:
-        """(next ids (B,), finite (B,)) on the device: greedy, or each live row's own sampler and generator."""
-        finite = torch.isfinite(logits).all(-1)  # (B,)
-        next_ids = logits.argmax(-1)  # greedy rows (and free rows, ignored)
-        Generator._sample_live(rows, logits, next_ids)
-        if flag is not None:
-            finite = finite & ~flag
-        return next_ids, finite
-
-    @staticmethod
-    def _sample_live(rows: list, logits: torch.Tensor, next_ids: torch.Tensor) -> list[int]:
-        """Each live sampling row's greedy id in `next_ids` replaced by its own sampler's draw; returns those rows."""
-        sampled = []
-        for b, s in enumerate(rows):
-            if s is not None and s.finish_reason is None and s.request.temperature != 0:
-                next_ids[b] = sample_token(logits[b], s.request, s.rng)
-                sampled.append(b)
-        return sampled
 
     def _emit(self, primary: int, rows: list, next_list: list[int], finite_list: list[bool]) -> list[StepOutput]:
         """Append each live row's token to its request, finish requests (EOS, the answer's end — decoding/stopping.py
@@ -607,47 +591,3 @@ class Generator:
                 s.emitted = final
             outputs.append(StepOutput(s.request_id, [t], delta, reason is not None, reason))
         return outputs
-
-    def _compact(self, cohort: Cohort) -> None:
-        keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
-        cohort.seqs = [cohort.seqs[b] for b in keep]
-        if not keep or cohort.cache is None:
-            return
-        idx = torch.tensor(keep, device=cohort.attention_mask.device)
-        cohort.cache.batch_select_indices(idx)
-        cohort.attention_mask = cohort.attention_mask.index_select(0, idx)
-        cohort.positions = cohort.positions.index_select(0, idx)
-        if cohort.next_input is not None:
-            cohort.next_input = cohort.next_input.index_select(0, idx)
-        if cohort.ctx is not None:
-            cohort.ctx = cohort.ctx.select(idx.to(self.mot.device))
-
-
-def _same_prompt(members: list, primary: int) -> list[list]:
-    """Members grouped by their prompt for `primary` (order of first appearance kept)."""
-    units: dict[tuple[int, ...], list] = {}
-    for member in members:
-        units.setdefault(tuple(member[0].prompt_ids[primary]), []).append(member)
-    return list(units.values())
-
-
-def _shared_rows(prompts: list[list[int]]) -> list[int]:
-    """Each prompt's row among the distinct prompts, numbered in order of first appearance."""
-    rows: dict[tuple[int, ...], int] = {}
-    return [rows.setdefault(tuple(p), len(rows)) for p in prompts]
-
-
-def _share_prefill(cohort: Cohort, logits: torch.Tensor) -> torch.Tensor:
-    """Repeat the distinct prompts' prefill (cache, mask, positions, memory, last logits) for every sequence that
-    shares it: from here on each candidate is a row of its own, sampled with its own generator."""
-    rows = torch.tensor(cohort.shared, device=cohort.attention_mask.device)
-    cohort.cache.batch_select_indices(rows)
-    cohort.attention_mask = cohort.attention_mask.index_select(0, rows)
-    cohort.positions = cohort.positions.index_select(0, rows)
-    if cohort.ctx is not None:
-        flag = cohort.ctx.nonfinite
-        cohort.ctx = cohort.ctx.select(rows.to(cohort.ctx.primary_weight.device))
-        cohort.ctx.nonfinite = flag
-    cohort.shared = None
-    return logits.index_select(0, rows.to(logits.device))
-

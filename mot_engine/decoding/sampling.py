@@ -29,3 +29,23 @@ def sample_token(logits: torch.Tensor, req: GenerationRequest, rng: torch.Genera
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
     return torch.multinomial(probs, 1, generator=rng)[0]
+
+
+def next_tokens(rows: list, logits: torch.Tensor, flag) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next ids (B,), finite (B,)) on the device: greedy, or each live row's own sampler and generator."""
+    finite = torch.isfinite(logits).all(-1)  # (B,)
+    next_ids = logits.argmax(-1)  # greedy rows (and free rows, ignored)
+    sample_live(rows, logits, next_ids)
+    if flag is not None:
+        finite = finite & ~flag
+    return next_ids, finite
+
+
+def sample_live(rows: list, logits: torch.Tensor, next_ids: torch.Tensor) -> list[int]:
+    """Each live sampling row's greedy id in `next_ids` replaced by its own sampler's draw; returns those rows."""
+    sampled = []
+    for b, s in enumerate(rows):
+        if s is not None and s.finish_reason is None and s.request.temperature != 0:
+            next_ids[b] = sample_token(logits[b], s.request, s.rng)
+            sampled.append(b)
+    return sampled

@@ -1,5 +1,6 @@
-"""The Generator's per-request state (`Sequence`), a dynamic-cache batch (`Cohort`), and the small helpers that act
-on them: incremental detokenization, EOS stripping, stacking routings, a graph prefill's cache."""
+"""The Generator's per-request state (`Sequence`), a dynamic-cache batch (`Cohort`), and what acts on them:
+dropping finished rows, sharing one prefill between a function's candidates, incremental detokenization, EOS
+stripping, stacking routings, a graph prefill's cache."""
 
 from __future__ import annotations
 
@@ -98,3 +99,48 @@ def stack_routings(rows):
     """Concatenate single rows of (possibly different) Routing objects into one batch Routing."""
     fields = ("logits", "probs", "noisy_probs", "active", "weights")
     return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))
+
+
+def compact(cohort: Cohort, device) -> None:
+    """Drop the cohort's finished rows (cache, mask, positions, next input, memory)."""
+    keep = [b for b, s in enumerate(cohort.seqs) if s.finish_reason is None]
+    cohort.seqs = [cohort.seqs[b] for b in keep]
+    if not keep or cohort.cache is None:
+        return
+    idx = torch.tensor(keep, device=cohort.attention_mask.device)
+    cohort.cache.batch_select_indices(idx)
+    cohort.attention_mask = cohort.attention_mask.index_select(0, idx)
+    cohort.positions = cohort.positions.index_select(0, idx)
+    if cohort.next_input is not None:
+        cohort.next_input = cohort.next_input.index_select(0, idx)
+    if cohort.ctx is not None:
+        cohort.ctx = cohort.ctx.select(idx.to(device))
+
+
+def same_prompt(members: list, primary: int) -> list[list]:
+    """Members grouped by their prompt for `primary` (order of first appearance kept)."""
+    units: dict[tuple[int, ...], list] = {}
+    for member in members:
+        units.setdefault(tuple(member[0].prompt_ids[primary]), []).append(member)
+    return list(units.values())
+
+
+def shared_rows(prompts: list[list[int]]) -> list[int]:
+    """Each prompt's row among the distinct prompts, numbered in order of first appearance."""
+    rows: dict[tuple[int, ...], int] = {}
+    return [rows.setdefault(tuple(p), len(rows)) for p in prompts]
+
+
+def share_prefill(cohort: Cohort, logits: torch.Tensor) -> torch.Tensor:
+    """Repeat the distinct prompts' prefill (cache, mask, positions, memory, last logits) for every sequence that
+    shares it: from here on each candidate is a row of its own, sampled with its own generator."""
+    rows = torch.tensor(cohort.shared, device=cohort.attention_mask.device)
+    cohort.cache.batch_select_indices(rows)
+    cohort.attention_mask = cohort.attention_mask.index_select(0, rows)
+    cohort.positions = cohort.positions.index_select(0, rows)
+    if cohort.ctx is not None:
+        flag = cohort.ctx.nonfinite
+        cohort.ctx = cohort.ctx.select(rows.to(cohort.ctx.primary_weight.device))
+        cohort.ctx.nonfinite = flag
+    cohort.shared = None
+    return logits.index_select(0, rows.to(logits.device))

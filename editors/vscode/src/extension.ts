@@ -21,8 +21,8 @@ let client: LanguageClient | undefined;
 function serverSettings(): Record<string, unknown> {
   const config = vscode.workspace.getConfiguration(SECTION);
   const keys = [
-    "endpoint", "autostart", "preset", "checkpoint", "mode", "maxNewTokens", "temperature", "placement", "check",
-    "requestTimeout", "ignoreEos",
+    "endpoint", "autostart", "preset", "checkpoint", "mode", "maxNewTokens", "temperature", "placement", "candidates",
+    "verify", "check", "requestTimeout", "ignoreEos",
   ];
   const settings: Record<string, unknown> = {};
   for (const key of keys) {

@@ -30,6 +30,8 @@ M.defaults = {
     maxNewTokens = 512,
     temperature = 0, -- 0: greedy
     placement = 'newFile', -- 'newFile' | 'belowFunction' | 'replaceSelection'
+    candidates = 4, -- the greedy candidate, then sampled ones, where they are verified; 1: greedy only
+    verify = 'auto', -- 'auto' (the daemon verifies each kernel where it has a C++ compiler) | 'off'
     check = 'auto', -- 'auto' (nvcc if installed, else syntax) | 'syntax' | 'off'
   },
 }
