@@ -3,9 +3,10 @@
 Rows (`--rows`, each `WHO[@FORMAT]`): a pocket expert alone (`smollm2-135m-instruct`, `gemma3-270m`: fast mode with
 that expert as primary, greedy), the MoT without a checkpoint (`mot-fast`, `mot-full`) and with one (`trained-fast`,
 `trained-full`, from `--checkpoint`), each in a prompt format (mot_engine/model/prompts.py; default: the model's own).
-A row `ROW+verify@N` (or `--candidates 1 4 8`, which adds them to each MoT row) generates N candidates per function,
-greedy first, then sampled, verifies them against the function's C code on generated inputs and delivers the first
-verified one, else the one that got furthest (benchmarks/quality_verify.py).
+A row `ROW+verify@N` (or `--candidates 1 4 8`, which adds them to each MoT row) generates N candidates per function as
+the daemon does (greedy first, then sampled), verifies them against the function's C code on generated inputs and
+delivers what the daemon delivers: the first verified one, else the one whose check got furthest
+(benchmarks/quality_verify.py, kernelcheck.candidates).
 Columns, per function: a kernel delivered (`kernelcheck.extract`: a complete `__global__` function), syntax valid
 (tree-sitter-cuda), parallel (`kernelcheck.kernel_shape`: the thread index reaches the work) and serial (the C loop
 whole in every thread: counted apart), compiles (nvcc -c), verified (the delivered kernel matched the C function on
@@ -39,8 +40,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quality_verify import (  # noqa: E402
-    SAMPLE_TEMPERATURE,
-    SAMPLE_TOP_P,
     Function,
     RowError,
     choose,
@@ -57,6 +56,7 @@ from kernelcheck.generated import FAILING_STATUSES, VERIFY_BACKENDS  # noqa: E40
 from kernelcheck.kernel_shape import PARALLEL, SERIAL, parallelism  # noqa: E402
 from kernelcheck.parsing import is_valid_cuda  # noqa: E402
 from kernelcheck.toolchain import RUN_STAGE_RAN, find_nvcc  # noqa: E402
+from mot_engine.defaults import CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P  # noqa: E402
 from train.detokenize import detokenize  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babeltower" / "exec_dev.jsonl"
@@ -132,9 +132,9 @@ def generate_row(row: str, funcs: list[tuple[str, str]], args, cache: dict) -> l
         t0 = time.perf_counter()
         results = gen.generate([
             GenerationRequest(src, mode=mode, max_new_tokens=args.max_new_tokens, prompt_format=fmt or None,
-                              force_active=force, **({} if j == 0 else
-                                                     {"temperature": SAMPLE_TEMPERATURE, "top_p": SAMPLE_TOP_P,
-                                                      "seed": j}))
+                              force_active=force, **({} if j == 0 else  # the daemon's candidates (translation.py)
+                                                     {"temperature": CANDIDATE_TEMPERATURE,
+                                                      "top_p": CANDIDATE_TOP_P, "seed": j}))
             for _, src in chunk for j in range(n)])
         seconds = (time.perf_counter() - t0) / len(chunk)
         for k, (case_id, _) in enumerate(chunk):

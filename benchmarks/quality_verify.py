@@ -1,11 +1,13 @@
 """bench_quality's candidates and verification: rows ``ROW+verify@N``, the answers file, which candidate is delivered.
 
 A ``ROW+verify@N`` row (``ROW`` any row of bench_quality, e.g. ``trained-fast@fewshot-head-v1+verify@4``) generates
-N candidates per function — greedy first, then sampled (`SAMPLE_TEMPERATURE`, `SAMPLE_TOP_P`, seeds 1..N-1) —
-checks every candidate's kernel against the function's C code on generated inputs
-(`kernelcheck.generated.check_generated`: one reference and one kernel build per function for all of them), and
-delivers the first verified candidate, else the one that got furthest (`DELIVERY_ORDER`).  Plain rows deliver their
-one (greedy) candidate; with ``--verify-backend`` on, its kernel is checked the same way (the ``verified`` column).
+N candidates per function as the daemon does (daemon/translation.py): greedy first, then sampled with
+`mot_engine.defaults`' ``CANDIDATE_TEMPERATURE`` and ``CANDIDATE_TOP_P``, candidate i with seed i.  It checks every
+candidate's kernel against the function's C code on generated inputs (`kernelcheck.generated.check_generated`: one
+reference and one kernel build per function for all of them) and delivers what the daemon delivers
+(`kernelcheck.candidates.choose`): the first verified candidate, else the one whose check got furthest.  Plain rows
+deliver their one (greedy) candidate; with ``--verify-backend`` on, its kernel is checked the same way (the
+``verified`` column).
 
 The answers file (``DIR/answers.jsonl``, written by every generating run, read by ``--predictions FILE``) has one
 line per (row, function, candidate): ``{"row", "id", "candidate", "answer", "tokens", "seconds", "finish_reason",
@@ -22,25 +24,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernelcheck import candidates
 from kernelcheck.cases import PREDICTION_FIELDS, ExecCase
 from kernelcheck.extract import KERNEL, extract_kernel
 from kernelcheck.generated import GeneratedChecks, check_generated
 from kernelcheck.toolchain import Toolchain
 
-__all__ = ["SAMPLE_TEMPERATURE", "SAMPLE_TOP_P", "CANDIDATE_ROWS_OF", "DELIVERY_ORDER", "RowError", "Function",
-           "split_row", "expand_rows", "write_answers", "load_answers", "verify_functions", "choose"]
+__all__ = ["CANDIDATE_ROWS_OF", "RowError", "Function", "split_row", "expand_rows", "write_answers", "load_answers",
+           "verify_functions", "choose"]
 
-# The sampled candidates' decoding: warm enough that candidates differ, with the nucleus cut that keeps small models'
-# rare junk tokens out (the values the engine's candidate tests use).  Candidate 0 is always greedy.
-SAMPLE_TEMPERATURE = 0.8
-SAMPLE_TOP_P = 0.95
 # The rows `--candidates N` adds a `+verify@N` row to: the MoT's (an expert-alone row is a baseline).
 CANDIDATE_ROWS_OF = ("mot-fast", "mot-full", "trained-fast", "trained-full")
-# How far a candidate got, best first (the delivered one is the first verified, else the furthest; ties: the earlier
-# candidate, greedy first): not verifiable (nothing known against it) before a mismatch (it compiled and ran, and is
-# wrong), then a compile error, a syntax error, and no kernel at all (None: nothing was checked).
-DELIVERY_ORDER = ("verified", "not_verifiable", "unavailable", "check_error", "mismatch", "compile_error",
-                  "syntax_error", None)
 _VERIFY_ROW = re.compile(r"^(?P<base>.+)\+verify@(?P<n>\d+)$")
 
 
@@ -129,8 +123,7 @@ def verify_functions(functions: Sequence[Function], cases: Mapping[str, ExecCase
 
 
 def choose(statuses: Sequence[tuple[str, str | None]]) -> int:
-    """The candidate to deliver, from (extraction status, verdict status) of each candidate in order."""
-    def rank(i: int) -> tuple[int, int]:
-        extracted, verdict = statuses[i]
-        return DELIVERY_ORDER.index(verdict if extracted == KERNEL else None), i
-    return min(range(len(statuses)), key=rank)
+    """The candidate to deliver, from (extraction status, verdict status) of each candidate in order: the daemon's
+    choice (`kernelcheck.candidates.choose`), a candidate without a kernel being ``skipped`` (nothing checked)."""
+    return candidates.choose([verdict if extracted == KERNEL and verdict else candidates.SKIPPED
+                              for extracted, verdict in statuses])

@@ -38,11 +38,9 @@ __all__ = ["VERIFY_BACKENDS", "DEFAULT_VERIFY_BACKEND", "FAILING_STATUSES", "Sam
 VERIFY_BACKENDS = ("auto", "gpu", "cpu", "off")
 DEFAULT_VERIFY_BACKEND = "auto"
 # Verdicts that fail a sample: the kernel is wrong (or does not build) on some generated input.  The other
-# non-verified statuses (not_verifiable, unavailable) say the check could not judge, never that the kernel is wrong.
+# non-verified statuses say the check could not judge, never that the kernel is wrong: not_verifiable, and
+# unavailable (here only a check that raised: the daemon's word for it too, with the exception named).
 FAILING_STATUSES = ("mismatch", "compile_error", "syntax_error")
-# Status of a sample whose check raised (a bug of the checker on that candidate): listed, never a verified sample nor a
-# failing one (data+generated keeps the data's tests there, as for a not-verifiable pair).
-CHECK_ERROR = "check_error"
 
 
 class UnknownVerifyBackend(ValueError):
@@ -57,7 +55,7 @@ class UnknownVerifyBackend(ValueError):
 class SampleCheck:
     """The generated-input verdict of one sample (`kernelcheck.verdict.Verdict`, reduced to what a report keeps)."""
 
-    status: str  # a verdict status (kernelcheck.verdict.STATUSES) or CHECK_ERROR
+    status: str  # a verdict status (kernelcheck.verdict.STATUSES)
     reason: str
     backend: str | None = None
     inputs: int = 0
@@ -120,7 +118,7 @@ def _check_case(case: ExecCase, codes: list[str], backend: str, tc: Toolchain, v
         seconds = time.monotonic() - start
         checks = [SampleCheck(v.status, v.reason, v.backend, v.inputs, seconds) for v in verdicts]
     except Exception as exc:  # noqa: BLE001 - one case's checker bug must not lose a whole evaluation: listed
-        checks = [SampleCheck(CHECK_ERROR, f"the differential check raised {type(exc).__name__}: {exc}", backend,
+        checks = [SampleCheck("unavailable", f"the check failed: {type(exc).__name__}: {exc}", backend,
                               seconds=time.monotonic() - start) for _ in kernels]
     if is_vacuous is None:
         return checks, None
@@ -128,7 +126,7 @@ def _check_case(case: ExecCase, codes: list[str], backend: str, tc: Toolchain, v
         found = is_vacuous(case.cpp_code, toolchain=tc, **{k: v for k, v in verify_kwargs.items() if k == "seeds"})
         vacuity = CaseVacuity(found.vacuous, found.reason)
     except Exception as exc:  # noqa: BLE001 - as above: "could not tell", with the error
-        vacuity = CaseVacuity(None, f"the vacuity check raised {type(exc).__name__}: {exc}")
+        vacuity = CaseVacuity(None, f"the vacuity check failed: {type(exc).__name__}: {exc}")
     return checks, vacuity
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 from .cases import ExecCase
 from .functional import evaluate_functional
-from .generated import CHECK_ERROR, DEFAULT_VERIFY_BACKEND, GeneratedChecks, SampleCheck, check_generated
+from .generated import DEFAULT_VERIFY_BACKEND, GeneratedChecks, SampleCheck, check_generated
 from .reports import FunctionalReport, SampleResult, id_key, pass_at_k, standard_ks
 from .toolchain import RUN_STAGE_RAN, Toolchain, detect_toolchain
 
@@ -96,7 +96,7 @@ class SideBySideReport:
             return result.outcome == "pass"
         if column == "generated":
             return check is not None and check.status == "verified"
-        if column == "data+generated":  # a check that could not judge (not verifiable, raised) leaves the data's say
+        if column == "data+generated":  # a check that could not judge (not verifiable, failed) leaves the data's say
             return result.outcome == "pass" and check is not None and not check.failed
         raise ValueError(f"unknown column {column!r}; expected one of {COLUMNS}")
 
@@ -145,7 +145,8 @@ class SideBySideReport:
                                                   c.status != "verified"),
             # The column's point: kernels that pass the data's tests and are wrong on generated inputs.
             "caught_by_generated": self._cases_where(lambda r, c: r.outcome == "pass" and c.failed),
-            "check_errors": self._cases_where(lambda r, c: c.status == CHECK_ERROR),
+            # Where the check itself failed ("unavailable", the exception named in functional_cases.jsonl).
+            "check_failed": self._cases_where(lambda r, c: c.status == "unavailable"),
         }
         if not self.generated.ran:
             out["side_by_side"]["note"] = (f"generated checks {self.generated.status_line()}: vacuity not checked, "
@@ -198,8 +199,8 @@ class SideBySideReport:
                          + _ids(side["data_only_passes"]))
         if side["caught_by_generated"]:
             lines.append("  passed the data's tests, wrong on generated inputs: " + _ids(side["caught_by_generated"]))
-        if side["check_errors"]:
-            lines.append("  the generated check raised on (see functional_cases.jsonl): " + _ids(side["check_errors"]))
+        if side["check_failed"]:
+            lines.append("  the generated check failed on (see functional_cases.jsonl): " + _ids(side["check_failed"]))
         return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import pytest
 from weak_cases import RECORDS, REFERENCE, RELU_ABS
 
 from kernelcheck import toolchain as kc_toolchain
+from mot_engine import defaults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,10 +42,9 @@ def test_rows_and_which_candidate_is_delivered():
                     "mot-fast@kernel-head-v1+verify@4"]  # an expert alone is a baseline: no candidates row
     with pytest.raises(qv.RowError, match=r"\[0\]"):
         qv.expand_rows(["mot-fast"], [0])
-    k = "kernel"
+    k = "kernel"  # the daemon's choice (kernelcheck.candidates), a candidate without a kernel being skipped
     assert qv.choose([(k, "mismatch"), (k, "verified"), (k, "verified")]) == 1  # the first verified
-    assert qv.choose([("no_kernel", None), (k, "compile_error"), (k, "mismatch")]) == 2  # else the furthest
-    assert qv.choose([(k, "mismatch"), (k, "not_verifiable")]) == 1  # nothing known against it beats known wrong
+    assert qv.choose([("no_kernel", "syntax_error"), (k, "compile_error"), (k, "mismatch")]) == 2  # else the furthest
     assert qv.choose([("truncated", None), ("no_kernel", None)]) == 0  # ties: greedy first
 
 
@@ -74,7 +74,7 @@ def test_verify_rows_generate_greedy_then_sampled_candidates(monkeypatch):
     assert [len(call) for call in _StandIn.calls] == [8, 4]  # two functions a call, each with its 4 candidates
     first = _StandIn.calls[0]
     assert [(r.temperature, r.top_p, r.seed) for r in first[:4]] == \
-        [(0.0, 1.0, None)] + [(qv.SAMPLE_TEMPERATURE, qv.SAMPLE_TOP_P, j) for j in (1, 2, 3)]
+        [(0.0, 1.0, None)] + [(defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P, j) for j in (1, 2, 3)]
     assert [r.source for r in first] == [funcs[0][1]] * 4 + [funcs[1][1]] * 4
     assert [f.id for f in functions] == ["0", "1", "2"] and all(len(f.candidates) == 4 for f in functions)
     assert functions[0].candidates[0] == {"answer": "answer 0.0 None", "tokens": 5, "finish_reason": "stop",

@@ -90,9 +90,9 @@ def test_columns_say_which_could_run():
     assert s["side_by_side"]["columns"]["data"]["pass@1"] == 1.0 and s["side_by_side"]["cases_scored"] == 2
     assert s["side_by_side"]["columns"]["generated"]["why"] == "generated checks off"
     assert "vacuity not checked" in s["side_by_side"]["note"] and s["verification"]["status"] == "off"
-    raised = SideBySideReport(_data_report({"a": ["pass"]}), _checks({"a": ["check_error"]}, {"a": False}))
-    side = raised.summary()["side_by_side"]  # the checker's own failure: listed, the data's tests decide
-    assert side["check_errors"] == ["a"] and side["data_only_passes"] == ["a"]
+    failed = SideBySideReport(_data_report({"a": ["pass"]}), _checks({"a": ["unavailable"]}, {"a": False}))
+    side = failed.summary()["side_by_side"]  # the checker's own failure: listed, the data's tests decide
+    assert side["check_failed"] == ["a"] and side["data_only_passes"] == ["a"]
     assert side["columns"]["data+generated"]["pass@1"] == 1.0 and side["columns"]["generated"]["pass@1"] == 0.0
     with pytest.raises(UnknownVerifyBackend, match="'gpu2'"):
         check_generated(CASES, PREDICTIONS, backend="gpu2")
