@@ -20,12 +20,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kernelcheck.kernel_shape import SERIAL, parallelism
 from kernelcheck.sourcetext import CodeScanner, strip_code_fences
 
 KERNEL, TRUNCATED, NO_KERNEL = "kernel", "truncated", "no_kernel"
 STATUSES = (KERNEL, TRUNCATED, NO_KERNEL)
 MEANINGS = {KERNEL: "a kernel came out", TRUNCATED: "the kernel did not end before the token limit",
             NO_KERNEL: "the answer holds no __global__ function"}
+
+
+SERIAL_NOTE = "serial: every thread runs the whole C loop (no thread index reaches the work), so it is not parallel"
 
 
 def describe(status: str, notes=()) -> str:
@@ -134,4 +138,6 @@ def extract_kernel(answer: str) -> Extraction:
             break
     directives = [m.group(0).strip() for m in _DIRECTIVE.finditer(text, 0, kernel.start)]
     code = "\n\n".join(([("\n".join(directives))] if directives else []) + parts) + "\n"
+    if parallelism(code) == SERIAL:  # a user must not mistake it for a parallel kernel, even where it is right
+        notes.append(SERIAL_NOTE)
     return Extraction(KERNEL, code, name, tuple(notes))

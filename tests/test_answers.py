@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from kernel_writers import kernel_writing_checkpoint
-from kernelcheck.extract import KERNEL, NO_KERNEL, TRUNCATED, extract_kernel
+from kernelcheck.extract import KERNEL, NO_KERNEL, SERIAL_NOTE, TRUNCATED, extract_kernel
 from kernelcheck.heads import kernel_head
 from mot_engine import GenerationRequest, Generator, build_mot, read_checkpoint_metadata, save_checkpoint
 from mot_engine.decoding.stopping import KernelEnd
@@ -172,6 +172,14 @@ def test_extraction_keeps_the_kernel_and_nothing_else():
     assert got.code.split("\n\n") == ["#include <cuda_runtime.h>", "__device__ float twice(float v) { return 2 * v; }",
                                       "__global__ void k(float *x) { x[threadIdx.x] = twice(x[threadIdx.x]); }",
                                       "void launch(float *x) { k<<<1, 32>>>(x); }\n"]
+
+
+def test_a_serial_kernel_is_delivered_with_a_note_saying_so():
+    serial = extract_kernel(f"{SAXPY_HEAD} {{\n  for (int i = 0; i < n; ++i) y[i] += a * x[i];\n}}\n")
+    assert serial.status == KERNEL and serial.notes == (SERIAL_NOTE,)
+    parallel = extract_kernel(f"{SAXPY_HEAD} {{\n  int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
+                              "  if (i < n) y[i] += a * x[i];\n}}\n")
+    assert parallel.status == KERNEL and parallel.notes == ()
 
 
 def test_what_is_not_a_kernel_is_never_passed_off_as_one():
