@@ -40,6 +40,9 @@ SOURCES = [
     "void scale(float* x, float a, int n) { for (int i = 0; i < n; i++) x[i] *= a; }",
 ]
 LONG = 400
+# A request that outlives its client's death by far: a silent client's death is seen at the next heartbeat (1 s),
+# and 400 tiny-model tokens can finish before it on a fast, idle machine.
+UNTIL_KILLED = 3000
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SOURCE_CHARS = 20_000
 
@@ -272,7 +275,7 @@ def test_a_client_killed_mid_request_frees_its_work(daemons, client, stream):
 import time
 from daemon.client import DaemonClient
 c = DaemonClient({d.endpoint!r}, timeout_s=60)
-s = c.stream_translate({SOURCES[1]!r}, max_new_tokens={LONG}, ignore_eos=True, stream={stream})
+s = c.stream_translate({SOURCES[1]!r}, max_new_tokens={UNTIL_KILLED}, ignore_eos=True, stream={stream})
 if {stream}:
     next(s)
 else:
