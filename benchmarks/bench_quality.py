@@ -177,7 +177,8 @@ def score_row(row: str, functions: list[Function], cases: dict, nvcc: str | None
     for f in functions:
         verdicts = [checks.samples[(f.id, i)] if checks else None for i in range(len(f.candidates))]
         extracted = [extract_kernel(c["answer"]).status for c in f.candidates]
-        pick = choose([(e, v.status if v else None) for e, v in zip(extracted, verdicts)]) if n else 0
+        shapes = [parallelism(extract_kernel(c["answer"]).code) == PARALLEL for c in f.candidates]
+        pick = choose([(e, v.status if v else None) for e, v in zip(extracted, verdicts)], shapes) if n else 0
         verdict = verdicts[pick] if extracted[pick] == KERNEL else None  # no kernel: nothing was verified
         verify_seconds = verdicts[0].seconds if checks else 0.0  # one check per function for all its candidates
         records.append({"id": f.id, **f.candidates[pick], "candidate": pick, "candidates": len(f.candidates),

@@ -122,8 +122,9 @@ def verify_functions(functions: Sequence[Function], cases: Mapping[str, ExecCase
                            seeds=seeds, check_vacuity=False)
 
 
-def choose(statuses: Sequence[tuple[str, str | None]]) -> int:
+def choose(statuses: Sequence[tuple[str, str | None]], parallel: Sequence[bool] | None = None) -> int:
     """The candidate to deliver, from (extraction status, verdict status) of each candidate in order: the daemon's
-    choice (`kernelcheck.candidates.choose`), a candidate without a kernel being ``skipped`` (nothing checked)."""
+    choice (`kernelcheck.candidates.choose`, the first verified parallel kernel before a verified serial one), a
+    candidate without a kernel being ``skipped`` (nothing checked)."""
     return candidates.choose([verdict if extracted == KERNEL and verdict else candidates.SKIPPED
-                              for extracted, verdict in statuses])
+                              for extracted, verdict in statuses], parallel)

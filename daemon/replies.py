@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from kernelcheck.candidates import SKIPPED, choose
+from kernelcheck.kernel_shape import PARALLEL, parallelism
 from mot_engine.errors import SourceTooLong
 
 from . import protocol as P
@@ -98,7 +99,8 @@ def translate_result(t: Translation, checks: list[P.Verification], *, expert_nam
     the first verified, else the one whose check got furthest) with its check and every candidate's; timings gain
     the daemon's queue, verification and total."""
     now = time.monotonic()
-    chosen = choose([c.status for c in checks])
+    chosen = choose([c.status for c in checks],
+                    [parallelism(e.code) == PARALLEL for e in t.extractions]) if checks else 0
     result, extraction = t.results[chosen], t.extractions[chosen]
     timings = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.timings.items()}
     timings["daemon_queue_s"] = round((t.t_admitted or now) - t.t_received, 6)

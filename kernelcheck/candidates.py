@@ -1,8 +1,8 @@
 """Choosing among a function's candidate kernels by what their checks found, and saying it in words.
 
 A translator makes several candidates of one function (the greedy one, then sampled ones); `kernelcheck.verify`
-checks each one (syntax, compile, differential test). The one delivered is the first verified candidate; when none
-is verified, the one whose check got furthest, ties going to the earlier candidate (the greedy one first):
+checks each one (syntax, compile, differential test). The one delivered is the first verified candidate (the first
+verified *parallel* one where the kernels' shapes are given); when none is verified, the one whose check got furthest, ties going to the earlier candidate (the greedy one first):
 
 ====  ==================  ===========================================================================
 rank  check status        how far the check got
@@ -46,13 +46,18 @@ def rank(status: str) -> int:
         raise ValueError(f"unknown check status {status!r}; expected one of {CHECK_STATUSES}") from None
 
 
-def choose(statuses: Sequence[str]) -> int:
+def choose(statuses: Sequence[str], parallel: Sequence[bool] | None = None) -> int:
     """The index of the candidate to deliver: the first verified one, else the first of those whose check got
-    furthest. ``statuses``: each candidate's check status, in candidate order (the greedy candidate first)."""
+    furthest. ``statuses``: each candidate's check status, in candidate order (the greedy candidate first).
+    ``parallel`` (optional, one per candidate): among verified candidates the first parallel one wins — a serial
+    kernel (the C loop whole in every thread, `kernelcheck.kernel_shape`) is right but not what a user wants."""
     if not statuses:
         raise ValueError("there is no candidate to choose from")
     ranks = [rank(s) for s in statuses]
-    return ranks.index(max(ranks))
+    best = [i for i, r in enumerate(ranks) if r == max(ranks)]
+    if parallel is not None and ranks[best[0]] == RANK["verified"]:
+        return next((i for i in best if parallel[i]), best[0])
+    return best[0]
 
 
 def _first_line(text: str, limit: int) -> str:

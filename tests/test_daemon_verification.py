@@ -43,6 +43,10 @@ def test_without_a_verified_candidate_the_furthest_check_wins_the_earliest_among
     assert choose(["unavailable", "syntax_error"]) == 1  # a check that said something beats no check
     assert choose(["skipped", "unavailable"]) == 1  # a kernel not checked beats no kernel at all
     assert choose(["mismatch", "mismatch"]) == 0 and choose(["skipped", "skipped"]) == 0
+    # a verified parallel kernel before a verified serial one (the first among equals otherwise)
+    assert choose(["verified", "mismatch", "verified"], [False, True, True]) == 2
+    assert choose(["verified", "verified"], [False, False]) == 0
+    assert choose(["mismatch", "mismatch"], [False, True]) == 0  # only verified kernels are chosen by shape
     assert [s for s, _ in sorted(RANK.items(), key=lambda kv: -kv[1])] == [
         "verified", "mismatch", "not_verifiable", "compile_error", "syntax_error", "unavailable", "skipped"]
     with pytest.raises(ValueError, match="'probably_fine'"):
