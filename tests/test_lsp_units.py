@@ -339,3 +339,14 @@ def test_features_see_the_server_only_through_the_host_protocol():
     finally:
         server.close()
     assert not missing, f"MotLanguageServer lacks {missing} of ServerHost"
+
+
+def test_the_header_says_the_check_and_the_extractions_notes():
+    from kernelcheck.extract import SERIAL_NOTE
+
+    check = P.Verification(status="verified", backend="cpu", inputs=21)
+    kernel = Kernel("__global__ void k() {}", "saxpy", (3, 0), (7, 1), "smollm2", check, (SERIAL_NOTE,))
+    assert kernel.header("main.cpp") == ("// MoT: CUDA translation of `saxpy` (main.cpp:4), primary expert smollm2; "
+                                         f"verified on 21 generated inputs (CPU); {SERIAL_NOTE}")
+    assert Kernel("k", "selection", (0, 0), (1, 0), "smollm2").header("a.cpp") == (
+        "// MoT: CUDA translation of the selection (a.cpp:1), primary expert smollm2")

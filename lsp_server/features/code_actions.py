@@ -211,7 +211,8 @@ async def _translate_sources(
         if not text:  # the daemon says what came out instead of a kernel: never pass it off as CUDA
             missing.append(f"{source.name} ({result.status}: {describe(result.status, result.notes)})")
             continue
-        kernels.append(Kernel(text, source.name, source.start, source.end, result.primary_expert_name, result.check))
+        kernels.append(Kernel(text, source.name, source.start, source.end, result.primary_expert_name, result.check,
+                              tuple(result.notes)))
         ls.remember_translation(document, source, text, result)
     if missing:
         ls.tell(

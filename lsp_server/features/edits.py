@@ -63,15 +63,17 @@ class Kernel:
     end: tuple[int, int]
     primary_expert: str
     check: P.Verification = P.Verification(status=SKIPPED)  # the daemon's verification of this kernel
+    notes: tuple[str, ...] = ()  # what the extraction noted (e.g. a serial kernel), said after the check
 
     def header(self, source_name: str) -> str:
         """The comment line above the kernel: its source, its primary expert and what its check found (nothing
         where no check ran)."""
         what = "the selection" if self.name == "selection" else f"`{self.name}`"
         checked = "" if self.check.status == SKIPPED else f"; {check_words(self.check, HEADER_CHECK_CHARS)}"
+        noted = "".join(f"; {note}" for note in self.notes)
         return (
             f"// MoT: CUDA translation of {what} ({source_name}:{self.start[0] + 1}), "
-            f"primary expert {self.primary_expert}{checked}"
+            f"primary expert {self.primary_expert}{checked}{noted}"
         )
 
     def block(self, source_name: str) -> str:
