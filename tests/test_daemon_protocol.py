@@ -104,11 +104,11 @@ def test_a_check_status_outside_the_verdicts_is_refused():
         P.decode_reply(frame)
 
 
-def test_defaults_are_greedy_fast_and_unknown_fields_are_ignored():
+def test_defaults_are_greedy_full_and_unknown_fields_are_ignored():
     frame = msgspec.msgpack.encode({"type": "translate", "v": P.PROTOCOL_VERSION, "id": "x", "source": "s", "future_field": [1, 2]})
     req = P.decode_request(frame)
     assert req.options == P.TranslateOptions()
-    assert (req.options.mode, req.options.temperature, req.options.top_p) == ("fast", 0.0, 1.0)
+    assert (req.options.mode, req.options.temperature, req.options.top_p) == ("full", 0.0, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from lsprotocol import types
 def test_settings_defaults_and_both_shapes():
     defaults, problems = parse_settings(None)
     assert defaults == Settings() and problems == []
-    assert (defaults.placement, defaults.mode, defaults.autostart, defaults.endpoint) == ("newFile", "fast", True, None)
+    assert (defaults.placement, defaults.mode, defaults.autostart, defaults.endpoint) == ("newFile", "full", True, None)
     raw = {"endpoint": "ipc:///tmp/x.sock", "maxNewTokens": 64, "temperature": 0.5, "placement": "belowFunction",
            "mode": "full", "autostart": False, "preset": "tiny", "checkpoint": "/ckpt"}
     for shape in ({"mot": raw}, raw):
