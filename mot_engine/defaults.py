@@ -17,7 +17,7 @@ MAX_NEW_TOKENS_LIMIT = 4096
 TEMPERATURE = 0.0
 TOP_P = 1.0
 # "fast": the primary alone after routing; "full": the experts interact at every generated token. Full by measurement:
-# the trained layers act only there (pocket checkpoint on exec_dev: 75% of kernels parallel in full mode, 2% in fast
+# the trained layers act only there (pocket checkpoint on exec_dev: 80% of kernels parallel in full mode, 2% in fast
 # mode, which is the primary alone; BENCHMARKS.md, "Quality"), at 0.89x fast mode's tokens/s on an H100. An untrained
 # MoT gives the same tokens in both modes (the interaction is zero-gated at init).
 MODE = "full"
