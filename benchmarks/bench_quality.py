@@ -176,8 +176,9 @@ def score_row(row: str, functions: list[Function], cases: dict, nvcc: str | None
     records = []
     for f in functions:
         verdicts = [checks.samples[(f.id, i)] if checks else None for i in range(len(f.candidates))]
-        extracted = [extract_kernel(c["answer"]).status for c in f.candidates]
-        shapes = [parallelism(extract_kernel(c["answer"]).code) == PARALLEL for c in f.candidates]
+        extractions = [extract_kernel(c["answer"]) for c in f.candidates]
+        extracted = [e.status for e in extractions]
+        shapes = [parallelism(e.code) == PARALLEL for e in extractions]
         pick = choose([(e, v.status if v else None) for e, v in zip(extracted, verdicts)], shapes) if n else 0
         verdict = verdicts[pick] if extracted[pick] == KERNEL else None  # no kernel: nothing was verified
         verify_seconds = verdicts[0].seconds if checks else 0.0  # one check per function for all its candidates

@@ -99,8 +99,7 @@ def translate_result(t: Translation, checks: list[P.Verification], *, expert_nam
     the first verified, else the one whose check got furthest) with its check and every candidate's; timings gain
     the daemon's queue, verification and total."""
     now = time.monotonic()
-    chosen = choose([c.status for c in checks],
-                    [parallelism(e.code) == PARALLEL for e in t.extractions]) if checks else 0
+    chosen = choose([c.status for c in checks], [parallelism(e.code) == PARALLEL for e in t.extractions])
     result, extraction = t.results[chosen], t.extractions[chosen]
     timings = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.timings.items()}
     timings["daemon_queue_s"] = round((t.t_admitted or now) - t.t_received, 6)

@@ -14,6 +14,9 @@ import sys
 import typing
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from mot_engine import defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +38,10 @@ def test_the_wire_and_the_clients_default_to_mot_engine_defaults():
     assert (options.candidates, options.verify) == (defaults.CANDIDATES, defaults.VERIFY)
     assert (params["candidates"].default, params["verify"].default) == (defaults.CANDIDATES, defaults.VERIFY)
     assert typing.get_args(P.VerifyChoice) == defaults.VERIFY_CHOICES and defaults.VERIFY in defaults.VERIFY_CHOICES
-    assert 1 <= defaults.CANDIDATES <= defaults.CANDIDATES_LIMIT
+    assert msgspec.convert({"candidates": defaults.CANDIDATES_LIMIT}, P.TranslateOptions).candidates == \
+        defaults.CANDIDATES_LIMIT
+    with pytest.raises(msgspec.ValidationError):  # the wire refuses what the daemon's default limit refuses
+        msgspec.convert({"candidates": defaults.CANDIDATES_LIMIT + 1}, P.TranslateOptions)
 
 
 def test_the_wire_check_statuses_are_kernelchecks():
