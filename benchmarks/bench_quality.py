@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.quality_verify import (  # noqa: E402
     Function,
     RowError,
+    answers_for,
     choose,
     expand_rows,
     load_answers,
@@ -60,12 +61,16 @@ from mot_engine.defaults import CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P  # noqa: 
 from train.detokenize import detokenize  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babeltower" / "exec_dev.jsonl"
+DEFAULT_ROWS = ("smollm2-135m-instruct", "gemma3-270m", "mot-fast", "mot-full")
 COLUMNS = ("delivered", "syntax", "parallel", "serial", "compiles", "verified", "pass@1", "pass@1+gen")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m", "mot-fast", "mot-full"])
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="rows to generate (default: " + " ".join(DEFAULT_ROWS) + "); with --predictions, rows to "
+                        "score from the answers file (default: all of its rows; ROW and ROW+verify@M are also "
+                        "served by the first candidates of a ROW+verify@N in it, N >= M)")
     p.add_argument("--preset", default="pocket")
     p.add_argument("--checkpoint", default=None, help="the trained checkpoint of the trained-* rows")
     p.add_argument("--data", default=str(DATA))
@@ -87,8 +92,7 @@ def parse_args(argv=None):
                    "inputs (default: kernelcheck.verify's)")
     p.add_argument("--predictions", metavar="FILE", default=None,
                    help="score the rows of an answers file (DIR/answers.jsonl of an earlier run) instead of "
-                        "generating: no model needed; its rows and candidates are used (--rows and --candidates "
-                        "are not)")
+                        "generating: no model needed; --rows picks among its rows (--candidates is not used)")
     return p.parse_args(argv)
 
 
@@ -262,7 +266,11 @@ def main(argv=None) -> int:
         return 0
     try:
         answers = load_answers(args.predictions) if args.predictions else None
-        rows = list(answers) if answers is not None else expand_rows(args.rows, args.candidates)
+        if answers is not None:
+            rows = args.rows or list(answers)
+            answers = {row: answers_for(row, answers) for row in rows}
+        else:
+            rows = expand_rows(args.rows or DEFAULT_ROWS, args.candidates)
         choosing = [row for row in rows if split_row(row)[1]]
     except RowError as exc:
         raise SystemExit(f"error: {exc}") from exc

@@ -31,7 +31,7 @@ from kernelcheck.generated import GeneratedChecks, check_generated
 from kernelcheck.toolchain import Toolchain
 
 __all__ = ["CANDIDATE_ROWS_OF", "RowError", "Function", "split_row", "expand_rows", "write_answers", "load_answers",
-           "verify_functions", "choose"]
+           "answers_for", "verify_functions", "choose"]
 
 # The rows `--candidates N` adds a `+verify@N` row to: the MoT's (an expert-alone row is a baseline).
 CANDIDATE_ROWS_OF = ("mot-fast", "mot-full", "trained-fast", "trained-full")
@@ -111,6 +111,22 @@ def load_answers(path: str | Path) -> dict[str, list[Function]]:
             f.candidates.sort(key=lambda c: c.pop("index"))
         out[row] = list(functions.values())
     return out
+
+
+def answers_for(row: str, answers: Mapping[str, list[Function]]) -> list[Function]:
+    """``row``'s functions from an answers file: its own lines, else the first candidates of a row of the same base
+    with more of them (``ROW`` and ``ROW+verify@M`` are the first 1 and M candidates of ``ROW+verify@N``, N >= M:
+    candidates are generated greedy first, then sampled with seeds 1, 2, ..., so one N-candidate generation scores
+    every smaller N the daemon could have used)."""
+    if row in answers:
+        return answers[row]
+    base, n = split_row(row)
+    wanted = n or 1
+    donors = sorted((k, name) for name in answers for b, k in [split_row(name)] if b == base and k and k >= wanted)
+    if not donors:
+        raise RowError(f"row {row!r}: not in the answers file, and no row {base}+verify@N with N >= {wanted} in it "
+                       f"(rows: {sorted(answers)})")
+    return [Function(f.id, f.seconds, f.candidates[:wanted]) for f in answers[donors[0][1]]]
 
 
 def verify_functions(functions: Sequence[Function], cases: Mapping[str, ExecCase], backend: str,

@@ -128,3 +128,18 @@ def test_rows_scored_from_an_answers_file(tmp_path, monkeypatch, capsys):
     assert [(r["id"], r["candidate"], r["generated"]) for r in records] == [("relu", 1, "verified")]
     assert [json.loads(ln)["generated"] for ln in (out / "mot-fast.jsonl").read_text().splitlines()] == ["mismatch"]
     assert "| mot-fast+verify@2 |" in capsys.readouterr().out
+
+
+def test_smaller_rows_are_served_by_the_first_candidates_of_a_bigger_one():
+    funcs = [qv.Function("a", 2.0, [{"answer": f"a{j}", "tokens": j} for j in range(4)]),
+             qv.Function("b", 3.0, [{"answer": f"b{j}", "tokens": j} for j in range(4)])]
+    answers = {"trained-full@fmt+verify@4": funcs, "mot-fast": funcs[:1]}
+    two = qv.answers_for("trained-full@fmt+verify@2", answers)
+    assert [[c["answer"] for c in f.candidates] for f in two] == [["a0", "a1"], ["b0", "b1"]]
+    greedy = qv.answers_for("trained-full@fmt", answers)  # the plain row: the greedy candidate
+    assert [[c["answer"] for c in f.candidates] for f in greedy] == [["a0"], ["b0"]]
+    assert qv.answers_for("mot-fast", answers) is answers["mot-fast"]
+    with pytest.raises(qv.RowError, match=r"no row trained-full@fmt\+verify@N with N >= 8"):
+        qv.answers_for("trained-full@fmt+verify@8", answers)
+    with pytest.raises(qv.RowError, match="no row trained-fast"):  # another base never serves
+        qv.answers_for("trained-fast@fmt", answers)
