@@ -79,6 +79,10 @@ class RuntimeConfig:
         "prompt-length bucket")
     encoder_graphs: bool = _switch(
         "MOT_ENCODER_GRAPHS", True, "Routing replays CUDA graphs of the frozen sentence encoder (GPU)")
+    prompt_lookup: bool = _switch(
+        "MOT_PROMPT_LOOKUP", True,
+        "Prompt-lookup speculation on the dynamic-cache path (CPU; a GPU with `MOT_CUDA_GRAPHS=0`): tokens drafted "
+        "from the prompt, kept where decoding agrees (greedy output unchanged). Slabs decode one token a step")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "RuntimeConfig":

@@ -38,7 +38,6 @@ from mot_engine.decoding.sequences import (
     stack_routings,
     strip_eos,
 )
-from mot_engine.decoding.stopping import KernelEnd
 from mot_engine.decoding.slabs import (
     MIN_COLUMNS,
     MIN_MEMORY,
@@ -47,9 +46,12 @@ from mot_engine.decoding.slabs import (
     SlabShape,
     bucket,
     ends_with_pending,
+    joiners_of,
     remaining_columns,
     supports,
 )
+from mot_engine.decoding.speculation import LookupSettings, can_roll_back, decode_with_drafts, drafts_for
+from mot_engine.decoding.stopping import KernelEnd
 from mot_engine.defaults import MODES
 from mot_engine.envs import RuntimeConfig
 from mot_engine.errors import NonFiniteError, SourceTooLong
@@ -137,6 +139,9 @@ class Generator:
         # launching the experts' kernels from Python.
         self.prefill_graphs = (PrefillGraphs(self) if self.cuda_graphs and not self.compile_layers
                                and runtime.prefill_graphs else None)
+        # Prompt-lookup speculation (decoding/speculation.py) where the cache can roll back: the dynamic-cache path.
+        self.prompt_lookup = runtime.prompt_lookup
+        self.lookup_settings = LookupSettings()
         self.waiting: list[Sequence] = []
         self.cohorts: list[Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)
         self.slabs: dict[tuple[int, str], DecodeSlab] = {}  # static-cache batches, one per (primary, mode)
@@ -191,7 +196,8 @@ class Generator:
     def decoding(self) -> str:
         """How this engine decodes, in words (the daemon logs it)."""
         if not self.static_cache:
-            return "dynamic-cache cohorts (requests admitted together decode together)"
+            return "dynamic-cache cohorts (requests admitted together decode together)" + (
+                ", prompt-lookup speculation" if self.prompt_lookup else "")
         parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
         parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
                                         ("fused q/k/v", self.fused_qkv), ("fused gated MLP", self.fused_mlp),
@@ -291,6 +297,7 @@ class Generator:
         self.results[seq.request_id] = GenerationResult(
             request_id=seq.request_id, text=text, token_ids=list(seq.generated), routing=seq.routing or {},
             finish_reason=reason, error=error, answer_prefix=seq.answer_prefix,
+            draft_tokens=seq.drafted, accepted_tokens=seq.kept,
             num_prompt_tokens=len(seq.prompt_ids[seq.primary]) if seq.primary >= 0 else 0,
             num_generated_tokens=len(seq.generated),
             timings={
@@ -380,6 +387,8 @@ class Generator:
                 input_ids=input_ids, attention_mask=cohort.attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=logits_to_keep, **{mot.cache_kwarg[cohort.primary]: cohort.cache},
             )
+        if logits_to_keep > 1:  # a speculative step: every drafted position's logits
+            return out.logits[:, -logits_to_keep:, :].float()  # (B, W, V)
         return out.logits[:, -1, :].float()  # (B, V)
 
     def _prefill(self, cohort: Cohort) -> list[StepOutput]:
@@ -419,7 +428,7 @@ class Generator:
         if not cohort.seqs:
             return outputs
         if to_slab:  # the joiners copy the prompt's keys and values now, before any other prefill replays
-            outputs += self._place((p, cohort.mode), self._joiners(cohort))
+            outputs += self._place((p, cohort.mode), joiners_of(cohort))
         else:
             self.cohorts.append(cohort)
         return outputs
@@ -428,26 +437,6 @@ class Generator:
         if not self.static_cache:
             return False
         return not self.cuda_graphs or next(self.mot.experts[primary].parameters()).device == self.mot.device
-
-    def _joiners(self, cohort: Cohort) -> list[Joiner]:
-        """Each row of a prefilled cohort as a slab joiner: its prompt's keys/values (the last Lp columns of the
-        left-padded cache), its next input token and position, and its interaction memory (full mode)."""
-        layers = cohort.cache.layers
-        T = cohort.attention_mask.shape[1]
-        lengths = cohort.attention_mask.sum(-1).tolist()
-        out = []
-        for b, seq in enumerate(cohort.seqs):
-            L = int(lengths[b])
-            ctx = cohort.ctx
-            memory = ctx.row(b) if ctx is not None else None
-            primary_weight = ctx.primary_weight[b] if ctx is not None else None
-            out.append(Joiner(
-                seq=seq, keys=[layer.keys[b, :, T - L :] for layer in layers],
-                values=[layer.values[b, :, T - L :] for layer in layers],
-                next_token=cohort.next_input[b, 0], position=cohort.positions[b, 0],
-                memory=memory, primary_weight=primary_weight,
-            ))
-        return out
 
     def _place(self, key: tuple[int, str], joiners: list[Joiner]) -> list[StepOutput]:
         """Join the (primary, mode) slab, or move its rows and the joiners into a slab of a bigger shape."""
@@ -505,6 +494,13 @@ class Generator:
         return []
 
     def _decode(self, cohort: Cohort) -> list[StepOutput]:
+        if self.prompt_lookup and can_roll_back(cohort.cache):
+            drafts = drafts_for(cohort.seqs, cohort.primary, self.lookup_settings)
+            if any(drafts):
+                outputs = decode_with_drafts(self, cohort, drafts)
+                if any(s.finish_reason for s in cohort.seqs):
+                    compact(cohort, self.mot.device)
+                return outputs
         cohort.attention_mask = torch.cat([cohort.attention_mask, torch.ones_like(cohort.next_input)], dim=1)
         logits = self._forward(cohort, cohort.next_input, cohort.positions)
         cohort.positions = cohort.positions + 1

@@ -57,6 +57,8 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
     error: str | None = None
     answer_prefix: str = ""  # the start of the answer the prompt wrote (the kernel's head); `text` continues it
+    draft_tokens: int = 0  # prompt-lookup speculation: tokens drafted for this request, and how many were kept
+    accepted_tokens: int = 0
 
     @property
     def answer(self) -> str:

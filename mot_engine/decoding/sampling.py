@@ -17,10 +17,8 @@ def request_rng(seed: int | None, model) -> torch.Generator:
     return g
 
 
-def sample_token(logits: torch.Tensor, req: GenerationRequest, rng: torch.Generator) -> torch.Tensor:
-    """One token from (V,) logits: greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
-    if req.temperature == 0:
-        return logits.argmax()
+def probabilities(logits: torch.Tensor, req: GenerationRequest) -> torch.Tensor:
+    """The (V,) distribution a sampling request draws from: softmax at its temperature, cut to its nucleus (top-p)."""
     probs = torch.softmax(logits / req.temperature, dim=-1)
     if req.top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
@@ -28,7 +26,14 @@ def sample_token(logits: torch.Tensor, req: GenerationRequest, rng: torch.Genera
         keep = cum - sorted_p < req.top_p  # always keeps the most likely token
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=rng)[0]
+    return probs
+
+
+def sample_token(logits: torch.Tensor, req: GenerationRequest, rng: torch.Generator) -> torch.Tensor:
+    """One token from (V,) logits: greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
+    if req.temperature == 0:
+        return logits.argmax()
+    return torch.multinomial(probabilities(logits, req), 1, generator=rng)[0]
 
 
 def next_tokens(rows: list, logits: torch.Tensor, flag) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,9 @@ class Sequence:
     t_done: float | None = None
     answer_prefix: str = ""  # the answer's start, written by the prompt
     stop: KernelEnd | None = None  # the answer's end (decoding/stopping.py); None: EOS and length only
+    lookup: object | None = None  # speculation.PromptLookup of the primary's context, made at the first draft
+    drafted: int = 0  # draft tokens proposed / kept (prompt-lookup speculation)
+    kept: int = 0
 
 
 @dataclass

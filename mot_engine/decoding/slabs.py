@@ -97,6 +97,26 @@ class InFlight:
         return self.rows, ids, [bool(f) for f in finite]
 
 
+def joiners_of(cohort) -> list[Joiner]:
+    """Each row of a prefilled cohort (sequences.Cohort) as a slab joiner: its prompt's keys/values (the last Lp
+    columns of the left-padded cache), its next input token and position, and its interaction memory (full mode)."""
+    layers = cohort.cache.layers
+    T = cohort.attention_mask.shape[1]
+    lengths = cohort.attention_mask.sum(-1).tolist()
+    ctx = cohort.ctx
+    out = []
+    for b, seq in enumerate(cohort.seqs):
+        L = int(lengths[b])
+        out.append(Joiner(
+            seq=seq, keys=[layer.keys[b, :, T - L :] for layer in layers],
+            values=[layer.values[b, :, T - L :] for layer in layers],
+            next_token=cohort.next_input[b, 0], position=cohort.positions[b, 0],
+            memory=ctx.row(b) if ctx is not None else None,
+            primary_weight=ctx.primary_weight[b] if ctx is not None else None,
+        ))
+    return out
+
+
 def remaining_columns(seq) -> int:
     """Columns a running request still writes: one per decode step until max_new_tokens."""
     return max(0, seq.request.max_new_tokens - len(seq.generated))

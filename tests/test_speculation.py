@@ -1,0 +1,180 @@
+"""Prompt-lookup speculation (mot_engine/decoding/speculation.py): drafting, the acceptance rules, and the engine's
+invariant that speculative greedy decoding gives plain greedy decoding's tokens — fast and full mode, batch 1 and a
+batch whose rows keep different numbers of draft tokens, stop rules landing inside a draft."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mot_engine import GenerationRequest, Generator
+from mot_engine.decoding import speculation
+from mot_engine.decoding.speculation import PromptLookup, accept
+from mot_engine.envs import RuntimeConfig
+
+SOURCES = [
+    "void add(const float* a, const float* b, float* c, int n) { for (int i = 0; i < n; ++i) c[i] = a[i] + b[i]; }",
+    "double dot(const double* x, const double* y, int n) { double s = 0; for (int i = 0; i < n; i++) s += x[i] * y[i]; return s; }",
+    "void relu(float* x, int n) { for (int i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0; }",
+]
+PLAIN = dataclasses.replace(RuntimeConfig(), prompt_lookup=False)
+SPECULATIVE = dataclasses.replace(RuntimeConfig(), prompt_lookup=True)
+
+
+# Drafting ---------------------------------------------------------------------------------------------------------
+
+def test_lookup_drafts_what_followed_the_longest_latest_match():
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8], max_ngram=3, min_ngram=1)
+    lookup.extend([1, 2, 3])  # suffix (1, 2, 3) occurred at the start: 4, 5, ... follow it
+    assert lookup.draft(3) == [4, 5, 9]
+    lookup.extend([7])  # (2, 3, 7) is the longest match: 8 followed it, then the text ends
+    assert lookup.draft(4) == [8, 1, 2, 3]
+    lookup.extend([6])  # 6 never occurred before
+    assert lookup.draft(4) == []
+
+
+def test_lookup_prefers_the_latest_occurrence_and_respects_the_shortest_ngram():
+    lookup = PromptLookup([5, 1, 6, 5, 1, 8], max_ngram=2, min_ngram=2)
+    lookup.extend([5, 1])
+    assert lookup.draft(1) == [8]  # (5, 1) occurred twice: the later one's successor
+    lookup.extend([4, 1])  # (4, 1) is new; the unigram (1,) would match but is shorter than min_ngram
+    assert lookup.draft(2) == []
+    with pytest.raises(ValueError, match="min_ngram"):
+        PromptLookup([1], max_ngram=1, min_ngram=2)
+
+
+def test_lookup_syncs_generated_tokens_once():
+    lookup = PromptLookup([3, 4, 5], max_ngram=2, min_ngram=1)
+    lookup.sync([3])
+    lookup.sync([3, 4])
+    assert lookup.tokens == [3, 4, 5, 3, 4] and lookup.draft(2) == [5, 3]
+
+
+# The acceptance rules -----------------------------------------------------------------------------------------------
+
+def _logits_preferring(tokens: list[int], vocab: int = 6) -> torch.Tensor:
+    logits = torch.zeros(len(tokens), vocab)
+    logits[torch.arange(len(tokens)), torch.tensor(tokens)] = 5.0
+    return logits
+
+
+def test_greedy_keeps_the_draft_while_it_is_the_argmax():
+    greedy = GenerationRequest("x", temperature=0.0)
+    logits = _logits_preferring([2, 3, 4, 5])  # positions: after next input, after d1, d2, d3
+    assert accept(logits, [2, 3, 4], greedy, None) == [2, 3, 4, 5]  # all kept, plus the primary's next token
+    assert accept(logits, [2, 1, 4], greedy, None) == [2, 3]  # d2 rejected: the argmax replaces it
+    assert accept(logits[:1], [], greedy, None) == [2]  # no draft: plain greedy
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_sampling_rule_leaves_the_distribution_unchanged(top_p):
+    """The first emitted token, drafted or not, is distributed as plain sampling would draw it (chi-square)."""
+    req = GenerationRequest("x", temperature=0.9, top_p=top_p)
+    logits = torch.tensor([[1.0, 0.2, -0.5, 0.8, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])  # (2, V)
+    target = speculation.probabilities(logits[0], req)
+    target = target / target.sum()  # the nucleus renormalised: what multinomial draws from
+    rng = torch.Generator().manual_seed(0)
+    draws = 8000
+    for draft in (3, 2):  # a likely and an unlikely draft token
+        counts = torch.zeros(5)
+        for _ in range(draws):
+            counts[accept(logits, [draft], req, rng)[0]] += 1
+        expected = target * draws
+        seen = expected > 0
+        assert torch.all(counts[~seen] == 0)  # tokens outside the nucleus never appear
+        chi2 = float(((counts[seen] - expected[seen]) ** 2 / expected[seen]).sum())
+        assert chi2 < 20.0, (draft, counts.tolist(), expected.tolist())  # df <= 4: p < 0.001
+
+
+# The engine -----------------------------------------------------------------------------------------------------------
+
+def _requests(max_new_tokens=(14, 9, 17), **kw):
+    """Every source with each expert as primary, in both modes: cohorts of three rows (one per source)."""
+    return [GenerationRequest(src, mode=mode, max_new_tokens=n, force_active=[p, (p + 1) % 3], **kw)
+            for p in range(3) for mode in ("fast", "full") for src, n in zip(SOURCES, max_new_tokens)]
+
+
+class OracleDrafts:
+    """Drafts that are the plain run's own next tokens with every third draft corrupted at its second token: each
+    step keeps all of a draft, part of one, or only the primary's token, and rows of a batch keep different counts."""
+
+    def __init__(self, plain_results, requests):
+        self.reference = {(r.source, r.mode, tuple(r.force_active)): res.token_ids
+                          for r, res in zip(requests, plain_results)}
+        assert len(self.reference) == len(requests)
+        self.calls = 0
+
+    def __call__(self, seqs, primary, settings=None):
+        drafts = []
+        for s in seqs:
+            self.calls += 1
+            ref = self.reference[(s.request.source, s.request.mode, tuple(s.request.force_active))]
+            room = s.request.max_new_tokens - len(s.generated) - 1
+            draft = list(ref[len(s.generated):len(s.generated) + min(4, room)])
+            if self.calls % 3 == 0 and len(draft) > 1:
+                draft[1] = (draft[1] + 1) % 50
+            drafts.append(draft)
+        return drafts
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("batched", [False, True])
+def test_speculative_greedy_equals_plain_greedy(perturbed_mot, monkeypatch, batched):
+    mot = perturbed_mot.eval()
+    reqs = _requests(stop_at_eos=False)
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
+    oracle = OracleDrafts(plain, reqs)
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", oracle)
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=False)
+    spec = gen.generate(reqs) if batched else [gen.generate([r])[0] for r in reqs]
+    for r, a, b in zip(reqs, plain, spec):
+        assert b.token_ids == a.token_ids and b.text == a.text and b.finish_reason == a.finish_reason, r.mode
+    kept = sum(r.accepted_tokens for r in spec)
+    drafted = sum(r.draft_tokens for r in spec)
+    assert 0 < kept < drafted  # drafts were kept, and some were rejected
+
+
+@torch.no_grad()
+def test_stop_rules_inside_a_draft_end_where_plain_decoding_ends(perturbed_mot, monkeypatch):
+    """EOS, the answer's end and the token limit take effect at their token even when it lies inside a kept draft;
+    the streamed pieces still add up to the final text."""
+    mot = perturbed_mot.eval()
+    reqs = _requests(max_new_tokens=(5, 11, 3))  # stop rules on
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", OracleDrafts(plain, reqs))
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=False)
+    for i, r in enumerate(reqs):
+        gen.add_request(f"r{i}", r)
+    pieces: dict[str, list[str]] = {}
+    while gen.has_unfinished():
+        for out in gen.step():
+            pieces.setdefault(out.request_id, []).append(out.text_delta)
+    for i, a in enumerate(plain):
+        b = gen.results[f"r{i}"]
+        assert (b.token_ids, b.finish_reason) == (a.token_ids, a.finish_reason)
+        assert "".join(pieces[f"r{i}"]) == b.text
+
+
+@torch.no_grad()
+def test_sampled_requests_decode_with_drafts_and_keep_their_limits(perturbed_mot, monkeypatch):
+    mot = perturbed_mot.eval()
+    reqs = _requests(stop_at_eos=False, temperature=0.8, top_p=0.95, seed=3)
+    greedy = [dataclasses.replace(r, temperature=0.0) for r in reqs]
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(greedy)
+    def run():  # fresh drafts each run: what a sampled row draws depends on what it was offered
+        oracle = OracleDrafts(plain, greedy)
+        monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", lambda seqs, p, settings: oracle(
+            [dataclasses.replace(s, request=dataclasses.replace(s.request, temperature=0.0)) for s in seqs], p))
+        return Generator(mot, runtime=SPECULATIVE, static_cache=False).generate(reqs)
+
+    first, again = run(), run()
+    for r, a, b in zip(reqs, first, again):
+        assert len(a.token_ids) == r.max_new_tokens and a.token_ids == b.token_ids  # seeded: reproducible
+    assert sum(r.accepted_tokens for r in first) > 0
+
+
+def test_prompt_lookup_is_a_runtime_switch():
+    assert RuntimeConfig.from_env({"MOT_PROMPT_LOOKUP": "0"}).prompt_lookup is False
+    assert RuntimeConfig.from_env({}).prompt_lookup is True
