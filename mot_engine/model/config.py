@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 DEFAULT_PROMPT_TEMPLATE = "### Translate C++ to CUDA:\n{source}\n### CUDA:\n"
 
-Quantization = Literal[None, "4bit", "8bit"]
+# "4bit" / "8bit": bitsandbytes NF4 / int8 (CUDA; training passes gradients through them). "int4": our inference
+# path, group-wise int4 weights multiplied by PyTorch's fused int4 kernels (model/int4.py; CUDA and CPU, CUDA graphs).
+Quantization = Literal[None, "4bit", "8bit", "int4"]
+QUANTIZATIONS = (None, "4bit", "8bit", "int4")
 
 
 @dataclass
@@ -34,8 +37,9 @@ class ExpertConfig:
             raise ValueError(f"expert {self.name!r}: give `path` (hub id or folder) or `config_dict` (random weights)")
         if self.config_dict is not None and self.tokenizer_path is None:
             raise ValueError(f"expert {self.name!r}: a random-weight expert (config_dict) needs `tokenizer_path`")
-        if self.quantization not in (None, "4bit", "8bit"):
-            raise ValueError(f"expert {self.name!r}: quantization must be None, '4bit' or '8bit', got {self.quantization!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"expert {self.name!r}: quantization must be one of {QUANTIZATIONS}, got "
+                             f"{self.quantization!r}")
 
     @property
     def model_id(self) -> str:

@@ -23,6 +23,7 @@ from transformers import (
 
 from mot_engine.errors import QuantizationUnavailable
 from mot_engine.model.config import ExpertConfig
+from mot_engine.model.int4 import quantize_int4
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,12 @@ class ExpertLoader:
         tok_src = config.tokenizer_path or config.path
         tokenizer = AutoTokenizer.from_pretrained(tok_src, revision=None if config.tokenizer_path else config.revision)
         kwargs: dict = {"dtype": dtype}
-        if config.quantization is not None:
+        bnb = config.quantization in ("4bit", "8bit")  # loaded quantized by transformers; int4 is converted after
+        if bnb:
             kwargs["quantization_config"] = _bnb_config(config, dtype, device)
             kwargs["device_map"] = {"": device.index or 0}
         if config.config_dict is not None:
-            if config.quantization is not None:
+            if bnb:
                 raise QuantizationUnavailable(
                     f"expert {config.name!r}: random-weight experts (config_dict) cannot be quantized by "
                     f"from_config; save them with save_pretrained and load the folder with quantization="
@@ -126,8 +128,11 @@ class ExpertLoader:
                 model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(config.path, revision=config.revision, **kwargs)
-            if config.quantization is None:
+            if not bnb:
                 model = model.to(device)
+        if config.quantization == "int4":
+            replaced = quantize_int4(model, dtype)
+            log.info("expert %s: %d linear layers in int4", config.name, replaced)
         model.eval()
         model.requires_grad_(False)
         if tokenizer.pad_token_id is None:

@@ -1,0 +1,110 @@
+"""int4 experts (mot_engine/model/int4.py) against bf16 on the seed experts' shapes (random weights), one process.
+
+    MOT_SEED_CONFIGS=../shared/data/seed_expert_configs.json python benchmarks/bench_int4.py --out int4.json
+
+Rows: decode tokens/s of the default engine (slabs, CUDA graphs, the Triton substitutions where they apply) in fast
+and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts; the ratios int4 / bf16 and full /
+fast; peak GPU memory after loading the three experts and after decoding. Parity (int4): the greedy tokens of the
+graph path against the same int4 model's eager path (dynamic cache, no graphs, the experts' own modules): how many
+of the generated tokens agree before the first difference, and the share of graph-path tokens that the eager,
+cache-free teacher-forced forward (`target_logits`) also ranks first (bf16 activations, so near-ties may differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
+
+UNIT = "void saxpy(int n, float a, const float* x, float* y) {\n  for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i];\n}\n"
+
+
+def gib(n: int) -> float:
+    return n / 2**30
+
+
+def decode_rate(mot, runtime, mode: str, batch: int, new_tokens: int, source: str, active) -> float:
+    gen = Generator(mot, max_batch_size=batch, runtime=runtime)
+    reqs = [GenerationRequest(source, mode=mode, max_new_tokens=new_tokens, stop_at_eos=False, force_active=active)
+            for _ in range(batch)]
+    gen.generate([GenerationRequest(source, mode=mode, max_new_tokens=8, stop_at_eos=False, force_active=active)
+                  for _ in range(batch)])  # warm-up: captures the slab's graph
+    gen.generate(reqs)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = gen.generate(reqs)
+    torch.cuda.synchronize()
+    first = max(r.timings["first_token_s"] for r in out)
+    return batch * (new_tokens - 1) / (time.perf_counter() - t0 - first)
+
+
+def parity(mot, runtime, source: str, active, new_tokens: int) -> dict:
+    req = GenerationRequest(source, mode="full", max_new_tokens=new_tokens, stop_at_eos=False, force_active=active)
+    graph = Generator(mot, runtime=runtime).generate([req])[0].token_ids
+    eager = Generator(mot, runtime=runtime, static_cache=False, cuda_graphs=False).generate([req])[0].token_ids
+    agree = next((i for i, (a, b) in enumerate(zip(graph, eager)) if a != b), len(graph))
+    with torch.no_grad():
+        logits = mot.target_logits(source, graph, active_experts=active)
+    ranked_first = sum(int(a == b) for a, b in zip(logits.argmax(-1).tolist(), graph)) / len(graph)
+    return {"tokens": len(graph), "graph_equals_eager_until": agree, "teacher_forced_argmax_agreement": ranked_first}
+
+
+def measure(quantization: str | None, args, runtime) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    mot = build_mot("seed-random", device="cuda", dtype="bfloat16", quantization=quantization, untrained=True)
+    loaded = torch.cuda.max_memory_allocated()
+    source = UNIT
+    while len(mot.prompt_ids(0, source + UNIT)) < 200:
+        source += UNIT
+    active = [0] + list(range(1, mot.config.top_k))
+    row = {"quantization": quantization or "bf16", "loaded_gib": gib(loaded)}
+    row["fast_b1"] = decode_rate(mot, runtime, "fast", 1, args.new_tokens, source, active)
+    row["full_b1"] = decode_rate(mot, runtime, "full", 1, args.new_tokens, source, active)
+    row["fast_b16"] = decode_rate(mot, runtime, "fast", 16, args.new_tokens, source, active)
+    row["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+    if quantization is not None:
+        row["parity"] = parity(mot, runtime, source, active, 64)
+    row["engine"] = Generator(mot, runtime=runtime).decoding
+    del mot
+    gc.collect()
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    runtime = RuntimeConfig.from_env()
+    print(f"{torch.cuda.get_device_name()}, {datetime.date.today()}", flush=True)
+    rows = []
+    for quantization in (None, "int4"):
+        rows.append(measure(quantization, args, runtime))
+        print(json.dumps(rows[-1]), flush=True)
+    bf16, int4 = rows
+    print("| experts | fast b=1 tok/s | full b=1 tok/s (x fast) | 16 requests tok/s (x one) | loaded GiB | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['quantization']} | {r['fast_b1']:.0f} | {r['full_b1']:.0f} ({r['full_b1'] / r['fast_b1']:.2f}x) | "
+              f"{r['fast_b16']:.0f} ({r['fast_b16'] / r['fast_b1']:.1f}x) | {r['loaded_gib']:.2f} | {r['peak_gib']:.2f} |")
+    print(f"int4 / bf16: fast {int4['fast_b1'] / bf16['fast_b1']:.2f}x, full {int4['full_b1'] / bf16['full_b1']:.2f}x, "
+          f"16 requests {int4['fast_b16'] / bf16['fast_b16']:.2f}x; parity {int4['parity']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(),
+                                              "date": str(datetime.date.today()), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

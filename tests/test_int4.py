@@ -1,0 +1,82 @@
+"""int4 experts (mot_engine/model/int4.py) on the CPU: the kernels compute the dequantized weights' product, the
+quantization error stays within half a step, and decoding through every path gives the same tokens with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mot_engine import GenerationRequest, Generator, build_mot
+from mot_engine.model.config import ExpertConfig
+from mot_engine.model.int4 import Int4Linear, quantizable, quantize_groups, quantize_int4
+
+SOURCE = "void scale(float* x, float a, int n) { for (int i = 0; i < n; ++i) x[i] = a * x[i]; }"
+
+
+@pytest.mark.parametrize("in_features,out_features,bias", [(256, 64, True), (96, 32, False), (64, 48, True)])
+def test_int4_linear_is_the_product_with_its_dequantized_weight(in_features, out_features, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    layer = Int4Linear(linear, torch.float32)
+    assert layer.group == next(g for g in (128, 64, 32) if in_features % g == 0)
+    codes, _ = quantize_groups(linear.weight.detach(), layer.group)
+    weight = layer.dequantized_weight(codes)
+    x = torch.randn(2, 3, in_features)  # any leading shape
+    expected = x @ weight.t() + (linear.bias if bias else 0)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    # each weight is within half a quantization step of its group's grid
+    step = (linear.weight.detach().view(out_features, -1, layer.group).amax(-1)
+            - linear.weight.detach().view(out_features, -1, layer.group).amin(-1)) / 15
+    error = (weight - linear.weight.detach()).abs().view(out_features, -1, layer.group)
+    assert torch.all(error <= step[..., None] / 2 + 1e-6)
+
+
+def test_shapes_the_kernels_cannot_take_are_refused_or_left_alone():
+    assert not quantizable(nn.Linear(48, 48)) and not quantizable(nn.Linear(64, 40))
+    with pytest.raises(ValueError, match="48->48"):
+        Int4Linear(nn.Linear(48, 48))
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 40))
+    assert quantize_int4(model, torch.float32) == 1
+    assert isinstance(model[0], Int4Linear) and type(model[2]) is nn.Linear
+
+
+def test_int4_is_a_known_quantization_and_others_are_refused():
+    assert ExpertConfig("e", path="x", quantization="int4").quantization == "int4"
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        ExpertConfig("e", path="x", quantization="int3")
+
+
+@pytest.fixture(scope="module")
+def int4_mot():
+    return build_mot("tiny", device="cpu", quantization="int4")
+
+
+@torch.no_grad()
+def test_int4_experts_decode_the_same_tokens_on_every_path(int4_mot):
+    """The slab path (on a GPU: CUDA graphs) equals the dynamic-cache path and the teacher-forced forward, in both
+    modes; and int4 really changed the experts."""
+    mot = int4_mot.eval()
+    assert sum(isinstance(m, Int4Linear) for m in mot.experts[0].modules()) > 0
+    reqs = [GenerationRequest(SOURCE, mode=mode, max_new_tokens=10, stop_at_eos=False, force_active=[p, (p + 1) % 3])
+            for p in range(3) for mode in ("fast", "full")]
+    dynamic = Generator(mot, static_cache=False).generate(reqs)
+    slabs = Generator(mot, static_cache=True, cuda_graphs=False).generate(reqs)
+    for req, a, b in zip(reqs, dynamic, slabs):
+        assert a.token_ids == b.token_ids
+        logits = mot.target_logits(SOURCE, a.token_ids, active_experts=req.force_active)
+        assert logits.argmax(-1).tolist() == a.token_ids
+    # The whole expert is the unquantized one with each replaced layer's weight dequantized (same random weights).
+    plain = build_mot("tiny", device="cpu")
+    quantized_layers = dict(mot.experts[0].named_modules())
+    replaced = 0
+    for name, module in plain.experts[0].named_modules():
+        layer = quantized_layers[name]
+        if isinstance(layer, Int4Linear):
+            codes, _ = quantize_groups(module.weight, layer.group)
+            module.weight.copy_(layer.dequantized_weight(codes))
+            replaced += 1
+    ids = torch.tensor([mot.prompt_ids(0, SOURCE)])
+    quantized, reference = mot.experts[0](input_ids=ids).logits, plain.experts[0](input_ids=ids).logits
+    assert replaced > 0
+    torch.testing.assert_close(quantized, reference, rtol=1e-4, atol=1e-4)
