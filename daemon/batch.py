@@ -83,6 +83,7 @@ class BatchOptions:
     checkpoint: str | None = None
     device: str | None = None
     dtype: str | None = None
+    quantization: str | None = None
     max_batch_size: int = 16
     max_overloaded_retries: int = 100
     progress: bool = True
@@ -216,6 +217,7 @@ class BatchRun:
         )
         config = EngineConfig(  # it allows what a daemon allows by default, or what this run asks for if more
             preset=opts.preset, checkpoint=opts.checkpoint, device=opts.device, dtype=opts.dtype,
+            quantization=opts.quantization,
             max_batch_size=opts.max_batch_size, max_new_tokens=max(MAX_NEW_TOKENS_LIMIT, opts.max_new_tokens),
             runtime=RuntimeConfig.from_env(),
         )

@@ -36,6 +36,7 @@ from mot_engine.defaults import (
     VERIFY_TIMEOUT_S,
 )
 from mot_engine.envs import RuntimeConfig
+from mot_engine.model.config import QUANTIZATIONS as MODEL_QUANTIZATIONS
 from mot_engine.presets.names import PRESETS
 
 from .batch import EXIT_USAGE, BatchOptions, run_batch
@@ -55,6 +56,7 @@ from .engine_config import EngineConfig
 from .server import serve
 
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = tuple(q for q in MODEL_QUANTIZATIONS if q is not None)
 
 
 def _add_endpoint(p: argparse.ArgumentParser, *, many: bool = False) -> None:
@@ -78,6 +80,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="DIR", help="router + interaction checkpoint folder")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="expert weights dtype (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                   help="quantized expert weights: int4 (PyTorch's fused int4 kernels, the fast decode path; GPU or "
+                        "CPU), 4bit (bitsandbytes NF4, GPU), 8bit (bitsandbytes int8, GPU); default: none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +203,7 @@ def cmd_serve(args) -> int:
     try:
         config = EngineConfig(
             preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-            max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_source_chars=args.max_source_chars,
+            quantization=args.quantization, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_source_chars=args.max_source_chars,
             max_new_tokens=args.max_new_tokens, default_timeout_s=args.request_timeout,
             batch_wait_s=args.batch_wait_ms / 1000.0, batch_wait_max_s=args.batch_wait_max_ms / 1000.0,
             init_seed=args.init_seed, runtime=RuntimeConfig.from_env(), verify=not args.no_verify,
@@ -302,7 +307,8 @@ def cmd_translate(args) -> int:
         mode=args.mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, candidates=args.candidates, verify="off" if args.no_verify else "auto", timeout_s=args.timeout,
         jobs=args.jobs, embedded=not args.no_embedded, preset=args.preset,
-        checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
+        checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, quantization=args.quantization,
+        max_batch_size=args.max_batch_size,
         progress=not args.no_progress, curve=_client_curve(args),
     )
     return run_batch(opts)

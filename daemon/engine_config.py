@@ -18,6 +18,7 @@ class EngineConfig:
     checkpoint: str | None = None
     device: str | None = None  # None: cuda if available else cpu
     dtype: str | None = None  # None: the engine's default (bf16 on GPU, fp32 on CPU)
+    quantization: str | None = None  # "int4" | "4bit" | "8bit" (mot_engine.model.config); None: unquantized
     max_batch_size: int = 16  # sequences decoded together
     max_queue: int = 64  # translations accepted beyond the running batch; more -> overloaded
     max_source_chars: int = 200_000

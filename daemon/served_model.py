@@ -54,7 +54,7 @@ class ServedModel:
             if config.init_seed is not None:
                 torch.manual_seed(config.init_seed)
             model = build_mot(config.preset, config.checkpoint, device=resolve_device(config.device),
-                              dtype=config.dtype, runtime=config.runtime)
+                              dtype=config.dtype, quantization=config.quantization, runtime=config.runtime)
         return cls(model, config.runtime)
 
     @property

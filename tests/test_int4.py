@@ -80,3 +80,17 @@ def test_int4_experts_decode_the_same_tokens_on_every_path(int4_mot):
     quantized, reference = mot.experts[0](input_ids=ids).logits, plain.experts[0](input_ids=ids).logits
     assert replaced > 0
     torch.testing.assert_close(quantized, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_the_daemon_and_the_batch_cli_load_int4_experts():
+    from daemon.cli import build_parser
+    from daemon.engine_config import EngineConfig
+    from daemon.served_model import ServedModel
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--quantization", "int4"]).quantization == "int4"
+    assert parser.parse_args(["translate", "x.cpp", "--out", "o", "--quantization", "int4"]).quantization == "int4"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--quantization", "int3"])
+    served = ServedModel.load(EngineConfig(preset="tiny", device="cpu", quantization="int4"))
+    assert any(isinstance(m, Int4Linear) for m in served.mot.experts[0].modules())
