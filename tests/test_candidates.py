@@ -26,7 +26,8 @@ def test_candidates_share_one_prefill_and_get_what_they_get_alone(perturbed_mot,
     forward = Generator._forward
 
     def recording(self, cohort, input_ids, position_ids, logits_to_keep=1):
-        if input_ids.shape[1] > 1:  # a prefill (decode steps feed one token a row)
+        if input_ids.shape[1] > 1 and logits_to_keep == 1:  # a prefill (decode steps feed one token a row;
+            # a speculative step feeds several and keeps every position's logits)
             prefills.append(input_ids.shape[0])
         return forward(self, cohort, input_ids, position_ids, logits_to_keep)
 
