@@ -110,7 +110,7 @@ def accept(logits: torch.Tensor, draft: list[int], request, rng) -> list[int]:
 
 
 @dataclass
-class Verified:
+class Accepted:
     """A speculative step's result per row: the emitted tokens and, per token, whether its logits were finite."""
 
     tokens: list[list[int]]
@@ -140,7 +140,7 @@ def drafts_for(seqs, primary: int, settings: LookupSettings) -> list[list[int]]:
     return out
 
 
-def verify(seqs, drafts: list[list[int]], logits: torch.Tensor, flag) -> Verified:
+def accept_drafts(seqs, drafts: list[list[int]], logits: torch.Tensor, flag) -> Accepted:
     """Accept each row's draft against its (B, K+1, V) logits; `flag` is the interaction's non-finite flag."""
     finite = torch.isfinite(logits).all(-1)  # (B, K+1)
     if flag is not None:
@@ -154,7 +154,7 @@ def verify(seqs, drafts: list[list[int]], logits: torch.Tensor, flag) -> Verifie
             row = row[: cut + 1]
         tokens.append(row)
         finites.append(finite_rows[b][: len(row)])
-    return Verified(tokens, finites)
+    return Accepted(tokens, finites)
 
 
 def roll_back(cohort, columns_before: int, width: int, kept: list[int]) -> None:
@@ -185,22 +185,22 @@ def decode_with_drafts(gen, cohort, drafts: list[list[int]]) -> list:
     flag = cohort.ctx.nonfinite if cohort.ctx is not None else None
     if cohort.ctx is not None:
         cohort.ctx.nonfinite = None
-    verified = verify(seqs, drafts, logits, flag)
-    roll_back(cohort, columns, width, verified.kept)
-    for s, d, n in zip(seqs, drafts, verified.kept):
+    accepted = accept_drafts(seqs, drafts, logits, flag)
+    roll_back(cohort, columns, width, accepted.kept)
+    for s, d, n in zip(seqs, drafts, accepted.kept):
         s.drafted, s.kept = s.drafted + len(d), s.kept + n
     merged: dict[str, object] = {}
     for j in range(width):
-        rows = [s if j < len(t) else None for s, t in zip(seqs, verified.tokens)]
+        rows = [s if j < len(t) else None for s, t in zip(seqs, accepted.tokens)]
         if not any(rows):
             break
-        toks = [t[j] if j < len(t) else 0 for t in verified.tokens]
-        fin = [f[j] if j < len(f) else True for f in verified.finite]
+        toks = [t[j] if j < len(t) else 0 for t in accepted.tokens]
+        fin = [f[j] if j < len(f) else True for f in accepted.finite]
         for out in gen._emit(cohort.primary, rows, toks, fin):
             first = merged.setdefault(out.request_id, out)
             if first is not out:
                 first.new_token_ids += out.new_token_ids
                 first.text_delta += out.text_delta
                 first.finished, first.finish_reason, first.error = out.finished, out.finish_reason, out.error
-    cohort.next_input = torch.tensor([t[-1] for t in verified.tokens], device=dev).view(-1, 1)
+    cohort.next_input = torch.tensor([t[-1] for t in accepted.tokens], device=dev).view(-1, 1)
     return list(merged.values())
