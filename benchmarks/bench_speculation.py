@@ -42,6 +42,9 @@ from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot  #
 from mot_engine.decoding.speculation import LookupSettings  # noqa: E402
 from train.detokenize import detokenize  # noqa: E402
 
+# (max_draft, min_ngram, adaptive) settings of --sweep: around the defaults, one change at a time
+SWEEP = ((8, 2, False), (4, 2, False), (8, 3, False), (8, 1, False), (8, 2, True), (12, 2, True), (16, 2, True),
+         (8, 1, True))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babeltower" / "exec_dev.jsonl"
 
 
@@ -53,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--modes", nargs="+", default=["fast", "full"])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--sweep", action="store_true", help="batch 1, fast mode: max_draft x min_ngram settings")
+    p.add_argument("--sweep", action="store_true",
+                   help="batch 1, fast mode: the draft settings of SWEEP (max_draft, min_ngram, adaptive length)")
     p.add_argument("--verify-cost", action="store_true",
                    help="time one forward over W tokens against one token (any preset; random weights do)")
     p.add_argument("--preset", default="pocket")
@@ -106,11 +110,12 @@ def compare(mot, runtime, sources, mode, batch, max_new_tokens, settings=None) -
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| mode | batch | draft/ngram | plain tok/s | speculative tok/s | speed-up | identical | drafted/token | "
+    lines = ["| mode | batch | draft (a: adaptive)/ngram | plain tok/s | speculative tok/s | speed-up | identical | drafted/token | "
              "acceptance | tokens/forward |", "|---" * 10 + "|"]
     for r in rows:
         s = r["settings"]
-        lines.append(f"| {r['mode']} | {r['batch']} | {s['max_draft']}/{s['min_ngram']}-{s['max_ngram']} | "
+        lines.append(f"| {r['mode']} | {r['batch']} | {s['max_draft']}{'a' if s.get('adaptive') else ''}/"
+                     f"{s['min_ngram']}-{s['max_ngram']} | "
                      f"{r['plain_tok_s']:.1f} | {r['spec_tok_s']:.1f} | {r['speedup']:.2f}x | "
                      f"{r['identical']}/{r['functions']} | {r['drafted_per_token']:.2f} | {100 * r['acceptance']:.0f}% | "
                      f"{r['tokens_per_forward']:.2f} |")
@@ -210,11 +215,11 @@ def main(argv=None) -> int:
     print(f"pocket preset on {where}; {len(sources)} exec_dev functions; {datetime.date.today()}", flush=True)
     rows = []
     if args.sweep:
-        for max_draft in (4, 8, 12):
-            for min_ngram in (1, 2, 3):
-                settings = LookupSettings(max_draft=max_draft, max_ngram=max(3, min_ngram), min_ngram=min_ngram)
-                rows.append(compare(mot, runtime, sources, "fast", 1, args.max_new_tokens, settings))
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
+        for max_draft, min_ngram, adaptive in SWEEP:
+            settings = LookupSettings(max_draft=max_draft, max_ngram=max(3, min_ngram), min_ngram=min_ngram,
+                                      adaptive=adaptive)
+            rows.append(compare(mot, runtime, sources, "fast", 1, args.max_new_tokens, settings))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
     else:
         for batch in args.batches:
             for mode in args.modes:

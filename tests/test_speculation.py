@@ -52,6 +52,19 @@ def test_lookup_syncs_generated_tokens_once():
     assert lookup.tokens == [3, 4, 5, 3, 4] and lookup.draft(2) == [5, 3]
 
 
+def test_draft_length_follows_acceptance():
+    lookup = PromptLookup([1, 2, 3], max_ngram=2, min_ngram=1)
+    lookup.feedback(drafted=8, kept=3, max_draft=8)  # cut short: one shorter
+    assert lookup.budget == 7
+    lookup.feedback(drafted=7, kept=7, max_draft=8)  # kept whole: two longer, capped
+    assert lookup.budget == 8
+    for _ in range(10):
+        lookup.feedback(drafted=2, kept=0, max_draft=8)
+    assert lookup.budget == 1  # never below one
+    lookup.feedback(drafted=0, kept=0, max_draft=8)  # no draft: nothing learnt
+    assert lookup.budget == 1
+
+
 # The acceptance rules -----------------------------------------------------------------------------------------------
 
 def _logits_preferring(tokens: list[int], vocab: int = 6) -> torch.Tensor:

@@ -43,6 +43,10 @@ class LookupSettings:
     max_draft: int = 8  # drafted tokens per step at most
     max_ngram: int = 3  # the longest suffix matched in the context
     min_ngram: int = 2  # the shortest: shorter matches draft too often wrong to pay for their verification
+    # Each request's draft length follows its acceptance: +2 after a draft kept whole, -1 after one cut short (between
+    # 1 and max_draft; the heuristic of transformers' assisted generation). Rejected draft tokens still cost their
+    # positions in the forward; off: always up to max_draft.
+    adaptive: bool = True
 
 
 class PromptLookup:
@@ -55,6 +59,7 @@ class PromptLookup:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.prompt_length = len(prompt)
+        self.budget: int | None = None  # the adaptive draft length (LookupSettings.adaptive); None: not yet set
         self.tokens: list[int] = []
         self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> end index of its latest occurrence with a successor
         self.extend(prompt)
@@ -70,6 +75,12 @@ class PromptLookup:
     def sync(self, generated: list[int]) -> None:
         """Take in the generated tokens not seen yet."""
         self.extend(generated[len(self.tokens) - self.prompt_length :])
+
+    def feedback(self, drafted: int, kept: int, max_draft: int) -> None:
+        """Adapt the draft length to this request's acceptance (LookupSettings.adaptive)."""
+        if drafted:
+            budget = self.budget if self.budget is not None else max_draft
+            self.budget = min(max_draft, budget + 2) if kept == drafted else max(1, budget - 1)
 
     def draft(self, k: int) -> list[int]:
         if k <= 0:
@@ -136,7 +147,8 @@ def drafts_for(seqs, primary: int, settings: LookupSettings) -> list[list[int]]:
             s.lookup = PromptLookup(s.prompt_ids[primary], settings.max_ngram, settings.min_ngram)
         s.lookup.sync(s.generated)
         room = s.request.max_new_tokens - len(s.generated) - 1
-        out.append(s.lookup.draft(min(settings.max_draft, room)) if s.finish_reason is None else [])
+        k = s.lookup.budget if settings.adaptive and s.lookup.budget is not None else settings.max_draft
+        out.append(s.lookup.draft(min(k, room)) if s.finish_reason is None else [])
     return out
 
 
@@ -189,6 +201,8 @@ def decode_with_drafts(gen, cohort, drafts: list[list[int]]) -> list:
     roll_back(cohort, columns, width, accepted.kept)
     for s, d, n in zip(seqs, drafts, accepted.kept):
         s.drafted, s.kept = s.drafted + len(d), s.kept + n
+        if gen.lookup_settings.adaptive and s.lookup is not None:
+            s.lookup.feedback(len(d), n, gen.lookup_settings.max_draft)
     merged: dict[str, object] = {}
     for j in range(width):
         rows = [s if j < len(t) else None for s, t in zip(seqs, accepted.tokens)]
