@@ -43,8 +43,8 @@ from mot_engine.decoding.speculation import LookupSettings  # noqa: E402
 from train.detokenize import detokenize  # noqa: E402
 
 # (max_draft, min_ngram, adaptive) settings of --sweep: around the defaults, one change at a time
-SWEEP = ((8, 2, False), (4, 2, False), (8, 3, False), (8, 1, False), (8, 2, True), (12, 2, True), (16, 2, True),
-         (8, 1, True))
+SWEEP = ((8, 2, False), (4, 2, False), (8, 3, False), (8, 1, False), (12, 2, False), (16, 2, False), (8, 2, True),
+         (12, 2, True), (16, 2, True), (8, 1, True))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babeltower" / "exec_dev.jsonl"
 
 
@@ -62,8 +62,16 @@ def parse_args(argv=None):
                    help="time one forward over W tokens against one token (any preset; random weights do)")
     p.add_argument("--preset", default="pocket")
     p.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 6, 9])
+    p.add_argument("--settings", nargs="+", default=None, metavar="K/N[a]",
+                   help="with --sweep: only these settings (max_draft/min_ngram, 'a' for an adaptive length)")
     p.add_argument("--out", default=None, help="write every number here (JSON)")
     return p.parse_args(argv)
+
+
+def parse_setting(text: str) -> tuple[int, int, bool]:
+    """"12/2" -> (12, 2, False); "8/2a" -> (8, 2, True)."""
+    draft, _, ngram = text.partition("/")
+    return int(draft), int(ngram.rstrip("a")), ngram.endswith("a")
 
 
 def run(gen: Generator, sources: list[str], mode: str, batch: int, max_new_tokens: int):
@@ -215,7 +223,8 @@ def main(argv=None) -> int:
     print(f"pocket preset on {where}; {len(sources)} exec_dev functions; {datetime.date.today()}", flush=True)
     rows = []
     if args.sweep:
-        for max_draft, min_ngram, adaptive in SWEEP:
+        grid = SWEEP if args.settings is None else [parse_setting(x) for x in args.settings]
+        for max_draft, min_ngram, adaptive in grid:
             settings = LookupSettings(max_draft=max_draft, max_ngram=max(3, min_ngram), min_ngram=min_ngram,
                                       adaptive=adaptive)
             rows.append(compare(mot, runtime, sources, "fast", 1, args.max_new_tokens, settings))
