@@ -40,7 +40,7 @@ class LookupSettings:
     """How drafts are made (defaults chosen by benchmarks/bench_speculation.py: BENCHMARKS.md, "Prompt-lookup
     speculation")."""
 
-    max_draft: int = 8  # drafted tokens per step at most
+    max_draft: int = 12  # drafted tokens per step at most
     max_ngram: int = 3  # the longest suffix matched in the context
     min_ngram: int = 2  # the shortest: shorter matches draft too often wrong to pay for their verification
     # Each request's draft length follows its acceptance: +2 after a draft kept whole, -1 after one cut short (between
