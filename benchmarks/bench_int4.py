@@ -1,6 +1,7 @@
 """int4 experts (mot_engine/model/int4.py) against bf16 on the seed experts' shapes (random weights), one process.
 
     MOT_SEED_CONFIGS=../shared/data/seed_expert_configs.json python benchmarks/bench_int4.py --out int4.json
+    python benchmarks/bench_int4.py --preset tiny --device cpu --new-tokens 16   # a smoke run without a GPU
 
 Rows: decode tokens/s of the default engine (slabs, CUDA graphs, the Triton substitutions where they apply) in fast
 and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts; the ratios int4 / bf16 and full /
@@ -33,6 +34,15 @@ def gib(n: int) -> float:
     return n / 2**30
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_bytes() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
 def decode_rate(mot, runtime, mode: str, batch: int, new_tokens: int, source: str, active) -> float:
     gen = Generator(mot, max_batch_size=batch, runtime=runtime)
     reqs = [GenerationRequest(source, mode=mode, max_new_tokens=new_tokens, stop_at_eos=False, force_active=active)
@@ -40,10 +50,10 @@ def decode_rate(mot, runtime, mode: str, batch: int, new_tokens: int, source: st
     gen.generate([GenerationRequest(source, mode=mode, max_new_tokens=8, stop_at_eos=False, force_active=active)
                   for _ in range(batch)])  # warm-up: captures the slab's graph
     gen.generate(reqs)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     out = gen.generate(reqs)
-    torch.cuda.synchronize()
+    sync()
     first = max(r.timings["first_token_s"] for r in out)
     return batch * (new_tokens - 1) / (time.perf_counter() - t0 - first)
 
@@ -60,19 +70,21 @@ def parity(mot, runtime, source: str, active, new_tokens: int) -> dict:
 
 
 def measure(quantization: str | None, args, runtime) -> dict:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    mot = build_mot("seed-random", device="cuda", dtype="bfloat16", quantization=quantization, untrained=True)
-    loaded = torch.cuda.max_memory_allocated()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    mot = build_mot(args.preset, device=args.device, dtype=dtype, quantization=quantization, untrained=True)
+    loaded = peak_bytes()
     source = UNIT
     while len(mot.prompt_ids(0, source + UNIT)) < 200:
         source += UNIT
     active = [0] + list(range(1, mot.config.top_k))
-    row = {"quantization": quantization or "bf16", "loaded_gib": gib(loaded)}
+    row = {"quantization": quantization or dtype, "loaded_gib": gib(loaded)}
     row["fast_b1"] = decode_rate(mot, runtime, "fast", 1, args.new_tokens, source, active)
     row["full_b1"] = decode_rate(mot, runtime, "full", 1, args.new_tokens, source, active)
     row["fast_b16"] = decode_rate(mot, runtime, "fast", 16, args.new_tokens, source, active)
-    row["peak_gib"] = gib(torch.cuda.max_memory_allocated())
+    row["peak_gib"] = gib(peak_bytes())
     if quantization is not None:
         row["parity"] = parity(mot, runtime, source, active, 64)
     row["engine"] = Generator(mot, runtime=runtime).decoding
@@ -84,10 +96,13 @@ def measure(quantization: str | None, args, runtime) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--preset", default="seed-random", help="seed-random (the seed shapes; tiny: a CPU smoke run)")
+    p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     runtime = RuntimeConfig.from_env()
-    print(f"{torch.cuda.get_device_name()}, {datetime.date.today()}", flush=True)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"{where}, preset {args.preset}, {datetime.date.today()}", flush=True)
     rows = []
     for quantization in (None, "int4"):
         rows.append(measure(quantization, args, runtime))
@@ -101,7 +116,7 @@ def main(argv=None) -> int:
     print(f"int4 / bf16: fast {int4['fast_b1'] / bf16['fast_b1']:.2f}x, full {int4['full_b1'] / bf16['full_b1']:.2f}x, "
           f"16 requests {int4['fast_b16'] / bf16['fast_b16']:.2f}x; parity {int4['parity']}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(),
+        Path(args.out).write_text(json.dumps({"device": where,
                                               "date": str(datetime.date.today()), "rows": rows}, indent=2))
     return 0
 
