@@ -92,6 +92,15 @@ class PromptLookup:
         return []
 
 
+def greedy_tokens(draft: list[int], targets: list[int]) -> list[int]:
+    """Greedy acceptance: the draft's prefix that equals the argmax at each position (`targets`, one per position of
+    [next input, draft...]), then the argmax after it."""
+    n = 0
+    while n < len(draft) and draft[n] == targets[n]:
+        n += 1
+    return targets[: n + 1]
+
+
 def accept(logits: torch.Tensor, draft: list[int], request, rng) -> list[int]:
     """The tokens one row emits this step, from its (k+1, V) logits over [next input, draft...] (k = len(draft)):
     the kept draft prefix, then one token from the primary. Greedy: argmax agreement; sampling: the speculative rule
@@ -99,11 +108,7 @@ def accept(logits: torch.Tensor, draft: list[int], request, rng) -> list[int]:
     finish the request with an error, as plain decoding would at that token."""
     k = len(draft)
     if request.temperature == 0:
-        targets = logits.argmax(-1).tolist()  # (k+1,)
-        n = 0
-        while n < k and draft[n] == targets[n]:
-            n += 1
-        return targets[: n + 1]
+        return greedy_tokens(draft, logits.argmax(-1).tolist())
     out = []
     for j, d in enumerate(draft):
         p = probabilities(logits[j], request)  # (V,) the nucleus, not renormalised
@@ -157,10 +162,13 @@ def accept_drafts(seqs, drafts: list[list[int]], logits: torch.Tensor, flag) -> 
     finite = torch.isfinite(logits).all(-1)  # (B, K+1)
     if flag is not None:
         finite[:, 0] &= ~flag
-    finite_rows = finite.tolist()
+    finite_rows, target_rows = finite.tolist(), logits.argmax(-1).tolist()  # one host sync for the greedy rows
     tokens, finites = [], []
     for b, (s, draft) in enumerate(zip(seqs, drafts)):
-        row = accept(logits[b, : len(draft) + 1], draft, s.request, s.rng)
+        if s.request.temperature == 0:
+            row = greedy_tokens(draft, target_rows[b])
+        else:
+            row = accept(logits[b, : len(draft) + 1], draft, s.request, s.rng)
         cut = next((j for j, ok in enumerate(finite_rows[b][: len(row)]) if not ok), None)
         if cut is not None:
             row = row[: cut + 1]
