@@ -203,7 +203,8 @@ def cmd_serve(args) -> int:
     try:
         config = EngineConfig(
             preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-            quantization=args.quantization, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_source_chars=args.max_source_chars,
+            quantization=args.quantization, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+            max_source_chars=args.max_source_chars,
             max_new_tokens=args.max_new_tokens, default_timeout_s=args.request_timeout,
             batch_wait_s=args.batch_wait_ms / 1000.0, batch_wait_max_s=args.batch_wait_max_ms / 1000.0,
             init_seed=args.init_seed, runtime=RuntimeConfig.from_env(), verify=not args.no_verify,

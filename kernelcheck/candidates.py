@@ -2,7 +2,8 @@
 
 A translator makes several candidates of one function (the greedy one, then sampled ones); `kernelcheck.verify`
 checks each one (syntax, compile, differential test). The one delivered is the first verified candidate (the first
-verified *parallel* one where the kernels' shapes are given); when none is verified, the one whose check got furthest, ties going to the earlier candidate (the greedy one first):
+verified *parallel* one where the kernels' shapes are given); when none is verified, the one whose check got
+furthest, ties going to the earlier candidate (the greedy one first):
 
 ====  ==================  ===========================================================================
 rank  check status        how far the check got

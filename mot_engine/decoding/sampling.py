@@ -18,7 +18,8 @@ def request_rng(seed: int | None, model) -> torch.Generator:
 
 
 def probabilities(logits: torch.Tensor, req: GenerationRequest) -> torch.Tensor:
-    """The (V,) distribution a sampling request draws from: softmax at its temperature, cut to its nucleus (top-p)."""
+    """The (V,) weights a sampling request draws from: softmax at its temperature, cut to its nucleus (top-p) and not
+    renormalised (`torch.multinomial` takes weights; divide by the sum for probabilities)."""
     probs = torch.softmax(logits / req.temperature, dim=-1)
     if req.top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)

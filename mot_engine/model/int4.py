@@ -58,8 +58,7 @@ class Int4Linear(nn.Module):
         tiles = _inner_k_tiles(self.in_features)
         weight = linear.weight.detach()
         codes, scales_and_zeros = quantize_groups(weight, self.group)
-        self.on_cuda = weight.is_cuda
-        if self.on_cuda:  # CUDA takes the codes two to a byte; the CPU kernel packs them itself
+        if weight.is_cuda:  # CUDA takes the codes two to a byte; the CPU kernel packs them itself
             packed = torch._convert_weight_to_int4pack((codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8), tiles)
         else:
             packed = torch._convert_weight_to_int4pack_for_cpu(codes, tiles)
@@ -67,12 +66,16 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(dtype))
         bias = linear.bias.detach().to(dtype) if linear.bias is not None else None
         self.register_buffer("bias", bias)
-        self.dtype = dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the kernels compute in: their scales' dtype."""
+        return self.scales_and_zeros.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features).to(self.dtype)  # (M, K)
-        if self.on_cuda:
+        if self.packed.is_cuda:  # packed on its device once: the kernel of that device
             y = torch._weight_int4pack_mm(rows, self.packed, self.group, self.scales_and_zeros)
         else:
             y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scales_and_zeros)
