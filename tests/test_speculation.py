@@ -191,3 +191,24 @@ def test_sampled_requests_decode_with_drafts_and_keep_their_limits(perturbed_mot
 def test_prompt_lookup_is_a_runtime_switch():
     assert RuntimeConfig.from_env({"MOT_PROMPT_LOOKUP": "0"}).prompt_lookup is False
     assert RuntimeConfig.from_env({}).prompt_lookup is True
+
+
+@torch.no_grad()
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_speculative_greedy_equals_plain_greedy_on_gpu(monkeypatch):
+    """The same invariant on a CUDA device (fp32: the multi-token forward's kernels differ from the one-token ones,
+    and bf16 rounding could flip near-ties that are not the speculation's doing)."""
+    from mot_engine import build_mot
+
+    from conftest import perturb
+
+    mot = build_mot("tiny", device="cuda", dtype="float32")
+    perturb(mot)
+    mot.eval()
+    reqs = _requests(stop_at_eos=False)
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", OracleDrafts(plain, reqs))
+    spec = Generator(mot, runtime=SPECULATIVE, static_cache=False).generate(reqs)
+    assert [r.token_ids for r in spec] == [r.token_ids for r in plain]
+    assert sum(r.accepted_tokens for r in spec) > 0
