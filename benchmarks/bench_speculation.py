@@ -178,7 +178,9 @@ def verify_cost(args, runtime: RuntimeConfig) -> list[dict]:
             eager.step()  # admission and prefill: one cohort of `batch` rows
             (cohort,) = eager.cohorts
             costs = {w: forward_ms(eager, cohort, w, 20) for w in args.widths}
-            default = Generator(mot, max_batch_size=batch, runtime=runtime)
+            plain = dataclasses.replace(runtime, prompt_lookup=False)  # the engine's step without drafts
+            default = Generator(mot, max_batch_size=batch, runtime=plain)
+            slab_costs = slab_step_ms(default, source, mode, batch, active, args.widths) if default.static_cache else {}
             reqs = [GenerationRequest(source, mode=mode, max_new_tokens=128, stop_at_eos=False, force_active=active)
                     for _ in range(batch)]
             default.generate(reqs)  # warm-up: captures
@@ -187,20 +189,59 @@ def verify_cost(args, runtime: RuntimeConfig) -> list[dict]:
             out = default.generate(reqs)
             _sync(mot.device)
             step_ms = 1000 * (time.perf_counter() - t0) / max(r.num_generated_tokens for r in out)
-            rows.append({"mode": mode, "batch": batch, "forward_ms": costs, "default_engine_ms_per_step": step_ms,
+            rows.append({"mode": mode, "batch": batch, "forward_ms": costs, "slab_step_ms": slab_costs,
+                         "default_engine_ms_per_step": step_ms,
                          "default_engine": default.decoding, "prompt_tokens": len(cohort.attention_mask[0])})
-            print(cost_table(rows[-1:]).splitlines()[-1], flush=True)
+            print("\n".join(cost_table(rows[-1:]).splitlines()[2:]), flush=True)
     return rows
 
 
+def slab_step_ms(gen: Generator, source: str, mode: str, batch: int, active, widths, repeats: int = 20) -> dict:
+    """Milliseconds of one step of a slab of `batch` rows — W = 1: the decode step; W > 1: a verify step
+    (`DecodeSlab.decode_wide`), each replaying its graph on a GPU — synchronised after each, as a speculating slab
+    is. The write column is put back after each step, so every repeat writes the same columns."""
+    for b in range(batch):
+        gen.add_request(f"w{b}", GenerationRequest(source, mode=mode, max_new_tokens=1024, stop_at_eos=False,
+                                                   force_active=active))
+    while gen.waiting or gen.cohorts or sum(len(s.live) for s in gen.slabs.values()) < batch:
+        gen.step()
+    (slab,) = gen.slabs.values()
+    gen._flush(slab)
+    c0, dev = slab.column, slab.device
+
+    def once(width: int) -> None:
+        slab.decode() if width == 1 else slab.decode_wide([[1] * width] * slab.shape.rows)
+        _sync(dev)
+        slab.set_column(c0)
+
+    out = {}
+    for w in widths:
+        for _ in range(3):  # eager run, capture, replay
+            once(w)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            once(w)
+        out[w] = 1000 * (time.perf_counter() - t0) / repeats
+    for b in range(batch):
+        gen.abort(f"w{b}")
+    while gen.has_unfinished():
+        gen.step()
+    return out
+
+
 def cost_table(rows: list[dict]) -> str:
+    """Eager forward (dynamic cache) and slab step costs per width, each with its ratio to W = 1."""
     widths = list(rows[0]["forward_ms"])
-    lines = ["| mode | batch | " + " | ".join(f"W={w} ms (x W=1)" for w in widths) + " | default engine ms/step |",
-             "|---" * (len(widths) + 3) + "|"]
+    lines = ["| mode | batch | path | " + " | ".join(f"W={w} ms (x W=1)" for w in widths) + " | engine ms/step |",
+             "|---" * (len(widths) + 4) + "|"]
     for r in rows:
-        base = r["forward_ms"][widths[0]]
-        cells = [f"{ms:.2f} ({ms / base:.2f}x)" for ms in r["forward_ms"].values()]
-        lines.append(f"| {r['mode']} | {r['batch']} | " + " | ".join(cells) + f" | {r['default_engine_ms_per_step']:.2f} |")
+        for path, costs in (("eager forward", r["forward_ms"]), ("slab step", r.get("slab_step_ms") or {})):
+            if not costs:
+                continue
+            base = costs[widths[0]]
+            cells = [f"{ms:.2f} ({ms / base:.2f}x)" for ms in costs.values()]
+            lines.append(f"| {r['mode']} | {r['batch']} | {path} | " + " | ".join(cells) +
+                         f" | {r['default_engine_ms_per_step']:.2f} |")
     return "\n".join(lines)
 
 

@@ -150,6 +150,37 @@ def test_speculative_greedy_equals_plain_greedy(perturbed_mot, monkeypatch, batc
 
 
 @torch.no_grad()
+def test_speculative_greedy_equals_plain_greedy_in_a_slab(perturbed_mot, monkeypatch):
+    """Verify steps in a slab (the static-cache path, run eagerly here): requests arrive at different steps, rows
+    keep different numbers of draft tokens (masked holes in their columns), the slab shifts for a longer prompt and
+    moves into bigger and smaller slabs (a moved row takes only its visible columns) — every request still gets
+    plain greedy decoding's tokens."""
+    mot = perturbed_mot.eval()
+    reqs = [r for r in _requests(max_new_tokens=(21, 9, 30), stop_at_eos=False) if r.force_active[0] == 0]
+    reqs += [GenerationRequest(SOURCES[1] * 3, mode=mode, max_new_tokens=12, stop_at_eos=False, force_active=[0, 2])
+             for mode in ("fast", "full")]  # a longer prompt, late: the slab shifts
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
+    oracle = OracleDrafts(plain, reqs)
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", oracle)
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=True, cuda_graphs=False)
+    arrivals = {0: [0, 3], 1: [1, 4], 3: [2, 5], 6: [6, 7]}  # step -> requests added before it
+    rows, step = [], 0
+    while step <= max(arrivals) or gen.has_unfinished():
+        for i in arrivals.get(step, []):
+            gen.add_request(f"r{i}", reqs[i])
+        gen.step()
+        rows.append({key: slab.shape.rows for key, slab in gen.slabs.items()})
+        step += 1
+    for i, (r, a) in enumerate(zip(reqs, plain)):
+        b = gen.results[f"r{i}"]
+        assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason, (i, r.mode)
+        assert b.draft_tokens > 0
+    assert 0 < sum(gen.results[f"r{i}"].accepted_tokens for i in range(len(reqs))) < oracle.calls * 4
+    assert max(r.get((0, "full"), 0) for r in rows) == 4  # grew from one row to four: rows moved
+    assert not gen.slabs
+
+
+@torch.no_grad()
 def test_stop_rules_inside_a_draft_end_where_plain_decoding_ends(perturbed_mot, monkeypatch):
     """EOS, the answer's end and the token limit take effect at their token even when it lies inside a kept draft;
     the streamed pieces still add up to the final text."""
@@ -196,12 +227,14 @@ def test_prompt_lookup_is_a_runtime_switch():
 @torch.no_grad()
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_speculative_greedy_equals_plain_greedy_on_gpu(monkeypatch):
-    """The same invariant on a CUDA device (fp32: the multi-token forward's kernels differ from the one-token ones,
-    and bf16 rounding could flip near-ties that are not the speculation's doing)."""
-    from mot_engine import build_mot
-
+@pytest.mark.parametrize("path", ["cohorts", "slabs with CUDA graphs"])
+def test_speculative_greedy_equals_plain_greedy_on_gpu(monkeypatch, path):
+    """The same invariant on a CUDA device, on both decode paths (the slabs' verify steps replay captured graphs). fp32:
+    a multi-token forward runs other kernels than a one-token step, and bf16 rounding could flip near-ties that are not
+    the speculation's doing."""
     from conftest import perturb
+
+    from mot_engine import build_mot
 
     mot = build_mot("tiny", device="cuda", dtype="float32")
     perturb(mot)
@@ -209,6 +242,10 @@ def test_speculative_greedy_equals_plain_greedy_on_gpu(monkeypatch):
     reqs = _requests(stop_at_eos=False)
     plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
     monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", OracleDrafts(plain, reqs))
-    spec = Generator(mot, runtime=SPECULATIVE, static_cache=False).generate(reqs)
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=False) if path == "cohorts" else Generator(mot, runtime=SPECULATIVE)
+    assert gen.cuda_graphs == (path != "cohorts")
+    spec = gen.generate(reqs)
     assert [r.token_ids for r in spec] == [r.token_ids for r in plain]
     assert sum(r.accepted_tokens for r in spec) > 0
+    if gen.cuda_graphs:
+        assert any(step.graph is not None for slab in gen._slab_pool for step in slab.wide.values())

@@ -50,7 +50,13 @@ from mot_engine.decoding.slabs import (
     remaining_columns,
     supports,
 )
-from mot_engine.decoding.speculation import LookupSettings, can_roll_back, decode_with_drafts, drafts_for
+from mot_engine.decoding.speculation import (
+    LookupSettings,
+    can_roll_back,
+    decode_slab_with_drafts,
+    decode_with_drafts,
+    drafts_for,
+)
 from mot_engine.decoding.stopping import KernelEnd
 from mot_engine.defaults import MODES
 from mot_engine.envs import RuntimeConfig
@@ -139,7 +145,7 @@ class Generator:
         # launching the experts' kernels from Python.
         self.prefill_graphs = (PrefillGraphs(self) if self.cuda_graphs and not self.compile_layers
                                and runtime.prefill_graphs else None)
-        # Prompt-lookup speculation (decoding/speculation.py) where the cache can roll back: the dynamic-cache path.
+        # Prompt-lookup speculation (decoding/speculation.py): cohorts whose cache can roll back, and slabs.
         self.prompt_lookup = runtime.prompt_lookup
         self.lookup_settings = LookupSettings()
         self.waiting: list[Sequence] = []
@@ -514,6 +520,16 @@ class Generator:
         finishing rows, the daemon's sockets). The price is one extra row-step for a request that ends by EOS —
         computed, then ignored. When every live row is known to end with the tokens already in flight (length),
         no step is launched."""
+        landed = []
+        if self.prompt_lookup:  # drafts start from every row's latest token: the tokens in flight land first
+            landed = self._flush(slab)
+            room = slab.wide_room() - 1  # draft tokens a verify step can take
+            live = [slab.rows[r] for r in slab.live]
+            drafts = drafts_for(live, slab.shape.primary, self.lookup_settings) if live and room > 0 else []
+            if any(drafts):
+                return landed + decode_slab_with_drafts(self, slab, [d[:room] for d in drafts])
+            if not live:
+                return landed
         pending, slab.pending = slab.pending, None
         if pending is not None and all(ends_with_pending(slab, r, pending) for r in slab.live):
             return self._collect(slab, pending)
@@ -521,7 +537,7 @@ class Generator:
         for b in sample_live(slab.rows, logits, next_ids):
             slab.feed(b, next_ids[b])
         slab.pending = slab.stage(next_ids, finite)
-        return self._collect(slab, pending) if pending is not None else []
+        return landed + (self._collect(slab, pending) if pending is not None else [])
 
     def _collect(self, slab: DecodeSlab, pending) -> list[StepOutput]:
         """The host's half of a slab step: its tokens to their requests; rows that finished are freed."""

@@ -136,8 +136,12 @@ def _slab_layer_class():
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            if key_states.shape[-2] != 1:
-                raise ValueError(f"a slab cache layer takes one token per step, got {key_states.shape[-2]}")
+            width = key_states.shape[-2]
+            if width != 1:  # a verify step (prompt lookup): `width` columns from the write column on
+                columns = self.cumulative_length + torch.arange(width, device=self.cumulative_length.device)
+                self.keys.index_copy_(2, columns, key_states)
+                self.values.index_copy_(2, columns, value_states)
+                return self.keys, self.values
             if (CACHE_WRITE["on"] and key_states.is_cuda and key_states.dtype == self.keys.dtype
                     and not torch.compiler.is_compiling()):  # compiled layers (MOT_COMPILE=1): inductor's own copy
                 write_token(self.keys, self.values, key_states, value_states, self.cumulative_length)  # one launch
@@ -190,6 +194,7 @@ class DecodeSlab:
         self._landed = [torch.cuda.Event() for _ in range(2)] if pin else [None, None]  # one per buffer
         self._flip = 0
         self.pending: InFlight | None = None  # the tokens of the last launched step, not yet handed out
+        self.wide: dict[int, WideStep] = {}  # verify steps (prompt lookup) by width, each with its own graph
 
     # ------------------------------------------------------------------ buffers
 
@@ -339,10 +344,12 @@ class DecodeSlab:
         for r in self.live:
             lo = self.start[r]
             memory = self.ctx.row(r) if self.ctx is not None else None
+            # a row that rejected draft tokens has masked holes in its span: only its visible columns travel
+            span = slice(lo, c) if not self.wide else lo + self.key_valid[r, lo:c].nonzero().view(-1)
             out.append(Joiner(
                 seq=self.rows[r],
-                keys=[layer.keys[r, :, lo:c] for layer in self._layers()],
-                values=[layer.values[r, :, lo:c] for layer in self._layers()],
+                keys=[layer.keys[r, :, span] for layer in self._layers()],
+                values=[layer.values[r, :, span] for layer in self._layers()],
                 next_token=self.input_ids[r, 0].clone(), position=self.position_ids[r, 0].clone(),
                 memory=memory, primary_weight=self.ctx.primary_weight[r].clone() if self.ctx is not None else None,
             ))
@@ -393,6 +400,37 @@ class DecodeSlab:
         self.graph.replay()
         return self.outputs
 
+    # ------------------------------------------------------------------ verify steps (prompt lookup)
+
+    def wide_room(self) -> int:
+        """The widest verify step the columns allow now: a step of width W takes W columns from every row and gives
+        each live row at least one token, so every row must still fit what it has left after it."""
+        need = max((remaining_columns(self.rows[r]) for r in self.live), default=0)
+        return self.shape.columns - self.column - need + 1
+
+    def decode_wide(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One verify step: row r's `ids[r]` — its next input, then its draft, padded to a common width W — at the
+        write column on (free rows: zeros). Returns (C, W, V) float32 logits and the interaction's non-finite flag
+        (or None); the W columns are visible to every row until `keep` masks each row's rejected ones."""
+        W = len(ids[0])
+        if self.column + W > self.shape.columns:
+            raise RuntimeError(f"slab of {self.shape.columns} columns has no room for {W} at {self.column}")  # wide_room()
+        step = self.wide.get(W)
+        if step is None:
+            step = self.wide[W] = WideStep(self, W)
+        step.ids.copy_(torch.tensor(ids, dtype=torch.long), non_blocking=False)
+        self.column += W
+        return step.run()
+
+    def keep(self, r: int, kept: int, width: int, next_token: int) -> None:
+        """After a verify step of `width` columns: row r keeps its input and `kept` draft tokens (their columns stay
+        visible, the rest are masked) and decodes `next_token` at the position after them."""
+        c = self.column - width  # the step's first column
+        self.key_valid[r, c + kept + 1 : self.column] = False
+        self.step_mask[r, 0, 0, c + kept + 1 : self.column] = self.neg
+        self.input_ids[r, 0] = next_token
+        self.position_ids[r, 0] += kept + 1
+
     def feed(self, r: int, token: torch.Tensor) -> None:
         """Row r's next input is `token` (a sampled row), not its greedy one."""
         self.input_ids[r, 0] = token
@@ -402,3 +440,47 @@ def ends_with_pending(slab: DecodeSlab, r: int, pending) -> bool:
     """Does row r's request end by length with the token already in flight for it?"""
     seq = slab.rows[r]
     return pending.rows[r] is seq and remaining_columns(seq) <= 1
+
+
+class WideStep:
+    """A slab's verify step of a fixed width W: every row's W input tokens at columns [c, c + W), each query seeing
+    its row's visible columns and the new ones up to its own (causal); the rows' positions run on from their own.
+    Like the one-token step it depends on no host value (the column is the slab's device tensor), so on a GPU it is
+    captured once per width and replayed; widths are few (1 + draft lengths up to LookupSettings.max_draft)."""
+
+    def __init__(self, slab: DecodeSlab, width: int):
+        self.slab, self.width = slab, width
+        dev = slab.device
+        self.ids = torch.zeros(slab.shape.rows, width, dtype=torch.long, device=dev)  # (C, W), filled by the host
+        self.offsets = torch.arange(width, device=dev)  # (W,)
+        self.columns = torch.arange(slab.shape.columns, device=dev)  # (M,)
+        self.graph, self.outputs, self.eager_runs = None, None, 0
+
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        slab = self.slab
+        rel = self.columns - slab.write_column  # (M,) column minus the write column
+        new = (rel >= 0) & (rel <= self.offsets[:, None])  # (W, M): query j sees the new columns c .. c + j
+        visible = slab.key_valid[:, None, None, :] | new[None, None]  # (C, 1, W, M)
+        mask = torch.zeros(visible.shape, dtype=slab.dtype, device=slab.device).masked_fill_(~visible, slab.neg)
+        positions = slab.position_ids + self.offsets  # (C, W)
+        mot, gen = slab.gen.mot, slab.gen
+        if slab.ctx is not None:
+            slab.ctx.nonfinite = None
+        # the prefill's substitutions: the decode kernels take one token per row
+        with mot.interacting(slab.ctx), gen.substitutions(decoding=False):
+            out = slab.model(input_ids=self.ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=self.width, **{mot.cache_kwarg[slab.shape.primary]: slab.cache})
+        width_columns = slab.write_column + self.offsets  # (W,)
+        slab.key_valid.index_fill_(1, width_columns, True)  # every row's new columns; `keep` masks rejected ones
+        slab.step_mask.index_fill_(3, width_columns, 0.0)
+        slab.write_column.add_(self.width)
+        return out.logits.float(), (slab.ctx.nonfinite if slab.ctx is not None else None)  # (C, W, V)
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.slab.gen.cuda_graphs or (self.graph is None and self.eager_runs == 0):
+            self.eager_runs += 1  # the first run is eager: kernel selection, lazy buffers
+            return self._step()
+        if self.graph is None:
+            self.graph, self.outputs = capture(self._step, self.slab.device, warm_up=0)
+        self.graph.replay()
+        return self.outputs

@@ -18,10 +18,14 @@ and keeps the longest prefix that decoding would have produced anyway, plus the 
   row that kept fewer than the batch's most has its rejected columns masked out (attention mask 0) — its positions
   stay its own, so the holes change nothing it computes.
 
-Where it runs: the dynamic-cache path (cohorts: the CPU, experts on several GPUs, `MOT_CUDA_GRAPHS=0`), for primaries
-whose cache layers can be cropped (full attention; sliding-window layers cannot be rolled back once their window
-fills). The slab path (static cache, CUDA graphs) decodes one token per step: a shared write column makes a
-variable number of kept tokens per row a layout change we have not made (ARCHITECTURE.md, "Decoding engine").
+Where it runs: both decode paths.
+- Cohorts (dynamic cache: the CPU, experts on several GPUs, `MOT_CUDA_GRAPHS=0`), for primaries whose cache layers
+  can be cropped (full attention; sliding-window layers cannot be rolled back once their window fills).
+- Slabs (static cache, CUDA graphs; decoding/slabs.py): every row writes the step's W columns at the shared write
+  column, then masks the ones it rejected — holes in its span that its positions skip, so they change nothing it
+  computes; a row that moves to another slab takes only its visible columns. The step of each width is captured
+  once. Drafts need every row's latest token, so a slab that speculates reads its tokens at once instead of one
+  step late.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from mot_engine.decoding.sampling import probabilities
-
 
 
 @dataclass(frozen=True)
@@ -207,22 +210,51 @@ def decode_with_drafts(gen, cohort, drafts: list[list[int]]) -> list:
         cohort.ctx.nonfinite = None
     accepted = accept_drafts(seqs, drafts, logits, flag)
     roll_back(cohort, columns, width, accepted.kept)
+    outputs = hand_out(gen, cohort.primary, seqs, drafts, accepted)
+    cohort.next_input = torch.tensor([t[-1] for t in accepted.tokens], device=dev).view(-1, 1)
+    return outputs
+
+
+def hand_out(gen, primary: int, seqs, drafts: list[list[int]], accepted: Accepted) -> list:
+    """Count each row's drafted and kept tokens, then hand every emitted token out through the engine's own `_emit`
+    (EOS, the answer's end, length, NaN/Inf per token, so a stop inside a kept draft ends the text where plain
+    decoding would): one StepOutput per request, its tokens and text merged."""
     for s, d, n in zip(seqs, drafts, accepted.kept):
         s.drafted, s.kept = s.drafted + len(d), s.kept + n
         if gen.lookup_settings.adaptive and s.lookup is not None:
             s.lookup.feedback(len(d), n, gen.lookup_settings.max_draft)
     merged: dict[str, object] = {}
-    for j in range(width):
+    for j in range(max(len(t) for t in accepted.tokens)):
         rows = [s if j < len(t) else None for s, t in zip(seqs, accepted.tokens)]
         if not any(rows):
             break
         toks = [t[j] if j < len(t) else 0 for t in accepted.tokens]
         fin = [f[j] if j < len(f) else True for f in accepted.finite]
-        for out in gen._emit(cohort.primary, rows, toks, fin):
+        for out in gen._emit(primary, rows, toks, fin):
             first = merged.setdefault(out.request_id, out)
             if first is not out:
                 first.new_token_ids += out.new_token_ids
                 first.text_delta += out.text_delta
                 first.finished, first.finish_reason, first.error = out.finished, out.finish_reason, out.error
-    cohort.next_input = torch.tensor([t[-1] for t in accepted.tokens], device=dev).view(-1, 1)
     return list(merged.values())
+
+
+def decode_slab_with_drafts(gen, slab, drafts: list[list[int]]) -> list:
+    """One verify step of a slab (decoding/slabs.py) whose tokens in flight have landed: each live row's next input
+    and its draft (`drafts`, in the order of `slab.live`) at once, acceptance per row, each row's rejected columns
+    masked and its next input and position set; rows that finished leave. One StepOutput per request."""
+    live = slab.live
+    seqs = [slab.rows[r] for r in live]
+    width = 1 + max(len(d) for d in drafts)
+    ids = [[0] * width for _ in slab.rows]  # (C, W): free rows compute on zeros, ignored
+    for r, s, d in zip(live, seqs, drafts):
+        ids[r] = [s.generated[-1], *d] + [0] * (width - 1 - len(d))
+    logits, flag = slab.decode_wide(ids)  # (C, W, V)
+    accepted = accept_drafts(seqs, drafts, logits[live], flag)
+    for r, tokens in zip(live, accepted.tokens):
+        slab.keep(r, len(tokens) - 1, width, tokens[-1])
+    outputs = hand_out(gen, slab.shape.primary, seqs, drafts, accepted)
+    for r in live:
+        if slab.rows[r].finish_reason is not None:
+            slab.release_row(r)
+    return outputs
