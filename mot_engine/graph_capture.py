@@ -34,11 +34,11 @@ def capture(run: Callable, device: torch.device, pool=None, warm_up: int = 2):
     return graph, outputs
 
 
-def capture_or_explain(run: Callable, device: torch.device, pool, what: str, fallback: str):
+def capture_or_explain(run: Callable, device: torch.device, pool, what: str, fallback: str, warm_up: int = 2):
     """`capture`, or — where the capture fails (a forward doing host work inside, say) — a warning naming `what`
     and its `fallback`: (graph, outputs, None) or (None, None, the reason)."""
     try:
-        graph, outputs = capture(run, device, pool)
+        graph, outputs = capture(run, device, pool, warm_up=warm_up)
     except Exception as e:  # noqa: BLE001 — any capture failure means "run eagerly", said once by the caller
         reason = f"{type(e).__name__}: {e}"
         log.warning("%s cannot be captured in a CUDA graph (%s); %s", what, reason, fallback)

@@ -37,7 +37,7 @@ from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from mot_engine.decoding.compiled_layers import compiled_layers
-from mot_engine.graph_capture import capture
+from mot_engine.graph_capture import capture, capture_or_explain
 from mot_engine.kernels.decode_attention import CACHE_WRITE, write_token
 from mot_engine.model.memory import MemoryContext, memory_buffers
 
@@ -480,7 +480,12 @@ class WideStep:
         if not self.slab.gen.cuda_graphs or (self.graph is None and self.eager_runs == 0):
             self.eager_runs += 1  # the first run is eager: kernel selection, lazy buffers
             return self._step()
-        if self.graph is None:
-            self.graph, self.outputs = capture(self._step, self.slab.device, warm_up=0)
+        if self.graph is None:  # the eager run above was the warm-up
+            self.graph, self.outputs, broken = capture_or_explain(
+                self._step, self.slab.device, None, f"a slab's verify step of width {self.width}",
+                "prompt lookup is off for this engine (an eager verify step costs more than it wins)", warm_up=0)
+            if broken:
+                self.slab.gen.prompt_lookup = False
+                return self._step()  # nothing ran during the failed capture: this step runs eagerly
         self.graph.replay()
         return self.outputs
