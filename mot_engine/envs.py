@@ -81,8 +81,8 @@ class RuntimeConfig:
         "MOT_ENCODER_GRAPHS", True, "Routing replays CUDA graphs of the frozen sentence encoder (GPU)")
     prompt_lookup: bool = _switch(
         "MOT_PROMPT_LOOKUP", True,
-        "Prompt-lookup speculation on the dynamic-cache path (CPU; a GPU with `MOT_CUDA_GRAPHS=0`): tokens drafted "
-        "from the prompt, kept where decoding agrees (greedy output unchanged). Slabs decode one token a step")
+        "Prompt-lookup speculation, on both decode paths (cohorts; slabs, with a CUDA graph per verify width): "
+        "tokens drafted from the prompt, kept where decoding agrees (greedy output unchanged)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "RuntimeConfig":
