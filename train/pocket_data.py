@@ -50,7 +50,7 @@ def evaluation_keys(exec_path: Path) -> tuple[set[str], set[str]]:
     return texts, names
 
 
-def _is_evaluation(cpp: str, cuda: str, texts: set[str], names: set[str]) -> bool:
+def is_evaluation(cpp: str, cuda: str, texts: set[str], names: set[str]) -> bool:
     return _norm(cpp) in texts or _norm(cuda) in texts or _name(cpp) in names or _name(cuda) in names
 
 
@@ -60,7 +60,7 @@ def assemble(synth: Path | None, babeltower: Path | None, exec_path: Path, self_
     rows, counts = [], {"synth": 0, "babeltower": 0, "self": 0, "left_out_as_evaluation": 0, "unverified_synth": 0}
 
     def add(cpp: str, cuda: str, origin: str) -> None:
-        if _is_evaluation(cpp, cuda, texts, names):
+        if is_evaluation(cpp, cuda, texts, names):
             counts["left_out_as_evaluation"] += 1
             return
         rows.append({"cpp": cpp, "generated_cuda": cuda, "origin": origin})
