@@ -181,6 +181,27 @@ def test_speculative_greedy_equals_plain_greedy_in_a_slab(perturbed_mot, monkeyp
 
 
 @torch.no_grad()
+def test_a_lone_row_in_a_slab_uses_one_column_per_token(perturbed_mot, monkeypatch):
+    """The write column moves back after each verify step to just after what was kept: a request alone in its slab
+    leaves no holes, and its span is its prompt plus its tokens (the last one not yet written) — as plain decoding."""
+    mot = perturbed_mot.eval()
+    req = GenerationRequest(SOURCES[0], mode="full", max_new_tokens=20, stop_at_eos=False, force_active=[0, 1])
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate([req])
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", OracleDrafts(plain, [req]))
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=True, cuda_graphs=False)
+    gen.add_request("r", req)
+    prompt = len(mot.prompt_ids(0, SOURCES[0]))
+    while gen.has_unfinished():
+        gen.step()
+        for slab in gen.slabs.values():
+            for r in slab.live:
+                seq = slab.rows[r]
+                assert bool(slab.key_valid[r, slab.start[r]:slab.column].all())
+                assert slab.column - slab.start[r] == prompt + len(seq.generated) - 1
+    assert gen.results["r"].token_ids == plain[0].token_ids and gen.results["r"].accepted_tokens > 0
+
+
+@torch.no_grad()
 def test_stop_rules_inside_a_draft_end_where_plain_decoding_ends(perturbed_mot, monkeypatch):
     """EOS, the answer's end and the token limit take effect at their token even when it lies inside a kept draft;
     the streamed pieces still add up to the final text."""

@@ -403,15 +403,16 @@ class DecodeSlab:
     # ------------------------------------------------------------------ verify steps (prompt lookup)
 
     def wide_room(self) -> int:
-        """The widest verify step the columns allow now: a step of width W takes W columns from every row and gives
-        each live row at least one token, so every row must still fit what it has left after it."""
+        """The widest verify step the columns allow now: a step of width W may keep up to W columns of every row
+        (one row keeping its whole draft) while another row gets only one token, and every row must still fit what
+        it has left after it."""
         need = max((remaining_columns(self.rows[r]) for r in self.live), default=0)
         return self.shape.columns - self.column - need + 1
 
     def decode_wide(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One verify step: row r's `ids[r]` — its next input, then its draft, padded to a common width W — at the
         write column on (free rows: zeros). Returns (C, W, V) float32 logits and the interaction's non-finite flag
-        (or None); the W columns are visible to every row until `keep` masks each row's rejected ones."""
+        (or None); the W columns are visible to every row until `settle` masks the rejected ones."""
         W = len(ids[0])
         if self.column + W > self.shape.columns:
             raise RuntimeError(f"slab of {self.shape.columns} columns has no room for {W} at {self.column}")  # wide_room()
@@ -422,14 +423,21 @@ class DecodeSlab:
         self.column += W
         return step.run()
 
-    def keep(self, r: int, kept: int, width: int, next_token: int) -> None:
-        """After a verify step of `width` columns: row r keeps its input and `kept` draft tokens (their columns stay
-        visible, the rest are masked) and decodes `next_token` at the position after them."""
+    def settle(self, width: int, kept: dict[int, tuple[int, int]]) -> None:
+        """After a verify step of `width` columns, `kept[r]` = (draft tokens row r kept, its next token): the write
+        column moves back to just after the most any row kept (the columns past it are written again next step, as
+        a dynamic cache crops them), each row masks its own rejected columns before that, and decodes its next token
+        at the position after what it kept. At batch 1 the columns advance exactly by the tokens emitted."""
         c = self.column - width  # the step's first column
-        self.key_valid[r, c + kept + 1 : self.column] = False
-        self.step_mask[r, 0, 0, c + kept + 1 : self.column] = self.neg
-        self.input_ids[r, 0] = next_token
-        self.position_ids[r, 0] += kept + 1
+        end = c + 1 + max(n for n, _ in kept.values())
+        self.key_valid[:, end : self.column] = False
+        self.step_mask[:, 0, 0, end : self.column] = self.neg
+        for r, (n, token) in kept.items():
+            self.key_valid[r, c + n + 1 : end] = False
+            self.step_mask[r, 0, 0, c + n + 1 : end] = self.neg
+            self.input_ids[r, 0] = token
+            self.position_ids[r, 0] += n + 1
+        self.set_column(end)
 
     def feed(self, r: int, token: torch.Tensor) -> None:
         """Row r's next input is `token` (a sampled row), not its greedy one."""
@@ -471,7 +479,7 @@ class WideStep:
             out = slab.model(input_ids=self.ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=self.width, **{mot.cache_kwarg[slab.shape.primary]: slab.cache})
         width_columns = slab.write_column + self.offsets  # (W,)
-        slab.key_valid.index_fill_(1, width_columns, True)  # every row's new columns; `keep` masks rejected ones
+        slab.key_valid.index_fill_(1, width_columns, True)  # every row's new columns; `settle` masks rejected ones
         slab.step_mask.index_fill_(3, width_columns, 0.0)
         slab.write_column.add_(self.width)
         return out.logits.float(), (slab.ctx.nonfinite if slab.ctx is not None else None)  # (C, W, V)

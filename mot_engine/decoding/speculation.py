@@ -22,8 +22,9 @@ Where it runs: both decode paths.
 - Cohorts (dynamic cache: the CPU, experts on several GPUs, `MOT_CUDA_GRAPHS=0`), for primaries whose cache layers
   can be cropped (full attention; sliding-window layers cannot be rolled back once their window fills).
 - Slabs (static cache, CUDA graphs; decoding/slabs.py): every row writes the step's W columns at the shared write
-  column, then masks the ones it rejected — holes in its span that its positions skip, so they change nothing it
-  computes; a row that moves to another slab takes only its visible columns. The step of each width is captured
+  column; the column then moves back to just after the most any row kept (as the cohort's crop), and a row that
+  kept fewer masks the rest — holes in its span that its positions skip, so they change nothing it computes; a row
+  that moves to another slab takes only its visible columns. The step of each width is captured
   once. Drafts need every row's latest token, so a slab that speculates reads its tokens at once instead of one
   step late.
 """
@@ -251,8 +252,7 @@ def decode_slab_with_drafts(gen, slab, drafts: list[list[int]]) -> list:
         ids[r] = [s.generated[-1], *d] + [0] * (width - 1 - len(d))
     logits, flag = slab.decode_wide(ids)  # (C, W, V)
     accepted = accept_drafts(seqs, drafts, logits[live], flag)
-    for r, tokens in zip(live, accepted.tokens):
-        slab.keep(r, len(tokens) - 1, width, tokens[-1])
+    slab.settle(width, {r: (len(tokens) - 1, tokens[-1]) for r, tokens in zip(live, accepted.tokens)})
     outputs = hand_out(gen, slab.shape.primary, seqs, drafts, accepted)
     for r in live:
         if slab.rows[r].finish_reason is not None:
