@@ -36,6 +36,7 @@ def tiny_mot():
     """A tiny fp32 MoT on CPU with its fresh (identity) interaction layers. Do not mutate it: use `perturbed_mot`."""
     from mot_engine import build_mot
 
+    torch.manual_seed(0)  # the fresh router's init: the same in every process, whatever ran before
     return build_mot("tiny", device="cpu")
 
 
@@ -44,6 +45,7 @@ def perturbed_mot():
     """A tiny MoT whose interaction layers and router look trained (non-zero gates): interaction really happens."""
     from mot_engine import build_mot
 
+    torch.manual_seed(0)  # building draws from the global generator a number of times that varies by process
     mot = build_mot("tiny", device="cpu")
     perturb(mot)
     return mot
