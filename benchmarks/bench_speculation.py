@@ -8,8 +8,8 @@
 With random weights acceptance means nothing, so this runs the pocket experts. Each row decodes the same functions
 twice in one process, without and with prompt lookup (`RuntimeConfig.prompt_lookup`), alternating which goes first
 so drift in the machine's speed hits both: fast and full mode at batch 1 (one function at a time) and at batch 16
-(16 functions admitted together). Greedy, the default stop rules, the dynamic-cache path (where speculation runs:
-the CPU, or a GPU with `--no-graphs`).
+(16 functions admitted together). Greedy, the default stop rules, the engine's default path for the device (the
+dynamic cache on a CPU; `MOT_SLABS=1` runs the slabs, a GPU's default path, eagerly on the CPU).
 
 Columns: tokens/s without and with speculation (generated tokens / wall seconds over all functions) and their ratio;
 outputs identical token for token (of n); drafted tokens per generated token; acceptance (kept / drafted draft
@@ -17,9 +17,10 @@ tokens); tokens per forward of the primary (generated / forwards: a forward emit
 
 `--verify-cost` measures what a speculative step costs on the seed experts' shapes (random weights: only the time
 means something): one forward of the primary over W tokens per row after a ~1,000-token prompt (the few-shot
-prompts' length), on the dynamic-cache path, against W = 1 (a plain decode step), fast and full mode, batch 1 and
-16; and the default engine's (slabs, CUDA graphs) time per token beside it. With the pocket rows' tokens per
-forward, it bounds what speculation gives on that GPU: speed-up = tokens per forward x cost(1) / cost(W).
+prompts' length), on the dynamic-cache path and as a slab's verify step (`DecodeSlab.decode_wide`), against W = 1
+(a plain decode step), fast and full mode, batch 1 and 16; and the default engine's (slabs, CUDA graphs) time per
+token beside it. With the pocket rows' tokens per forward, it bounds what speculation gives on that GPU: speed-up =
+tokens per forward x cost(1) / cost(W).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 #
 # Training data (never exec_dev, the evaluation set): pairs generated from our own templates and differentially
 # verified on the CPU backend (python -m train.synth --verify: 1,163 of 1,200 verified), and BabelTower's
-# validation pairs that are not in exec_dev (python -m train.pocket_data).
+# validation pairs that are not in exec_dev (python -m train.pocket_data). The experts' own verified kernels
+# (python -m train.self_made, then pocket_data --self) are not in this recipe yet: the shipped checkpoint predates them.
 #
 # Two stages, because CPU time goes with sequence length:
 #   1. `kernel-head-v1` (short prompts, max_length 320): 740 generated pairs + 58 BabelTower pairs, one epoch.
