@@ -108,6 +108,10 @@ def _model(who: str, args, cache: dict):
     if key not in cache:
         if key == "trained" and not args.checkpoint:
             raise SystemExit(f"row {who!r} needs --checkpoint")
+        if key == "untrained":
+            import torch
+
+            torch.manual_seed(0)  # the fresh router and interaction layers: the same in every run
         cache[key] = build_mot(args.preset if key == "untrained" else None,
                                args.checkpoint if key == "trained" else None, device="cpu",
                                untrained=key == "untrained")

@@ -62,18 +62,12 @@ from mot_engine.defaults import MODES
 from mot_engine.envs import RuntimeConfig
 from mot_engine.errors import NonFiniteError, SourceTooLong
 from mot_engine.kernels.substitutions.attention import (
-    install_decode_attention,
-    install_fused_cache_write,
-    install_fused_rotary,
+    install_decode_attention, install_fused_cache_write, install_fused_rotary,
 )
 from mot_engine.kernels.substitutions.decode import decode_substitutions
 from mot_engine.kernels.substitutions.interaction import install_fused_interaction
 from mot_engine.kernels.substitutions.launch import install_programmatic_launch
-from mot_engine.kernels.substitutions.linear import (
-    install_fused_mlp,
-    install_fused_qkv,
-    install_triton_gemv,
-)
+from mot_engine.kernels.substitutions.linear import install_fused_mlp, install_fused_qkv, install_triton_gemv
 from mot_engine.kernels.substitutions.norms import install_fused_norms
 from mot_engine.kernels.substitutions.residual import install_fused_residual
 from mot_engine.model.experts import max_positions
