@@ -202,6 +202,30 @@ def test_a_lone_row_in_a_slab_uses_one_column_per_token(perturbed_mot, monkeypat
 
 
 @torch.no_grad()
+def test_a_full_slab_takes_plain_steps_and_speculates_once_rows_leave(perturbed_mot, monkeypatch):
+    """`LookupSettings.max_slab_rows`: while more rows are live, the slab decodes plain steps (no drafts asked for);
+    when rows finish and few enough remain it speculates again. The tokens stay plain greedy's throughout."""
+    mot = perturbed_mot.eval()
+    reqs = [GenerationRequest(src, mode="full", max_new_tokens=n, stop_at_eos=False, force_active=[0, 1])
+            for src, n in zip(SOURCES, (4, 6, 18))]
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
+    oracle = OracleDrafts(plain, reqs)
+    asked = []  # live rows of the slab at each call for drafts
+
+    def drafts(seqs, primary, settings=None):
+        asked.append(len(seqs))
+        return oracle(seqs, primary, settings)
+
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", drafts)
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=True, cuda_graphs=False)
+    gen.lookup_settings = dataclasses.replace(gen.lookup_settings, max_slab_rows=1)
+    got = gen.generate(reqs)
+    assert [r.token_ids for r in got] == [r.token_ids for r in plain]
+    assert asked and set(asked) == {1}, f"drafts asked for slabs of {sorted(set(asked))} live rows"
+    assert got[2].accepted_tokens > 0 and got[0].accepted_tokens == got[1].accepted_tokens == 0
+
+
+@torch.no_grad()
 def test_stop_rules_inside_a_draft_end_where_plain_decoding_ends(perturbed_mot, monkeypatch):
     """EOS, the answer's end and the token limit take effect at their token even when it lies inside a kept draft;
     the streamed pieces still add up to the final text."""

@@ -515,7 +515,8 @@ class Generator:
         computed, then ignored. When every live row is known to end with the tokens already in flight (length),
         no step is launched."""
         landed = []
-        if self.prompt_lookup:  # drafts start from every row's latest token: the tokens in flight land first
+        if self.prompt_lookup and len(slab.live) <= self.lookup_settings.max_slab_rows:
+            # drafts start from every row's latest token: the tokens in flight land first
             landed = self._flush(slab)
             room = slab.wide_room() - 1  # draft tokens a verify step can take
             live = [slab.rows[r] for r in slab.live]

@@ -51,6 +51,10 @@ class LookupSettings:
     # 1 and max_draft; the heuristic of transformers' assisted generation). Off by default: measured, a forward's
     # extra positions cost less than the kept tokens they win (1.53x against 1.66x fixed, pocket, CPU).
     adaptive: bool = False
+    # A slab speculates while at most this many of its rows are live; fuller slabs take plain steps. Every row of a
+    # slab's verify step computes all W columns, and a full slab's plain step already keeps the device busy:
+    # measured on the CPU (pocket, slabs, fast mode), 1.66x at one row, 0.82x at 16 (BENCHMARKS.md).
+    max_slab_rows: int = 4
 
 
 class PromptLookup:
