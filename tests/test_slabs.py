@@ -6,8 +6,6 @@ tokens it gets alone, whatever joined, left, shifted or moved around it.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from mot_engine import GenerationRequest, Generator, RuntimeConfig
@@ -44,7 +42,7 @@ def test_staggered_requests_share_one_slab_and_get_their_own_tokens(perturbed_mo
     # plain steps, one token per row each: every request still runs when the last arrives, whatever drafts the
     # weights would have let through (speculation in a slab with staggered arrivals: test_speculation.py)
     gen = Generator(mot, static_cache=True, cuda_graphs=False,
-                    runtime=dataclasses.replace(RuntimeConfig(), prompt_lookup=False))
+                    runtime=RuntimeConfig(prompt_lookup=False))
     seen = []
 
     def watch(g, step):
