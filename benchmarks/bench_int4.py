@@ -26,6 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
+from mot_engine.kernels import int4_gemv  # noqa: E402
+from mot_engine.kernels.gemv import gemv  # noqa: E402
+from mot_engine.model.int4 import Int4Linear  # noqa: E402
+
+# (N, K, count per decoder layer) of the seed primary (Qwen2.5-Coder-1.5B): q, k and v, o, gate and up, down
+LAYER_SHAPES = ((1536, 1536, 2), (256, 1536, 2), (8960, 1536, 2), (1536, 8960, 1))
+ONE_ROW_CONFIGS = [(n, w) for n in (4, 8, 16, 32) for w in (1, 2, 4, 8)]
+ROWS_CONFIGS = [(n, w) for n in (16, 32, 64, 128) for w in (2, 4, 8)]
 
 UNIT = "void saxpy(int n, float a, const float* x, float* y) {\n  for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i];\n}\n"
 
@@ -93,17 +101,69 @@ def measure(quantization: str | None, args, runtime) -> dict:
     return row
 
 
+def _time_us(fn, calls: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for i in range(8):
+        fn(i)
+    start.record()
+    for i in range(calls):
+        fn(i)
+    end.record()
+    torch.cuda.synchronize()
+    return 1000 * start.elapsed_time(end) / calls
+
+
+def sweep_kernels(rows: int) -> tuple[dict, dict]:
+    """Per layer shape, microseconds of the bf16 GEMV (`rows` = 1) and of the int4 kernel under each block config,
+    the weights rotated through copies larger than L2 (a decode step streams them from memory). Returns the times
+    and the config with the least time summed over a decoder layer."""
+    configs, name = (ONE_ROW_CONFIGS, "ONE_ROW_BLOCKS") if rows == 1 else (ROWS_CONFIGS, "ROWS_BLOCKS")
+    saved, times, total = getattr(int4_gemv, name), {}, {c: 0.0 for c in configs}
+    for n, k, per_layer in LAYER_SHAPES:
+        copies = max(2, -(-160 * 2**20 // (n * k // 2)))
+        layers = [Int4Linear(torch.nn.Linear(k, n, bias=False, device="cuda"), torch.bfloat16) for _ in range(copies)]
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        row = {}
+        if rows == 1:
+            bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, copies // 4))]
+            row["bf16 gemv"] = _time_us(lambda i, x=x, ws=bf16: gemv(x, ws[i % len(ws)]), 200)
+            del bf16
+        for c in configs:
+            setattr(int4_gemv, name, c)
+            row[c] = _time_us(lambda i, x=x, ls=layers: int4_gemv.int4_linear(
+                x, ls[i % len(ls)].packed, ls[i % len(ls)].scales, ls[i % len(ls)].offsets, ls[i % len(ls)].group), 200)
+            total[c] += per_layer * row[c]
+        times[f"{n}x{k}"] = row
+        layers.clear()
+        torch.cuda.empty_cache()
+    setattr(int4_gemv, name, saved)
+    return times, min(total, key=total.get)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--preset", default="seed-random", help="seed-random (the seed shapes; tiny: a CPU smoke run)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None)
+    p.add_argument("--tune", action="store_true", help="first sweep the int4 kernels' blocks on the seed primary's "
+                   "layer shapes and decode with the fastest (the chosen blocks are printed: put them in "
+                   "kernels/int4_gemv.py)")
     args = p.parse_args(argv)
     runtime = RuntimeConfig.from_env()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{where}, preset {args.preset}, {datetime.date.today()}", flush=True)
-    rows = []
+    rows, tuning = [], {}
+    if args.tune:
+        for m, name in ((1, "ONE_ROW_BLOCKS"), (16, "ROWS_BLOCKS")):
+            times, best = sweep_kernels(m)
+            tuning[name] = {"best": best, "us": {s: {str(c): t for c, t in r.items()} for s, r in times.items()}}
+            for shape, r in times.items():
+                line = ", ".join(f"{c}: {t:.1f}" for c, t in sorted(r.items(), key=lambda kv: kv[1])[:4])
+                print(f"{name} rows={m} {shape} µs (fastest first): {line}; was {r[getattr(int4_gemv, name)]:.1f}"
+                      + (f"; bf16 GEMV {r['bf16 gemv']:.1f}" if "bf16 gemv" in r else ""), flush=True)
+            print(f"{name}: {getattr(int4_gemv, name)} -> {best}", flush=True)
+            setattr(int4_gemv, name, best)
     for quantization in (None, "int4"):
         rows.append(measure(quantization, args, runtime))
         print(json.dumps(rows[-1]), flush=True)
@@ -116,8 +176,8 @@ def main(argv=None) -> int:
     print(f"int4 / bf16: fast {int4['fast_b1'] / bf16['fast_b1']:.2f}x, full {int4['full_b1'] / bf16['full_b1']:.2f}x, "
           f"16 requests {int4['fast_b16'] / bf16['fast_b16']:.2f}x; parity {int4['parity']}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": where,
-                                              "date": str(datetime.date.today()), "rows": rows}, indent=2))
+        Path(args.out).write_text(json.dumps({"device": where, "date": str(datetime.date.today()), "rows": rows,
+                                              "tuning": tuning}, indent=2))
     return 0
 
 

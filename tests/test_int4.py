@@ -9,7 +9,8 @@ from torch import nn
 
 from mot_engine import GenerationRequest, Generator, build_mot
 from mot_engine.model.config import ExpertConfig
-from mot_engine.model.int4 import Int4Linear, quantizable, quantize_groups, quantize_int4
+from mot_engine.model.int4 import (Int4Linear, pack_split_halves, quantizable, quantize_groups, quantize_int4,
+                                   split_halves_reference, unpack_split_halves)
 
 SOURCE = "void scale(float* x, float a, int n) { for (int i = 0; i < n; ++i) x[i] = a * x[i]; }"
 
@@ -30,6 +31,37 @@ def test_int4_linear_is_the_product_with_its_dequantized_weight(in_features, out
             - linear.weight.detach().view(out_features, -1, layer.group).amin(-1)) / 15
     error = (weight - linear.weight.detach()).abs().view(out_features, -1, layer.group)
     assert torch.all(error <= step[..., None] / 2 + 1e-6)
+
+
+@pytest.mark.parametrize("in_features,out_features,bias", [(256, 64, True), (128, 48, False)])
+def test_split_layout_is_the_product_with_its_dequantized_weight(in_features, out_features, bias):
+    """The GPU's layout (codes across the halves of K, offsets folding the zero point) holds the same quantization:
+    packing round-trips the codes, and the layer computes x W^T + b with the same dequantized weight up to the
+    rounding of the folded offset."""
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    split = Int4Linear(linear, torch.float32, layout="split")
+    tinygemm = Int4Linear(linear, torch.float32)  # the CPU's default layout
+    assert (split.layout, tinygemm.layout, split.kernel) == ("split", "tinygemm", None)
+    codes, sz = quantize_groups(linear.weight.detach(), split.group)
+    assert torch.equal(unpack_split_halves(pack_split_halves(codes)), codes)
+    assert torch.equal(unpack_split_halves(split.packed), codes)
+    weight = split.dequantized_weight(codes)
+    scale, zero = sz[..., 0].t(), sz[..., 1].t()  # (N, G): w = (q - 8) * scale + zero, the tinygemm form
+    q = codes.float().view(out_features, -1, split.group)
+    torch.testing.assert_close(weight, ((q - 8) * scale[..., None] + zero[..., None]).view_as(weight),
+                               rtol=1e-5, atol=1e-5)
+    if tinygemm.group == split.group:
+        torch.testing.assert_close(weight, tinygemm.dequantized_weight(codes), rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, in_features)
+    expected = x @ weight.t() + (linear.bias if bias else 0)
+    torch.testing.assert_close(split(x), expected, rtol=1e-5, atol=1e-5)
+    calls = []
+    split.kernel = lambda *a: calls.append(a) or split_halves_reference(*a)  # what install_int4_kernels sets
+    split(x)
+    assert len(calls) == 1 and calls[0][4] == split.group
+    with pytest.raises(ValueError, match="split needs"):
+        Int4Linear(nn.Linear(96, 32), layout="split")  # K/2 = 48: no whole groups of 32
 
 
 def test_shapes_the_kernels_cannot_take_are_refused_or_left_alone():
@@ -110,3 +142,27 @@ def test_int4_graph_path_equals_eager_path_on_gpu():
     assert Generator(mot).cuda_graphs
     for a, b in zip(graphs, eager):
         assert a.token_ids == b.token_ids
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton int4 kernels)")
+@torch.no_grad()
+def test_int4_kernels_equal_the_dequantized_product_on_gpu():
+    """The Triton int4 kernels at the seed experts' shapes, bf16, one row (decode) to prefill-sized blocks of rows,
+    against the dequantized weight's product in float32; and a Generator puts them in place."""
+    from mot_engine.kernels.int4_gemv import int4_linear
+
+    torch.manual_seed(0)
+    for n, k in [(1536, 1536), (8960, 1536), (1536, 8960), (2048, 5504), (3072, 12288)]:
+        layer = Int4Linear(nn.Linear(k, n, bias=n == 1536, device="cuda"), torch.bfloat16)
+        assert layer.layout == "split"
+        for m in (1, 2, 16, 100):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            got = int4_linear(x, layer.packed, layer.scales, layer.offsets, layer.group, layer.bias).float()
+            want = split_halves_reference(x.float(), layer.packed, layer.scales.float(), layer.offsets.float(),
+                                          layer.group, None if layer.bias is None else layer.bias.float())
+            scale = want.abs().max()
+            assert (got - want).abs().max() <= 2e-2 * scale, (n, k, m)
+    mot = build_mot("tiny", device="cuda", dtype="bfloat16", quantization="int4")
+    layers = [m for m in mot.experts[0].modules() if isinstance(m, Int4Linear)]
+    assert layers and all(m.kernel is None for m in layers)
+    assert Generator(mot).int4_kernels and all(m.kernel is int4_linear for m in layers if m.layout == "split")

@@ -26,11 +26,12 @@ pytestmark = [
     pytest.mark.skipif(not _INTERPRETED, reason="Triton was imported before its interpreter could be switched on"),
 ]
 
-from mot_engine.kernels import decode_attention, gemv, interaction_kernels, rms_norm, rotary  # noqa: E402
+from mot_engine.kernels import decode_attention, gemv, int4_gemv, interaction_kernels, rms_norm, rotary  # noqa: E402
 from mot_engine.model.interaction import MemorySlot  # noqa: E402
 
 FACTORIES = [gemv._kernel, gemv._glu_kernel, gemv._qkv_kernel, gemv._rows_kernels, rotary._kernel, decode_attention._kernels,
-             rms_norm._kernel, interaction_kernels._attention_kernels, interaction_kernels._residual_kernel]
+             rms_norm._kernel, interaction_kernels._attention_kernels, interaction_kernels._residual_kernel,
+             int4_gemv._kernels]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -204,3 +205,26 @@ def test_gated_residual_and_float32_linear(dtype):
         assert flags[0]  # a NaN in the update sets the step's flag
     x, w, b = torch.randn(1, 1, 48), torch.randn(40, 48) / 7, torch.randn(40)
     torch.testing.assert_close(gemv.gemv(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int4_kernels_equal_the_dequantized_product(dtype):
+    """The one-row kernel (M = 1) and the rows kernel (tiles of 16 and 64 rows) compute x W^T + b with the split
+    layout's weight dequantized: masks on N and M, groups of 32 / 64 / 128 across both halves of K. The rows kernel
+    in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in bfloat16 on a GPU)."""
+    from mot_engine.model.int4 import pack_split_halves, quantize_groups, split_halves_reference
+
+    g = torch.Generator().manual_seed(0)
+    for n, k, group, bias in [(40, 64, 32, True), (48, 256, 128, False), (16, 128, 64, True)]:
+        w = torch.randn(n, k, generator=g) / k**0.5
+        codes, sz = quantize_groups(w, group)
+        scales, zeros = sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()  # (N, G)
+        packed, offsets = pack_split_halves(codes), (zeros - 8 * scales).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype) if bias else None
+        for m in (1, 3, 20) if dtype == torch.float32 else (1,):
+            x = torch.randn(m, k, generator=g).to(dtype)
+            got = int4_gemv.int4_linear(x, packed, scales.to(dtype), offsets, group, b)
+            expected = split_halves_reference(x.float(), packed, scales.to(dtype).float(), offsets.float(), group,
+                                              None if b is None else b.float())
+            assert got.dtype == dtype and got.shape == (m, n)
+            torch.testing.assert_close(got.float(), expected, **_tol(dtype))

@@ -39,15 +39,7 @@ from mot_engine.decoding.sequences import (
     strip_eos,
 )
 from mot_engine.decoding.slabs import (
-    MIN_COLUMNS,
-    MIN_MEMORY,
-    DecodeSlab,
-    Joiner,
-    SlabShape,
-    bucket,
-    ends_with_pending,
-    joiners_of,
-    remaining_columns,
+    MIN_COLUMNS, MIN_MEMORY, DecodeSlab, Joiner, SlabShape, bucket, ends_with_pending, joiners_of, remaining_columns,
     supports,
 )
 from mot_engine.decoding.speculation import (
@@ -65,6 +57,7 @@ from mot_engine.kernels.substitutions.attention import (
     install_decode_attention, install_fused_cache_write, install_fused_rotary,
 )
 from mot_engine.kernels.substitutions.decode import decode_substitutions
+from mot_engine.kernels.substitutions.int4 import install_int4_kernels
 from mot_engine.kernels.substitutions.interaction import install_fused_interaction
 from mot_engine.kernels.substitutions.launch import install_programmatic_launch
 from mot_engine.kernels.substitutions.linear import install_fused_mlp, install_fused_qkv, install_triton_gemv
@@ -100,10 +93,11 @@ class Generator:
         # it that way); runtime.cuda_graphs off disables both on CUDA.
         # A captured graph lives on one device: a primary on another GPU than the interaction layers decodes eagerly
         # (secondaries anywhere are fine: they only run in the prefill).
+        # An explicit static_cache=False (the cohort path) turns the default graphs off with it.
         on_cuda = mot.device.type == "cuda" and runtime.cuda_graphs
-        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
-        slabs = on_cuda or self.cuda_graphs or runtime.slabs
+        slabs = on_cuda or bool(cuda_graphs) or runtime.slabs
         self.static_cache = slabs if static_cache is None else static_cache
+        self.cuda_graphs = (on_cuda and self.static_cache) if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and not self.static_cache:
             raise ValueError("cuda_graphs needs static_cache")
         if self.cuda_graphs and mot.device.type != "cuda":
@@ -134,6 +128,7 @@ class Generator:
         self.fused_interaction = triton_kernel(runtime.fused_interaction, install_fused_interaction)
         self.fused_residual = not self.compile_layers and triton_kernel(runtime.fused_residual, install_fused_residual)
         self.programmatic_launch = triton_kernel(runtime.pdl, install_programmatic_launch)
+        self.int4_kernels = triton_kernel(True, install_int4_kernels)  # int4 experts: always (no other fast path)
         # A request admitted alone prefills by CUDA-graph replay (its secondaries' prompts, then its primary's), one
         # graph per prompt-length bucket (decoding/prefill_graphs.py): the first token is otherwise bound by
         # launching the experts' kernels from Python.
@@ -200,6 +195,7 @@ class Generator:
                 ", prompt-lookup speculation" if self.prompt_lookup else "")
         parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
         parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
+                                        ("Triton int4 products", self.int4_kernels),
                                         ("fused q/k/v", self.fused_qkv), ("fused gated MLP", self.fused_mlp),
                                         ("fused rotary", self.fused_rotary),
                                         ("split-K decode attention", self.decode_attention),

@@ -109,6 +109,8 @@ class ExpertLoader:
         tokenizer = AutoTokenizer.from_pretrained(tok_src, revision=None if config.tokenizer_path else config.revision)
         kwargs: dict = {"dtype": dtype}
         bnb = config.quantization in ("4bit", "8bit")  # loaded quantized by transformers; int4 is converted after
+        # int4: built in host memory, then each layer quantized on the device (the bf16 model never sits there whole)
+        load_device = torch.device("cpu") if config.quantization == "int4" else device
         if bnb:
             kwargs["quantization_config"] = _bnb_config(config, dtype, device)
             kwargs["device_map"] = {"": device.index or 0}
@@ -124,14 +126,14 @@ class ExpertLoader:
             cfg_dict.pop("architectures", None)
             cfg_dict.pop("torch_dtype", None)
             hf_config = AutoConfig.for_model(model_type, **cfg_dict)
-            with torch.device(device):
+            with torch.device(load_device):
                 model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(config.path, revision=config.revision, **kwargs)
             if not bnb:
-                model = model.to(device)
+                model = model.to(load_device)
         if config.quantization == "int4":
-            replaced = quantize_int4(model, dtype)
+            replaced = quantize_int4(model, dtype, device)
             log.info("expert %s: %d linear layers in int4", config.name, replaced)
         model.eval()
         model.requires_grad_(False)

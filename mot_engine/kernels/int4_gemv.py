@@ -1,0 +1,135 @@
+"""Triton products with int4 weights: y = x W^T (+ b), the weight's 4-bit codes dequantized inside the kernel.
+
+Decoding reads every weight once per step, so at batch 1 a linear layer costs its weight bytes; int4 codes are a
+quarter of bf16's. PyTorch's tinygemm kernel (`torch._weight_int4pack_mm`) takes this format too but runs a
+one-row product below our bf16 GEMV (BENCHMARKS.md, "int4 experts"), so the decode path multiplies with these.
+
+Layout ("split halves", made by model/int4.py's `pack_split_halves`): a weight (N, K) with codes q in 0..15 is stored as
+  codes  (N, K/2) uint8   byte j of row n = q[n, j] | q[n, j + K/2] << 4
+  scales (N, G)           G = K / GROUP groups of GROUP input columns
+  offset (N, G)           w[n, k] ~= q[n, k] * scale[n, g] + offset[n, g],  g = k // GROUP
+A program's K block is exactly one group of the low half and the matching group of the high half (K/2 is a whole
+number of groups), so each row's scale and offset are one load per block, and the sum over the block factors:
+  sum_k w[n, k] x[k] = scale * sum_k q[n, k] x[k] + offset * sum_k x[k]
+which leaves one multiply-add per weight (the codes are exact in any float type).
+
+Two kernels: `gemv` (one row, elementwise products reduced per block: no tensor cores needed for a vector) and `mm`
+(any number of rows, tl.dot on tiles of BLOCK_M rows: decode slabs of 2..16 rows and prefill).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from mot_engine.kernels.gemv import launch_options, on_device
+
+ONE_ROW_BLOCKS = (16, 4)  # (BLOCK_N, num_warps) of the one-row kernel
+ROWS_BLOCKS = (64, 4)  # (BLOCK_N, num_warps) of the rows kernel
+
+
+@functools.cache
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def int4_gemv_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, N, H, G, stride_xm, stride_ym,
+                         HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+        pid_n = tl.program_id(0)
+        m = tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features
+        rk = tl.arange(0, GROUP)
+        nmask = rn < N
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for g in range(0, H // GROUP):
+            c = tl.load(c_ptr + rn[:, None] * H + g * GROUP + rk[None, :], mask=nmask[:, None], other=0)  # uint8
+            x_lo = tl.load(x_ptr + m * stride_xm + g * GROUP + rk).to(tl.float32)  # (GROUP,)
+            x_hi = tl.load(x_ptr + m * stride_xm + H + g * GROUP + rk).to(tl.float32)
+            q_lo = (c & 15).to(tl.float32)
+            q_hi = (c >> 4).to(tl.float32)
+            g_hi = g + (H // GROUP)
+            s_lo = tl.load(s_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
+            o_lo = tl.load(o_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
+            s_hi = tl.load(s_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
+            o_hi = tl.load(o_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
+            acc += s_lo * tl.sum(q_lo * x_lo[None, :], axis=1) + o_lo * tl.sum(x_lo)
+            acc += s_hi * tl.sum(q_hi * x_hi[None, :], axis=1) + o_hi * tl.sum(x_hi)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + rn, acc.to(y_ptr.dtype.element_ty), mask=nmask)
+
+    @triton.jit
+    def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, M, N, H, G, stride_xm, stride_ym,
+                       HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, GROUP)
+        mmask, nmask = rm < M, rn < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(0, H // GROUP):
+            c = tl.load(c_ptr + rn[:, None] * H + g * GROUP + rk[None, :], mask=nmask[:, None], other=0)
+            x_lo = tl.load(x_ptr + rm[:, None] * stride_xm + g * GROUP + rk[None, :], mask=mmask[:, None], other=0.0)
+            x_hi = tl.load(x_ptr + rm[:, None] * stride_xm + H + g * GROUP + rk[None, :], mask=mmask[:, None],
+                           other=0.0)  # (BLOCK_M, GROUP)
+            q_lo = (c & 15).to(x_lo.dtype)  # (BLOCK_N, GROUP): exact in bf16 as in fp32
+            q_hi = (c >> 4).to(x_lo.dtype)
+            if IEEE:
+                qx_lo = tl.dot(x_lo, tl.trans(q_lo), input_precision="ieee")
+                qx_hi = tl.dot(x_hi, tl.trans(q_hi), input_precision="ieee")
+            else:
+                qx_lo = tl.dot(x_lo, tl.trans(q_lo))  # (BLOCK_M, BLOCK_N) in fp32
+                qx_hi = tl.dot(x_hi, tl.trans(q_hi))
+            g_hi = g + (H // GROUP)
+            s_lo = tl.load(s_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
+            o_lo = tl.load(o_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
+            s_hi = tl.load(s_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
+            o_hi = tl.load(o_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
+            xs_lo = tl.sum(x_lo.to(tl.float32), axis=1)  # (BLOCK_M,)
+            xs_hi = tl.sum(x_hi.to(tl.float32), axis=1)
+            acc += qx_lo * s_lo[None, :] + xs_lo[:, None] * o_lo[None, :]
+            acc += qx_hi * s_hi[None, :] + xs_hi[:, None] * o_hi[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=mmask[:, None] & nmask[None, :])
+
+    return triton, int4_gemv_kernel, int4_mm_kernel
+
+
+def int4_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) -> (..., N) in x's dtype, for a weight in the split-halves layout (module docstring)."""
+    triton, gemv_kernel, mm_kernel = _kernels()
+    n, half = codes.shape
+    k = 2 * half
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features, the int4 weight takes {k}")
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else scales  # an unused pointer without a bias
+    with on_device(x):
+        if m == 1:
+            block_n, warps = ONE_ROW_BLOCKS
+            gemv_kernel[(triton.cdiv(n, block_n), 1)](
+                x2, codes, scales, offsets, b, y, n, half, scales.shape[1], x2.stride(0), y.stride(0),
+                HAS_BIAS=bias is not None, GROUP=group, BLOCK_N=block_n, num_warps=warps, **launch_options())
+        else:
+            block_n, warps = ROWS_BLOCKS
+            block_m = 16 if m <= 16 else 64
+            mm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+                x2, codes, scales, offsets, b, y, m, n, half, scales.shape[1], x2.stride(0), y.stride(0),
+                HAS_BIAS=bias is not None, IEEE=x2.dtype == torch.float32, GROUP=group, BLOCK_M=block_m,
+                BLOCK_N=block_n, num_warps=warps, **launch_options())
+    return y.view(*x.shape[:-1], n)
