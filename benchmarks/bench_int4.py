@@ -5,7 +5,9 @@
 
 Rows: decode tokens/s of the default engine (slabs, CUDA graphs, the Triton substitutions where they apply) in fast
 and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts; the ratios int4 / bf16 and full /
-fast; peak GPU memory after loading the three experts and after decoding. Parity (int4): the greedy tokens of the
+fast; GPU memory held once the three experts are loaded, its peak while loading (random int4 experts are built
+on the GPU in bf16 one at a time; checkpoints load through host memory) and while decoding. `--tune` first sweeps
+the int4 kernels' blocks (GPU time from CUDA-graph replay). Parity (int4): the greedy tokens of the
 graph path against the same int4 model's eager path (dynamic cache, no graphs, the experts' own modules): how many
 of the generated tokens agree before the first difference, and the share of graph-path tokens that the eager,
 cache-free teacher-forced forward (`target_logits`) also ranks first (bf16 activations, so near-ties may differ).
@@ -83,12 +85,15 @@ def measure(quantization: str | None, args, runtime) -> dict:
         torch.cuda.reset_peak_memory_stats()
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     mot = build_mot(args.preset, device=args.device, dtype=dtype, quantization=quantization, untrained=True)
-    loaded = peak_bytes()
+    load_peak = peak_bytes()  # random experts are built on the GPU: the bf16 expert being quantized counts here
+    loaded = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # from here: the inference peak
     source = UNIT
     while len(mot.prompt_ids(0, source + UNIT)) < 200:
         source += UNIT
     active = [0] + list(range(1, mot.config.top_k))
-    row = {"quantization": quantization or dtype, "loaded_gib": gib(loaded)}
+    row = {"quantization": quantization or dtype, "loaded_gib": gib(loaded), "load_peak_gib": gib(load_peak)}
     row["fast_b1"] = decode_rate(mot, runtime, "fast", 1, args.new_tokens, source, active)
     row["full_b1"] = decode_rate(mot, runtime, "full", 1, args.new_tokens, source, active)
     row["fast_b16"] = decode_rate(mot, runtime, "fast", 16, args.new_tokens, source, active)
@@ -102,12 +107,19 @@ def measure(quantization: str | None, args, runtime) -> dict:
 
 
 def _time_us(fn, calls: int) -> float:
+    """GPU microseconds per call of fn(i), i = 0..calls-1, replayed from one CUDA graph (launched one by one from
+    Python, every kernel here is bound by its host launch: ~33 µs on an H100 for any shape)."""
+    for i in range(calls):  # warm-up: compiles outside the capture
+        fn(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for i in range(8):
-        fn(i)
     start.record()
-    for i in range(calls):
-        fn(i)
+    graph.replay()
     end.record()
     torch.cuda.synchronize()
     return 1000 * start.elapsed_time(end) / calls
@@ -126,12 +138,12 @@ def sweep_kernels(rows: int) -> tuple[dict, dict]:
         row = {}
         if rows == 1:
             bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, copies // 4))]
-            row["bf16 gemv"] = _time_us(lambda i, x=x, ws=bf16: gemv(x, ws[i % len(ws)]), 200)
+            row["bf16 gemv"] = _time_us(lambda i, x=x, ws=bf16: gemv(x, ws[i % len(ws)]), 100)
             del bf16
         for c in configs:
             setattr(int4_gemv, name, c)
             row[c] = _time_us(lambda i, x=x, ls=layers: int4_gemv.int4_linear(
-                x, ls[i % len(ls)].packed, ls[i % len(ls)].scales, ls[i % len(ls)].offsets, ls[i % len(ls)].group), 200)
+                x, ls[i % len(ls)].packed, ls[i % len(ls)].scales, ls[i % len(ls)].offsets, ls[i % len(ls)].group), 100)
             total[c] += per_layer * row[c]
         times[f"{n}x{k}"] = row
         layers.clear()
@@ -168,11 +180,13 @@ def main(argv=None) -> int:
         rows.append(measure(quantization, args, runtime))
         print(json.dumps(rows[-1]), flush=True)
     bf16, int4 = rows
-    print("| experts | fast b=1 tok/s | full b=1 tok/s (x fast) | 16 requests tok/s (x one) | loaded GiB | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| experts | fast b=1 tok/s | full b=1 tok/s (x fast) | 16 requests tok/s (x one) | loaded GiB | "
+          "inference peak GiB | load peak GiB |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['quantization']} | {r['fast_b1']:.0f} | {r['full_b1']:.0f} ({r['full_b1'] / r['fast_b1']:.2f}x) | "
-              f"{r['fast_b16']:.0f} ({r['fast_b16'] / r['fast_b1']:.1f}x) | {r['loaded_gib']:.2f} | {r['peak_gib']:.2f} |")
+              f"{r['fast_b16']:.0f} ({r['fast_b16'] / r['fast_b1']:.1f}x) | {r['loaded_gib']:.2f} | {r['peak_gib']:.2f} | "
+              f"{r['load_peak_gib']:.2f} |")
     print(f"int4 / bf16: fast {int4['fast_b1'] / bf16['fast_b1']:.2f}x, full {int4['full_b1'] / bf16['full_b1']:.2f}x, "
           f"16 requests {int4['fast_b16'] / bf16['fast_b16']:.2f}x; parity {int4['parity']}")
     if args.out:

@@ -92,7 +92,8 @@ def run(gen: Generator, sources: list[str], mode: str, batch: int, max_new_token
 def compare(mot, runtime, sources, mode, batch, max_new_tokens, settings=None) -> dict:
     """One row: the same functions without and with prompt lookup, in alternating order."""
     plain = Generator(mot, max_batch_size=max(batch, 1), runtime=dataclasses.replace(runtime, prompt_lookup=False))
-    spec = Generator(mot, max_batch_size=max(batch, 1), runtime=dataclasses.replace(runtime, prompt_lookup=True))
+    spec = Generator(mot, max_batch_size=max(batch, 1), runtime=dataclasses.replace(runtime, prompt_lookup=True,
+                                                                                     prompt_lookup_cuda=True))
     if settings is not None:
         spec.lookup_settings = settings
     run(plain, sources[:1], mode, 1, 8)  # warm-up: first-call allocations

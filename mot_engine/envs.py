@@ -83,6 +83,10 @@ class RuntimeConfig:
         "MOT_PROMPT_LOOKUP", True,
         "Prompt-lookup speculation, on both decode paths (cohorts; slabs, with a CUDA graph per verify width): "
         "tokens drafted from the prompt, kept where decoding agrees (greedy output unchanged)")
+    prompt_lookup_cuda: bool = _switch(
+        "MOT_PROMPT_LOOKUP_CUDA", False,
+        "Prompt-lookup speculation on CUDA devices too (with MOT_PROMPT_LOOKUP): off until its GPU parity test "
+        "passes — on an H100 (2026-12-07) one request of 18 decoded other tokens than without it")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "RuntimeConfig":

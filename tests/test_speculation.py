@@ -20,7 +20,7 @@ SOURCES = [
     "void relu(float* x, int n) { for (int i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0; }",
 ]
 PLAIN = dataclasses.replace(RuntimeConfig(), prompt_lookup=False)
-SPECULATIVE = dataclasses.replace(RuntimeConfig(), prompt_lookup=True)
+SPECULATIVE = dataclasses.replace(RuntimeConfig(), prompt_lookup=True, prompt_lookup_cuda=True)
 
 
 # Drafting ---------------------------------------------------------------------------------------------------------
@@ -267,6 +267,20 @@ def test_sampled_requests_decode_with_drafts_and_keep_their_limits(perturbed_mot
 def test_prompt_lookup_is_a_runtime_switch():
     assert RuntimeConfig.from_env({"MOT_PROMPT_LOOKUP": "0"}).prompt_lookup is False
     assert RuntimeConfig.from_env({}).prompt_lookup is True
+    assert RuntimeConfig.from_env({}).prompt_lookup_cuda is False  # off on GPUs until the GPU parity test passes
+    assert RuntimeConfig.from_env({"MOT_PROMPT_LOOKUP_CUDA": "1"}).prompt_lookup_cuda is True
+
+
+def test_prompt_lookup_stays_off_on_a_cuda_model_unless_asked(perturbed_mot):
+    """The Generator speculates on the CPU by default, on a CUDA model only with prompt_lookup_cuda."""
+    from mot_engine.decoding.speculation import speculates_on
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert speculates_on(cpu, RuntimeConfig()) and Generator(perturbed_mot, runtime=RuntimeConfig()).prompt_lookup
+    assert not speculates_on(cuda, RuntimeConfig())
+    assert speculates_on(cuda, RuntimeConfig(prompt_lookup_cuda=True))
+    assert not speculates_on(cpu, RuntimeConfig(prompt_lookup=False))
+    assert not speculates_on(cuda, RuntimeConfig(prompt_lookup=False, prompt_lookup_cuda=True))
 
 
 @torch.no_grad()
@@ -281,6 +295,7 @@ def test_speculative_greedy_equals_plain_greedy_on_gpu(monkeypatch, path):
 
     from mot_engine import build_mot
 
+    torch.backends.cuda.matmul.allow_tf32 = False  # as the other fp32 GPU parity tests
     mot = build_mot("tiny", device="cuda", dtype="float32")
     perturb(mot)
     mot.eval()

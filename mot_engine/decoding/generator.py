@@ -48,6 +48,7 @@ from mot_engine.decoding.speculation import (
     decode_slab_with_drafts,
     decode_with_drafts,
     drafts_for,
+    speculates_on,
 )
 from mot_engine.decoding.stopping import KernelEnd
 from mot_engine.defaults import MODES
@@ -135,7 +136,7 @@ class Generator:
         self.prefill_graphs = (PrefillGraphs(self) if self.cuda_graphs and not self.compile_layers
                                and runtime.prefill_graphs else None)
         # Prompt-lookup speculation (decoding/speculation.py): cohorts whose cache can roll back, and slabs.
-        self.prompt_lookup = runtime.prompt_lookup
+        self.prompt_lookup = speculates_on(mot.device, runtime)
         self.lookup_settings = LookupSettings()
         self.waiting: list[Sequence] = []
         self.cohorts: list[Cohort] = []  # dynamic-cache batches (CPU, several GPUs, sliding windows)

@@ -146,6 +146,12 @@ class Accepted:
         return [len(t) - 1 for t in self.tokens]
 
 
+def speculates_on(device, runtime) -> bool:
+    """Does a Generator of a model on `device` speculate by default? Where runtime.prompt_lookup is on: on the CPU,
+    and on CUDA only with runtime.prompt_lookup_cuda (envs.py says why)."""
+    return runtime.prompt_lookup and (device.type != "cuda" or runtime.prompt_lookup_cuda)
+
+
 def can_roll_back(cache) -> bool:
     """Only full-attention dynamic layers can drop their last columns at any length."""
     return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))

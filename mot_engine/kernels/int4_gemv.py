@@ -25,8 +25,11 @@ import torch
 
 from mot_engine.kernels.gemv import launch_options, on_device
 
-ONE_ROW_BLOCKS = (16, 4)  # (BLOCK_N, num_warps) of the one-row kernel
-ROWS_BLOCKS = (64, 4)  # (BLOCK_N, num_warps) of the rows kernel
+# (BLOCK_N, num_warps): bench_int4.py --tune on an H100 (2026-12-07; weights rotated past L2). Narrow outputs want
+# narrow programs: at one row (16, 4) took 62 µs on 1536 x 1536 and 44 on 1536 x 8960 where (4, 1) took 35 and 34
+# (host-launch bound); at 16 rows (64, 4) took 66 and 70 µs where (32, 2) took 50 and 51.
+ONE_ROW_BLOCKS = (4, 1)  # the one-row kernel
+ROWS_BLOCKS = (32, 2)  # the rows kernel
 
 
 @functools.cache
