@@ -24,9 +24,8 @@ kernels have no backward, so training keeps quantization "4bit" (NF4).
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 GROUP_SIZES = (128, 64, 32)  # the largest that divides a layer's input width is used
 
@@ -114,11 +113,10 @@ class Int4Linear(nn.Module):
 
     def dequantized_weight(self, codes: torch.Tensor) -> torch.Tensor:
         """The (N, K) weight these codes stand for (tests: the reference the kernels must match)."""
+        if self.layout == "split":
+            return dequantize_split(codes, self.scales.float(), self.offsets.float(), self.group)
         n, k = codes.shape
         q = codes.float().view(n, k // self.group, self.group)
-        if self.layout == "split":
-            scale, offset = self.scales.float(), self.offsets.float()  # (N, G)
-            return (q * scale[..., None] + offset[..., None]).view(n, k)
         sz = self.scales_and_zeros.float()  # (G, N, 2)
         scale, zero = sz[..., 0].t(), sz[..., 1].t()  # (N, G)
         return ((q - 8) * scale[..., None] + zero[..., None]).view(n, k)
@@ -146,11 +144,14 @@ def unpack_split_halves(packed: torch.Tensor) -> torch.Tensor:
 def split_halves_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
                            group: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) -> (..., N) with the split layout's weight dequantized whole (the kernels' reference)."""
-    codes = unpack_split_halves(packed)  # (N, K)
+    return F.linear(x, dequantize_split(unpack_split_halves(packed), scales, offsets, group), bias)
+
+
+def dequantize_split(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int) -> torch.Tensor:
+    """(N, K) codes with (N, G) scales and offsets -> the (N, K) weight q * scale + offset, in the scales' dtype."""
     n, k = codes.shape
     q = codes.to(scales.dtype).view(n, k // group, group)
-    weight = (q * scales[..., None] + offsets[..., None]).view(n, k)
-    return F.linear(x, weight, bias)
+    return (q * scales[..., None] + offsets[..., None]).view(n, k)
 
 
 def quantize_int4(model: nn.Module, dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> int:
