@@ -169,7 +169,7 @@ def _slots(B, H, S, D, n=2):
         mask[0, ..., 10 + r:] = False  # padded memory
         mask[-1, ..., 1:] = False  # a free slab row: one real key
         slots.append(MemorySlot(key=torch.randn(B, H, S, D, generator=g), value=torch.randn(B, H, S, D, generator=g),
-                                mask=mask, weight=torch.rand(B, generator=g)))
+                                mask=mask, weight=torch.rand(B, 3, generator=g)[:, r % 3]))  # strided, as routing's
     return slots
 
 
@@ -194,7 +194,9 @@ def test_gated_residual_and_float32_linear(dtype):
     d = 40
     norm = SimpleNamespace(weight=torch.randn(d), bias=torch.randn(d), eps=1e-5, normalized_shape=(d,))
     for T in (1, 2):
-        hidden, y, gate, weight = torch.randn(2, T, d).to(dtype), torch.randn(2, T, d) * 3, torch.randn(d), torch.rand(2)
+        hidden, y, gate = torch.randn(2, T, d).to(dtype), torch.randn(2, T, d) * 3, torch.randn(d)
+        weight = torch.tensor([[0.9, 0.0, 0.1], [0.3, 0.7, 0.0]])[:, 0]  # a column of routing weights (stride 3), as
+        # the call site's primary weight: reading it as contiguous gives row 1 the weight 0.0
         flags = [torch.zeros((), dtype=torch.bool) for _ in range(2)]
         got = interaction_kernels.gated_residual(hidden, y, norm, gate, weight, 0.5, flags[0])
         want = interaction_kernels.gated_residual_reference(hidden, y, norm, gate, weight, 0.5, flags[1])

@@ -73,7 +73,7 @@ def _attention_kernels():
         tl.store(acc_ptr + (row * C + c) * BLOCK_D + rd, acc)
 
     @triton.jit
-    def memory_combine_kernel(m_ptr, l_ptr, acc_ptr, w_ptr, out_ptr, H, T, D, C, so_b, so_h, so_t,
+    def memory_combine_kernel(m_ptr, l_ptr, acc_ptr, w_ptr, out_ptr, H, T, D, C, sw_b, so_b, so_h, so_t,
                               ACCUMULATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                               PDL: tl.constexpr):
         if PDL:
@@ -99,7 +99,8 @@ def _attention_kernels():
             part = tl.load(acc_ptr + (row * C + c0 + rc)[:, None] * BLOCK_D + rd[None, :], mask=cmask[:, None],
                            other=0.0)  # (BLOCK_C, BLOCK_D)
             acc += tl.sum(scale[:, None] * part, axis=0)
-        o = acc / l_all * tl.load(w_ptr + b).to(tl.float32)  # a row with no real key: 0/0, NaN as torch's softmax gives
+        # A row with no real key: 0/0, NaN as torch's softmax gives.
+        o = acc / l_all * tl.load(w_ptr + b * sw_b).to(tl.float32)
         out = out_ptr + b * so_b + h * so_h + t * so_t + rd
         dmask = rd < D
         if ACCUMULATE:
@@ -115,8 +116,8 @@ def _residual_kernel():
     import triton.language as tl
 
     @triton.jit
-    def gated_residual_kernel(h_ptr, y_ptr, ln_w_ptr, ln_b_ptr, gate_ptr, pw_ptr, out_ptr, flag_ptr, T, D, eps, clamp,
-                              BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    def gated_residual_kernel(h_ptr, y_ptr, ln_w_ptr, ln_b_ptr, gate_ptr, pw_ptr, out_ptr, flag_ptr, T, D, spw, eps,
+                              clamp, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
@@ -130,7 +131,8 @@ def _residual_kernel():
         normed = centred * (1.0 / tl.sqrt(var + eps))
         normed = normed * tl.load(ln_w_ptr + rd, mask=dmask, other=1.0) + tl.load(ln_b_ptr + rd, mask=dmask, other=0.0)
         delta = tl.load(gate_ptr + rd, mask=dmask, other=0.0) * normed
-        delta = tl.load(pw_ptr + row // T).to(tl.float32) * delta
+        # Read through its stride: the call site's primary weight is a column of the (B, E) routing weights.
+        delta = tl.load(pw_ptr + (row // T) * spw).to(tl.float32) * delta
         clamped = tl.minimum(tl.maximum(delta, -clamp), clamp)
         delta = tl.where(delta != delta, delta, clamped)  # NaN stays NaN (torch.clamp's rule)
         bad = tl.sum(tl.where(dmask & (delta != delta), 1, 0), axis=0)
@@ -187,7 +189,8 @@ def memory_attention(q: torch.Tensor, slots, chunk: int | None = None, block_s: 
                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                                v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
                                BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4, **launch_options())
-            combine[(rows,)](m, l, acc, slot.weight, out, H, T, D, C, out.stride(0), out.stride(1), out.stride(2),
+            combine[(rows,)](m, l, acc, slot.weight, out, H, T, D, C, slot.weight.stride(0), out.stride(0),
+                             out.stride(1), out.stride(2),
                              ACCUMULATE=r > 0, BLOCK_C=16, BLOCK_D=block_d, num_warps=4,
                              **launch_options())
     return out
@@ -208,7 +211,8 @@ def memory_attention_reference(q: torch.Tensor, slots) -> torch.Tensor:
 def gated_residual(hidden: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm, gate: torch.Tensor,
                    primary_weight: torch.Tensor, clamp: float, nonfinite: torch.Tensor) -> torch.Tensor:
     """hidden + clamp(primary_weight * gate * norm(y)) in hidden's dtype; sets `nonfinite` (a bool scalar) if the
-    clamped update holds a NaN. hidden (B, T, d) contiguous, y (B, T, d) float32 contiguous, primary_weight (B,)."""
+    clamped update holds a NaN. hidden (B, T, d) contiguous, y (B, T, d) float32 contiguous, primary_weight (B,) of
+    any stride."""
     triton, kernel = _residual_kernel()
     B, T, D = hidden.shape
     if not (hidden.is_contiguous() and y.is_contiguous()):
@@ -216,7 +220,7 @@ def gated_residual(hidden: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNo
     out = torch.empty_like(hidden)
     with on_device(hidden):
         kernel[(B * T,)](hidden, y, norm.weight, norm.bias, gate, primary_weight, out, nonfinite.view(torch.uint8),
-                         T, D, norm.eps, clamp, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 2048 else 8,
+                         T, D, primary_weight.stride(0), norm.eps, clamp, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 2048 else 8,
                          **launch_options())
     return out
 

@@ -35,7 +35,7 @@ def computes_interaction(mot, attend, residual, linear) -> bool:
         mask = torch.ones(2, 1, 1, S, dtype=torch.bool)
         mask[0, ..., 40 - 20 * r:] = False  # padded memory
         slots.append(MemorySlot(key=randn(2, H, S, hd), value=randn(2, H, S, hd), mask=mask.to(device),
-                                weight=randn(2).abs()))
+                                weight=randn(2, 3).abs()[:, r]))  # a column of routing weights, as at the call site
     tol = 1e-4
     d = mot.hidden_sizes[0]
     weight, bias = randn(d, H * hd) / 30, randn(d)  # the shared space -> the primary's
@@ -47,7 +47,8 @@ def computes_interaction(mot, attend, residual, linear) -> bool:
         if not torch.allclose(attend(q, used), memory_attention_reference(q, used), rtol=tol, atol=tol):
             return False
     norm = SimpleNamespace(weight=randn(d), bias=randn(d), eps=1e-5, normalized_shape=(d,))
-    hidden, y, gate, weight = randn(2, 1, d).to(dtype), randn(2, 1, d) * 3, randn(d), randn(2).abs()
+    hidden, y, gate = randn(2, 1, d).to(dtype), randn(2, 1, d) * 3, randn(d)
+    weight = randn(2, 3).abs()[:, 1]  # the primary's column of the (B, E) routing weights: stride E
     flags = [torch.zeros((), dtype=torch.bool, device=device) for _ in range(2)]
     got = residual(hidden, y, norm, gate, weight, 2.0, flags[0])
     want = gated_residual_reference(hidden, y, norm, gate, weight, 2.0, flags[1])
