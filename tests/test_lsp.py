@@ -296,7 +296,7 @@ async def test_listing_code_actions_is_instant_and_needs_no_model(tmp_path, daem
 
 
 @pytest.mark.asyncio
-async def test_resolve_translates_with_progress_and_creates_then_appends_the_cu_file(tmp_path, daemon):
+async def test_resolve_translates_with_progress_creates_appends_and_replaces_in_the_cu_file(tmp_path, daemon):
     settings = {"endpoint": daemon.endpoint, "autostart": False, "check": "syntax", **FAST}
     async with lsp_session(tmp_path, settings) as s:
         uri = s.open("main.cpp")
@@ -311,7 +311,9 @@ async def test_resolve_translates_with_progress_and_creates_then_appends_the_cu_
         (insert,) = texts[0].edits
         assert insert.range.start == pos(0, 0) == insert.range.end
         assert insert.new_text.startswith("// MoT: CUDA translation of `vector_add` (main.cpp:4), primary expert tiny-")
-        kernel = insert.new_text.split("\n", 1)[1]
+        kernel, footer = insert.new_text.split("\n", 1)[1].rstrip("\n").rsplit("\n", 1)
+        assert footer == "// MoT: end of the translation of `vector_add`"
+        kernel += "\n"
         assert kernel.strip() and not any(ch in kernel for ch in "\x00\x01\x7f")
 
         # Progress: begin (cancellable), reports counting tokens, end.
@@ -348,6 +350,16 @@ async def test_resolve_translates_with_progress_and_creates_then_appends_the_cu_
         existing = cu.read_text()
         assert append.range.start.line == existing.count("\n")
         assert append.new_text.startswith("\n// MoT: CUDA translation of `dot` (main.cpp:10)")
+
+        # Translating vector_add again replaces its block where it is: no second definition, `dot` untouched.
+        cu.write_text(existing + append.new_text + "// the user's own line\n")
+        resolved = await s.client.code_action_resolve_async(await s.action(uri))
+        creates, texts = edit_parts(resolved.edit)
+        (replace,) = texts[0].edits
+        assert creates == [] and replace.range.start == pos(0, 0) and replace.range.end == pos(existing.count("\n"), 0)
+        after = apply_text_edits(cu.read_text(), [replace])
+        assert after.count("CUDA translation of `vector_add`") == 1
+        assert after.endswith(append.new_text + "// the user's own line\n")
 
 
 @pytest.mark.asyncio

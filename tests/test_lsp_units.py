@@ -144,7 +144,8 @@ def test_new_file_is_created_then_appended(tmp_path):
     (text_edit,) = texts
     assert text_edit.text_document.version is None
     new_text = text_edit.edits[0].new_text
-    assert new_text == "// MoT: CUDA translation of `f` (main.cpp:3), primary expert tiny-qwen2\n" + _kernel().text + "\n"
+    assert new_text == ("// MoT: CUDA translation of `f` (main.cpp:3), primary expert tiny-qwen2\n" + _kernel().text
+                        + "\n// MoT: end of the translation of `f`\n")
     assert placed[0].line == 1 and placed[0].uri == target.uri
 
     (tmp_path / "main.cu").write_text("// mine\nint x;")  # no trailing newline
@@ -168,6 +169,43 @@ def test_new_file_is_created_then_appended(tmp_path):
     assert text_edit.text_document.version == 8
     assert text_edit.edits[0].range.start == types.Position(line=1, character=0)
     assert text_edit.edits[0].new_text.startswith("\n// MoT")
+
+
+def test_translating_a_function_again_replaces_its_block_and_nothing_else(tmp_path):
+    document = _document(tmp_path)
+    first = build_edit(placement="newFile", source=document, kernels=[_kernel(), _kernel("k_g();", "g")],
+                       target=target_for(document, None))[0]
+    text = "// mine\n\n" + _parts(first)[1][0].edits[0].new_text + "int user_code;\n"
+    (tmp_path / "main.cu").write_text(text)
+
+    # g again, with f2 (a new function): g's block is replaced where it is, f2 is appended, the rest is kept.
+    kernels = [_kernel("k_g2();", "g"), _kernel("k_f2();", "f2")]
+    edit, placed = build_edit(placement="newFile", source=document, kernels=kernels,
+                              target=target_for(document, None))
+    (_, (text_edit,)) = _parts(edit)
+    after = _apply(text, text_edit.edits)
+    assert after.count("translation of `g`") == 2 and "k_g();" not in after  # its header and end line, once
+    assert after.index("k_g2();") < after.index("int user_code;") < after.index("k_f2();")
+    assert "// mine\n" in after and _kernel().text in after and "int user_code;\n" in after
+    lines = after.split("\n")
+    assert [lines[p.line] for p in placed] == ["k_g2();", "k_f2();"]
+
+    # A block without its end line (edited away, or written by an older version) is left alone: append.
+    damaged = text.replace("// MoT: end of the translation of `g`\n", "")
+    (tmp_path / "main.cu").write_text(damaged)
+    edit, _ = build_edit(placement="newFile", source=document, kernels=kernels[:1], target=target_for(document, None))
+    (_, (text_edit,)) = _parts(edit)
+    after = _apply(damaged, text_edit.edits)
+    assert after.startswith(damaged) and after.endswith("k_g2();\n// MoT: end of the translation of `g`\n")
+    # A selection has no name to match: always appended.
+    selection = _kernel("k_s();", "selection")
+    (tmp_path / "main.cu").write_text(text)
+    once = _apply(text, _parts(build_edit(placement="newFile", source=document, kernels=[selection],
+                                           target=target_for(document, None))[0])[1][0].edits)
+    (tmp_path / "main.cu").write_text(once)
+    twice = _apply(once, _parts(build_edit(placement="newFile", source=document, kernels=[selection],
+                                            target=target_for(document, None))[0])[1][0].edits)
+    assert twice.count("k_s();") == 2
 
 
 def test_below_function_and_replace_selection(tmp_path):

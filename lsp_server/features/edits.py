@@ -1,7 +1,9 @@
 """Turning translations into one WorkspaceEdit.
 
 Placements (setting `mot.placement`):
-    newFile           append the kernels to `<stem>.cu` beside the source file, creating it when missing
+    newFile           write the kernels to `<stem>.cu` beside the source file, creating it when missing: a
+                      function translated before is replaced where it is (its block, header to end line),
+                      other kernels are appended
     belowFunction     insert each kernel below its function (or below the selection)
     replaceSelection  replace the selection (or the whole function) with its kernel
 
@@ -76,8 +78,14 @@ class Kernel:
             f"primary expert {self.primary_expert}{checked}{noted}"
         )
 
+    def footer(self) -> str:
+        """The comment line below the kernel: with the header it bounds the block that translating the same
+        function again replaces (newFile), so nothing the user wrote around it is touched."""
+        what = "the selection" if self.name == "selection" else f"`{self.name}`"
+        return f"// MoT: end of the translation of {what}"
+
     def block(self, source_name: str) -> str:
-        return f"{self.header(source_name)}\n{self.text}\n"
+        return f"{self.header(source_name)}\n{self.text}\n{self.footer()}\n"
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,27 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset)
 
 
+_ANY_HEADER = re.compile(r"^// MoT: CUDA translation of ", re.M)
+
+
+def previous_block(text: str, kernel: Kernel, source_name: str) -> tuple[int, int] | None:
+    """The (start, end) offsets of the block an earlier translation of the same function of the same source file
+    left in `text`: its header line through its end line. None for a selection (it has no name to match), for a
+    block without its end line (written before end lines existed, or edited away: it is left alone) and when there
+    is none."""
+    if kernel.name == "selection":
+        return None
+    header = re.compile(rf"^// MoT: CUDA translation of `{re.escape(kernel.name)}` \({re.escape(source_name)}:\d+\)"
+                        r"[^\n]*\n", re.M)
+    footer = re.compile(rf"^{re.escape(kernel.footer())}[ \t]*(?:\n|\Z)", re.M)
+    for match in header.finditer(text):
+        end = footer.search(text, match.end())
+        later = _ANY_HEADER.search(text, match.end())
+        if end is not None and (later is None or later.start() > end.start()):
+            return match.start(), end.end()
+    return None
+
+
 def build_edit(
     *,
     placement: str,
@@ -166,19 +195,32 @@ def build_edit(
             raise ValueError("the newFile placement needs a target file")
         if target.path == source.path and target.version is None:
             target = TargetFile(source.uri, target.path, source.text, source.version, True)
-        blocks = "\n".join(kernel.block(source_name) for kernel in kernels)
-        insert = _separator(target.text) + blocks
-        view = TextView(target.text, source.view.encoding)
-        end = view.end_point()
-        edit = types.TextEdit(range=view.to_range(end, end), new_text=insert)
-        new_text = target.text + insert
-        placed, cursor = [], len(target.text)
+        # A function translated before is replaced in place; the other kernels go, in order, at the end.
+        offsets: list[tuple[int, int, str]] = []
+        appended: list[Kernel] = []
+        taken: set[tuple[int, int]] = set()
         for kernel in kernels:
-            at = new_text.index(kernel.block(source_name), cursor)
+            span = previous_block(target.text, kernel, source_name)
+            if span is None or span in taken:
+                appended.append(kernel)
+                continue
+            taken.add(span)
+            offsets.append((*span, kernel.block(source_name)))
+        if appended:
+            end = len(target.text)
+            offsets.append((end, end, _separator(target.text) + "\n".join(k.block(source_name) for k in appended)))
+        view = TextView(target.text, source.view.encoding)
+        edits = [types.TextEdit(range=view.to_range(view.point_at(start), view.point_at(end)), new_text=new)
+                 for start, end, new in offsets]
+        new_text, starts = _apply(target.text, offsets)
+        placed = []
+        for kernel in kernels:
+            at = next(new_text.index(kernel.block(source_name), start) for start, (_, _, new) in zip(starts, offsets)
+                      if kernel.block(source_name) in new)
             body = at + len(kernel.header(source_name)) + 1
             placed.append(PlacedKernel(target.uri, kernel, _line_of(new_text, body)))
-            cursor = body + len(kernel.text)
-        return _workspace_edit(target.uri, target.version, [edit], document_changes, create=not target.exists and create_files), placed
+        create = not target.exists and create_files
+        return _workspace_edit(target.uri, target.version, edits, document_changes, create=create), placed
 
     if placement not in ("belowFunction", "replaceSelection"):
         raise ValueError(f"unknown placement {placement!r}")
@@ -197,7 +239,7 @@ def build_edit(
             new = block
             offsets.append((view.offset(*kernel.start), view.offset(*kernel.end), new))
             edits.append(types.TextEdit(range=view.to_range(kernel.start, kernel.end), new_text=new))
-        bodies.append(len(new) - len(kernel.text))  # the block ends with the kernel's text
+        bodies.append(len(new) - len(block) + len(kernel.header(source_name)) + 1)  # the text after the header
     new_text, starts = _apply(source.text, offsets)
     placed = [
         PlacedKernel(source.uri, kernel, _line_of(new_text, start + body))
