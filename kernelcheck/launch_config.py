@@ -11,7 +11,12 @@
 * no bounds check at all: exactly one thread per element (``<<<n, 1>>>``), the extent taken from the C loop
   with the index variable's name, else by the row-major convention from the C function's first loop nest (1-D:
   the outermost loop; 2-D: x the second level, y the first), and the launch is skipped for an extent of 0;
-* a static ``__shared__`` tile ``T s[A][B]`` fixes the block at B x A (A for ``T s[A]``).
+* a static ``__shared__`` tile ``T s[A][B]`` fixes the block at B x A (A for ``T s[A]``);
+* no thread index at all (a serial kernel: every thread runs the whole C loop): ``<<<2, 2>>>`` (`SERIAL_LAUNCH`),
+  never one thread. A user may launch it like any kernel, so it is verified only if four threads in two blocks,
+  each running the loop, still leave the right result: a loop that reads what it writes (``y[i] += ...``, a
+  swap) then fails — on the CPU backend as a race, or as the result of four passes (an even count, so a swap
+  done twice does not look right) — while one that only writes values the inputs decide passes.
 
 An input that cannot be launched (more than 1024 threads a block, 65535 blocks in y or z, more than
 `MAX_THREADS` threads, an axis without an extent) raises `kernelcheck.launch.LaunchError`; the check skips it.
@@ -28,11 +33,12 @@ from .launch import AXES, IndexVar, LaunchError, LaunchRule, thread_coords
 from .loopnest import LoopInfo
 from .signatures import node_text
 
-__all__ = ["Launch", "concrete_launch", "DEFAULT_BLOCKS", "MAX_THREADS", "MAX_GRID_YZ"]
+__all__ = ["Launch", "concrete_launch", "DEFAULT_BLOCKS", "MAX_THREADS", "MAX_GRID_YZ", "SERIAL_LAUNCH"]
 
 DEFAULT_BLOCKS = {1: (256, 1, 1), 2: (16, 16, 1), 3: (8, 8, 4)}
 MAX_THREADS = 1 << 20  # per launch: the CPU backend runs every thread
 MAX_GRID_YZ = 65535
+SERIAL_LAUNCH = ((2, 1, 1), (2, 1, 1))  # (grid, block) of a kernel with no thread index: see the module docstring
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,8 @@ def concrete_launch(rule: LaunchRule, values: Mapping[str, Iv], loops: list[Loop
     Raises LaunchError when this input cannot be launched (too many threads, a block over 1024 threads, no
     extent for an axis).
     """
+    if not rule.axes and not rule.tile:
+        return Launch(*SERIAL_LAUNCH)
     env = _kernel_env(rule, values)
     dims = rule.dims
     defaults = rule.tile or DEFAULT_BLOCKS[dims]

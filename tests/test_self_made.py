@@ -67,9 +67,10 @@ def test_only_a_verified_parallel_kernel_becomes_a_pair(tmp_path, monkeypatch, c
     (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert pair["generated_cuda"].strip() == RIGHT and pair["candidate"] == 2  # the wrong one and the serial one passed over
     (log,) = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
-    assert log["statuses"][0] == "mismatch" and log["statuses"][1:] == ["verified"] * 3
+    # the serial one scales x in place in every thread: wrong under the multi-thread launch it is verified with
+    assert log["statuses"] == ["mismatch", "mismatch", "verified", "verified"]
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert counts | {"left_out_as_evaluation": 0} == {"functions": 1, "left_out_as_evaluation": 0, "candidates": 4,
-                                                      "kernels": 4, "verified": 3, "verified_parallel": 2, "kept": 1}
+                                                      "kernels": 4, "verified": 2, "verified_parallel": 2, "kept": 1}
     rows, sources = pocket_data.assemble(None, None, EXEC, out, seed=0)  # what a training stage reads
     assert sources["self"] == 1 and rows[0]["generated_cuda"].strip() == RIGHT

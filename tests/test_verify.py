@@ -84,6 +84,25 @@ def test_a_race_is_a_mismatch_never_verified():
 
 
 @needs_gxx
+def test_a_serial_kernel_is_verified_only_if_many_threads_running_it_leave_the_right_result():
+    # Every thread runs the whole C loop. Right under a one-thread launch, but a user launches kernels with many
+    # threads: the in-place update then runs once per thread.
+    serial = "__global__ void saxpy(int n, float a, const float* x, float* y) {\n" \
+             "    for (int i = 0; i < n; i++) y[i] = a * x[i] + y[i];\n}\n"
+    v = check(SAXPY_C, serial)
+    assert v.status == "mismatch" and "<<<2, 2>>>" in v.launch, (v.status, v.reason, v.launch)
+    swap_c = "void swap_halves(int n, float* x) {\n    for (int i = 0; i < n / 2; i++) {\n" \
+             "        float t = x[i]; x[i] = x[i + n / 2]; x[i + n / 2] = t;\n    }\n}\n"
+    swap = swap_c.replace("void swap_halves", "__global__ void swap_halves")
+    assert check(swap_c, swap).status == "mismatch"  # swapped four times: as if never
+    # A loop that writes only what the inputs decide is right however many threads run it.
+    scale_c = "void scale(int n, float a, const float* x, float* y) {\n" \
+              "    for (int i = 0; i < n; i++) y[i] = a * x[i];\n}\n"
+    v = check(scale_c, scale_c.replace("void scale", "__global__ void scale"))
+    assert v.status == "verified", (v.status, v.reason)
+
+
+@needs_gxx
 def test_compile_and_syntax_errors():
     v = check(SAXPY_C, SAXPY_K.replace("a * x[i]", "a * xx[i]"))
     assert v.status == "compile_error" and v.exit_code == 1 and "xx" in v.reason
