@@ -34,7 +34,7 @@ from mot_engine.model.int4 import Int4Linear  # noqa: E402
 
 # (N, K, count per decoder layer) of the seed primary (Qwen2.5-Coder-1.5B): q, k and v, o, gate and up, down
 LAYER_SHAPES = ((1536, 1536, 2), (256, 1536, 2), (8960, 1536, 2), (1536, 8960, 1))
-ONE_ROW_CONFIGS = [(n, w) for n in (4, 8, 16, 32) for w in (1, 2, 4, 8)]
+ONE_ROW_CONFIGS = [(n, g, w) for n in (2, 4, 8, 16) for g in (1, 2, 4) for w in (1, 2, 4)]
 ROWS_CONFIGS = [(n, w) for n in (16, 32, 64, 128) for w in (2, 4, 8)]
 
 UNIT = "void saxpy(int n, float a, const float* x, float* y) {\n  for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i];\n}\n"

@@ -210,20 +210,23 @@ def test_gated_residual_and_float32_linear(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_int4_kernels_equal_the_dequantized_product(dtype):
+def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
     """The one-row kernel (M = 1) and the rows kernel (tiles of 16 and 64 rows) compute x W^T + b with the split
     layout's weight dequantized: masks on N and M, groups of 32 / 64 / 128 across both halves of K. The rows kernel
     in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in bfloat16 on a GPU)."""
     from mot_engine.model.int4 import pack_split_halves, quantize_groups, split_halves_reference
 
     g = torch.Generator().manual_seed(0)
-    for n, k, group, bias in [(40, 64, 32, True), (48, 256, 128, False), (16, 128, 64, True)]:
+    # 384 / 32: six groups a half, so a step of 4 groups ends with a partial one
+    for n, k, group, bias in [(40, 64, 32, True), (48, 256, 128, False), (16, 128, 64, True), (24, 384, 32, True)]:
         w = torch.randn(n, k, generator=g) / k**0.5
         codes, sz = quantize_groups(w, group)
         scales, zeros = sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()  # (N, G)
         packed, offsets = pack_split_halves(codes), (zeros - 8 * scales).to(dtype)
         b = torch.randn(n, generator=g).to(dtype) if bias else None
-        for m in (1, 3, 20) if dtype == torch.float32 else (1,):
+        for m, one_row in [(1, (4, 1, 1)), (1, (8, 4, 2)), (1, int4_gemv.ONE_ROW_BLOCKS)] + \
+                ([(3, None), (20, None)] if dtype == torch.float32 else []):
+            monkeypatch.setattr(int4_gemv, "ONE_ROW_BLOCKS", one_row or int4_gemv.ONE_ROW_BLOCKS)
             x = torch.randn(m, k, generator=g).to(dtype)
             got = int4_gemv.int4_linear(x, packed, scales.to(dtype), offsets, group, b)
             expected = split_halves_reference(x.float(), packed, scales.to(dtype).float(), offsets.float(), group,

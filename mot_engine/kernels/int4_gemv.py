@@ -8,13 +8,14 @@ Layout ("split halves", made by model/int4.py's `pack_split_halves`): a weight (
   codes  (N, K/2) uint8   byte j of row n = q[n, j] | q[n, j + K/2] << 4
   scales (N, G)           G = K / GROUP groups of GROUP input columns
   offset (N, G)           w[n, k] ~= q[n, k] * scale[n, g] + offset[n, g],  g = k // GROUP
-A program's K block is exactly one group of the low half and the matching group of the high half (K/2 is a whole
-number of groups), so each row's scale and offset are one load per block, and the sum over the block factors:
-  sum_k w[n, k] x[k] = scale * sum_k q[n, k] x[k] + offset * sum_k x[k]
-which leaves one multiply-add per weight (the codes are exact in any float type).
+A program's K step holds whole groups of the low half and the matching groups of the high half (K/2 is a whole
+number of groups), so each row's scale and offset are one load per group.
 
-Two kernels: `gemv` (one row, elementwise products reduced per block: no tensor cores needed for a vector) and `mm`
-(any number of rows, tl.dot on tiles of BLOCK_M rows: decode slabs of 2..16 rows and prefill).
+Two kernels: `gemv` (one row: each weight dequantized, q * scale + offset, and multiplied in float32; the products
+accumulate elementwise and are reduced once at the end, no tensor cores needed for a vector) and `mm` (any number of
+rows, tl.dot on tiles of BLOCK_M rows: decode slabs of 2..16 rows and prefill), where the sum over a group factors,
+  sum_k w[n, k] x[k] = scale * sum_k q[n, k] x[k] + offset * sum_k x[k],
+leaving the codes (exact in any float type) to the tensor cores.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import torch
 
 from mot_engine.kernels.gemv import launch_options, on_device
 
-# (BLOCK_N, num_warps): bench_int4.py --tune on an H100 (2026-12-07; weights rotated past L2). Narrow outputs want
-# narrow programs: at one row (16, 4) took 62 µs on 1536 x 1536 and 44 on 1536 x 8960 where (4, 1) took 35 and 34
-# (host-launch bound); at 16 rows (64, 4) took 66 and 70 µs where (32, 2) took 50 and 51.
-ONE_ROW_BLOCKS = (4, 1)  # the one-row kernel
-ROWS_BLOCKS = (32, 2)  # the rows kernel
+# bench_int4.py --tune on an H100 (2026-12-07; weights rotated past L2, times from CUDA-graph replay). One row,
+# (4, 4, 4) over the seed primary's layer shapes 1536x1536 / 256x1536 / 8960x1536 / 1536x8960: 3.9 / 2.6 / 9.9 /
+# 10.7 µs, against the bf16 GEMV's 3.6 / 3.1 / 11.1 / 11.3 (the kernel that reduced each group, one per step: 4.5 /
+# 3.2 / 8.6 / 17.1). At 16 rows (BLOCK_N, num_warps) = (32, 2) took 10.6 / 9.8 / 16.7 / 49.6 µs.
+ONE_ROW_BLOCKS = (4, 4, 4)  # the one-row kernel: (BLOCK_N, groups per step, num_warps)
+ROWS_BLOCKS = (32, 2)  # the rows kernel: (BLOCK_N, num_warps)
 
 
 @functools.cache
@@ -39,32 +41,42 @@ def _kernels():
 
     @triton.jit
     def int4_gemv_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, N, H, G, stride_xm, stride_ym,
-                         HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+                         HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GPI: tl.constexpr,
+                         PDL: tl.constexpr):
+        # Program: BLOCK_N output features over all of K, GPI groups of each half a step. The products accumulate
+        # elementwise in a (BLOCK_N, GPI, GROUP) tile, reduced once at the end (as kernels/gemv.py does): a
+        # reduction per group serialises the loop, and a tile of several groups keeps more bytes in flight.
         pid_n = tl.program_id(0)
         m = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features
+        rg = tl.arange(0, GPI)
         rk = tl.arange(0, GROUP)
         nmask = rn < N
+        NG = H // GROUP  # groups in each half
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for g in range(0, H // GROUP):
-            c = tl.load(c_ptr + rn[:, None] * H + g * GROUP + rk[None, :], mask=nmask[:, None], other=0)  # uint8
-            x_lo = tl.load(x_ptr + m * stride_xm + g * GROUP + rk).to(tl.float32)  # (GROUP,)
-            x_hi = tl.load(x_ptr + m * stride_xm + H + g * GROUP + rk).to(tl.float32)
-            q_lo = (c & 15).to(tl.float32)
-            q_hi = (c >> 4).to(tl.float32)
-            g_hi = g + (H // GROUP)
-            s_lo = tl.load(s_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
-            o_lo = tl.load(o_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
-            s_hi = tl.load(s_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
-            o_hi = tl.load(o_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
-            acc += s_lo * tl.sum(q_lo * x_lo[None, :], axis=1) + o_lo * tl.sum(x_lo)
-            acc += s_hi * tl.sum(q_hi * x_hi[None, :], axis=1) + o_hi * tl.sum(x_hi)
+        acc = tl.zeros((BLOCK_N, GPI, GROUP), dtype=tl.float32)
+        for g0 in range(0, NG, GPI):
+            gg = g0 + rg  # (GPI,) groups of the low half; + NG: the matching groups of the high half
+            gmask = gg < NG
+            c = tl.load(c_ptr + rn[:, None, None] * H + gg[None, :, None] * GROUP + rk[None, None, :],
+                        mask=nmask[:, None, None] & gmask[None, :, None], other=0)  # (BLOCK_N, GPI, GROUP) uint8
+            xo = m * stride_xm + gg[:, None] * GROUP + rk[None, :]
+            x_lo = tl.load(x_ptr + xo, mask=gmask[:, None], other=0.0).to(tl.float32)  # (GPI, GROUP)
+            x_hi = tl.load(x_ptr + H + xo, mask=gmask[:, None], other=0.0).to(tl.float32)
+            so = rn[:, None] * G + gg[None, :]
+            smask = nmask[:, None] & gmask[None, :]
+            s_lo = tl.load(s_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]  # (BLOCK_N, GPI, 1)
+            o_lo = tl.load(o_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]
+            s_hi = tl.load(s_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
+            o_hi = tl.load(o_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
+            acc += ((c & 15).to(tl.float32) * s_lo + o_lo) * x_lo[None, :, :]
+            acc += ((c >> 4).to(tl.float32) * s_hi + o_hi) * x_hi[None, :, :]
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BLOCK_N,)
         if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + m * stride_ym + rn, acc.to(y_ptr.dtype.element_ty), mask=nmask)
+            y += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=nmask)
 
     @triton.jit
     def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, M, N, H, G, stride_xm, stride_ym,
@@ -124,10 +136,11 @@ def int4_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offs
     b = bias if bias is not None else scales  # an unused pointer without a bias
     with on_device(x):
         if m == 1:
-            block_n, warps = ONE_ROW_BLOCKS
+            block_n, gpi, warps = ONE_ROW_BLOCKS
             gemv_kernel[(triton.cdiv(n, block_n), 1)](
                 x2, codes, scales, offsets, b, y, n, half, scales.shape[1], x2.stride(0), y.stride(0),
-                HAS_BIAS=bias is not None, GROUP=group, BLOCK_N=block_n, num_warps=warps, **launch_options())
+                HAS_BIAS=bias is not None, GROUP=group, BLOCK_N=block_n, GPI=gpi, num_warps=warps,
+                **launch_options())
         else:
             block_n, warps = ROWS_BLOCKS
             block_m = 16 if m <= 16 else 64
