@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import platform
 import sys
@@ -137,6 +138,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _memory(stage: str) -> None:
+    """A CUDA run's allocated memory after each stage (a run that ran out of memory says where)."""
+    if torch.cuda.is_available():
+        print(f"[memory] {stage}: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated, "
+              f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+
+
 def forward_ms(gen: Generator, cohort, width: int, repeats: int) -> float:
     """Milliseconds of one forward of the cohort's primary over `width` tokens per row (the cache rolled back
     after each, so every repeat sees the same prompt)."""
@@ -179,10 +187,13 @@ def verify_cost(args, runtime: RuntimeConfig) -> list[dict]:
                                                              force_active=active))
             eager.step()  # admission and prefill: one cohort of `batch` rows
             (cohort,) = eager.cohorts
+            _memory(f"{mode} b={batch}: prefilled, prompt {cohort.attention_mask.shape[1]} tokens")
             costs = {w: forward_ms(eager, cohort, w, 20) for w in args.widths}
+            _memory(f"{mode} b={batch}: eager forwards timed")
             plain = dataclasses.replace(runtime, prompt_lookup=False)  # the engine's step without drafts
             default = Generator(mot, max_batch_size=batch, runtime=plain)
             slab_costs = slab_step_ms(default, source, mode, batch, active, args.widths) if default.static_cache else {}
+            _memory(f"{mode} b={batch}: slab steps timed")
             reqs = [GenerationRequest(source, mode=mode, max_new_tokens=128, stop_at_eos=False, force_active=active)
                     for _ in range(batch)]
             default.generate(reqs)  # warm-up: captures
@@ -195,6 +206,10 @@ def verify_cost(args, runtime: RuntimeConfig) -> list[dict]:
                          "default_engine_ms_per_step": step_ms,
                          "default_engine": default.decoding, "prompt_tokens": len(cohort.attention_mask[0])})
             print("\n".join(cost_table(rows[-1:]).splitlines()[2:]), flush=True)
+            del eager, default, cohort, out  # their caches, slabs and graph pools: a row's memory, not the next's
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return rows
 
 
