@@ -21,4 +21,6 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # The architecture's import rules (pyproject.toml, [tool.importlinter]): layers, forbidden imports, no cycles.
 lint-imports --no-cache
-$PY -m pytest -q "$@"
+# Two workers, a test file each at a time (module fixtures stay in one process): the suite's own processes run
+# one intra-op thread each (tests/conftest.py), so one worker would leave the second core mostly idle.
+$PY -m pytest -q -n 2 --dist loadfile "$@"
