@@ -528,7 +528,8 @@ async def test_hover_shows_routing_and_the_last_translation(tmp_path, daemon):
         assert await s.hover(uri, OUTSIDE) is None
 
         resolved = await s.client.code_action_resolve_async(await s.action(uri))
-        kernel = edit_parts(resolved.edit)[1][0].edits[0].new_text.split("\n", 1)[1].rstrip("\n")
+        block = edit_parts(resolved.edit)[1][0].edits[0].new_text.rstrip("\n").split("\n")
+        kernel = "\n".join(block[1:-1])  # between the header and the end line
         text = await s.hover(uri)
         assert "**Last translation** (primary" in text and kernel in text
         assert "earlier version" not in text
@@ -595,7 +596,8 @@ async def test_commands_translate_apply_edits_and_report_status(tmp_path, daemon
         result = await s.command("mot.translateFile", uri)
         assert result == {"applied": True}
         (text_edit,) = edit_parts(s.applied[-1].edit)[1]
-        headers = [line for line in text_edit.edits[0].new_text.splitlines() if line.startswith("// MoT:")]
+        headers = [line for line in text_edit.edits[0].new_text.splitlines()
+                   if line.startswith("// MoT: CUDA translation of")]
         assert [h.split("`")[1] for h in headers] == ["vector_add", "dot"]
         (report,) = [p for p in s.progress() if "2 functions" in p[0].title]
         assert report[-1].message == "done: 24 tokens generated"
