@@ -181,36 +181,48 @@ def verify_cost(args, runtime: RuntimeConfig) -> list[dict]:
     rows = []
     for mode in args.modes:
         for batch in args.batches:
-            eager = Generator(mot, max_batch_size=batch, runtime=runtime, static_cache=False)
-            for b in range(batch):
-                eager.add_request(f"r{b}", GenerationRequest(source, mode=mode, max_new_tokens=64, stop_at_eos=False,
-                                                             force_active=active))
-            eager.step()  # admission and prefill: one cohort of `batch` rows
-            (cohort,) = eager.cohorts
-            _memory(f"{mode} b={batch}: prefilled, prompt {cohort.attention_mask.shape[1]} tokens")
-            costs = {w: forward_ms(eager, cohort, w, 20) for w in args.widths}
-            _memory(f"{mode} b={batch}: eager forwards timed")
-            plain = dataclasses.replace(runtime, prompt_lookup=False)  # the engine's step without drafts
-            default = Generator(mot, max_batch_size=batch, runtime=plain)
-            slab_costs = slab_step_ms(default, source, mode, batch, active, args.widths) if default.static_cache else {}
-            _memory(f"{mode} b={batch}: slab steps timed")
-            reqs = [GenerationRequest(source, mode=mode, max_new_tokens=128, stop_at_eos=False, force_active=active)
-                    for _ in range(batch)]
-            default.generate(reqs)  # warm-up: captures
-            _sync(mot.device)
-            t0 = time.perf_counter()
-            out = default.generate(reqs)
-            _sync(mot.device)
-            step_ms = 1000 * (time.perf_counter() - t0) / max(r.num_generated_tokens for r in out)
-            rows.append({"mode": mode, "batch": batch, "forward_ms": costs, "slab_step_ms": slab_costs,
-                         "default_engine_ms_per_step": step_ms,
-                         "default_engine": default.decoding, "prompt_tokens": len(cohort.attention_mask[0])})
-            print("\n".join(cost_table(rows[-1:]).splitlines()[2:]), flush=True)
-            del eager, default, cohort, out  # their caches, slabs and graph pools: a row's memory, not the next's
+            try:
+                rows.append(cost_row(mot, runtime, source, mode, batch, active, args.widths))
+            except torch.cuda.OutOfMemoryError as e:  # say which row and stage, keep the rows that fit
+                rows.append({"mode": mode, "batch": batch, "error": f"out of memory: {str(e).splitlines()[0]}"})
+                print(f"{mode} b={batch}: {rows[-1]['error']}", flush=True)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return rows
+
+
+def cost_row(mot, runtime: RuntimeConfig, source: str, mode: str, batch: int, active, widths) -> dict:
+    """One row of `verify_cost`: a forward per width on the dynamic cache and on a slab, and the default engine."""
+    eager = Generator(mot, max_batch_size=batch, runtime=runtime, static_cache=False)
+    for b in range(batch):
+        eager.add_request(f"r{b}", GenerationRequest(source, mode=mode, max_new_tokens=64, stop_at_eos=False,
+                                                     force_active=active))
+    eager.step()  # admission and prefill: one cohort of `batch` rows
+    (cohort,) = eager.cohorts
+    _memory(f"{mode} b={batch}: prefilled, prompt {cohort.attention_mask.shape[1]} tokens")
+    costs = {}
+    for w in widths:
+        costs[w] = forward_ms(eager, cohort, w, 20)
+        print(f"[cost] {mode} b={batch}: eager forward W={w}: {costs[w]:.2f} ms", flush=True)
+    _memory(f"{mode} b={batch}: eager forwards timed")
+    plain = dataclasses.replace(runtime, prompt_lookup=False)  # the engine's step without drafts
+    default = Generator(mot, max_batch_size=batch, runtime=plain)
+    slab_costs = slab_step_ms(default, source, mode, batch, active, widths) if default.static_cache else {}
+    _memory(f"{mode} b={batch}: slab steps timed")
+    reqs = [GenerationRequest(source, mode=mode, max_new_tokens=128, stop_at_eos=False, force_active=active)
+            for _ in range(batch)]
+    default.generate(reqs)  # warm-up: captures
+    _sync(mot.device)
+    t0 = time.perf_counter()
+    out = default.generate(reqs)
+    _sync(mot.device)
+    step_ms = 1000 * (time.perf_counter() - t0) / max(r.num_generated_tokens for r in out)
+    row = {"mode": mode, "batch": batch, "forward_ms": costs, "slab_step_ms": slab_costs,
+           "default_engine_ms_per_step": step_ms,
+           "default_engine": default.decoding, "prompt_tokens": len(cohort.attention_mask[0])}
+    print("\n".join(cost_table([row]).splitlines()[2:]), flush=True)
+    return row
 
 
 def slab_step_ms(gen: Generator, source: str, mode: str, batch: int, active, widths, repeats: int = 20) -> dict:
@@ -248,6 +260,9 @@ def slab_step_ms(gen: Generator, source: str, mode: str, batch: int, active, wid
 
 def cost_table(rows: list[dict]) -> str:
     """Eager forward (dynamic cache) and slab step costs per width, each with its ratio to W = 1."""
+    rows = [r for r in rows if "error" not in r]  # a row that ran out of memory is printed as it happened
+    if not rows:
+        return "(no row fitted in memory)"
     widths = list(rows[0]["forward_ms"])
     lines = ["| mode | batch | path | " + " | ".join(f"W={w} ms (x W=1)" for w in widths) + " | engine ms/step |",
              "|---" * (len(widths) + 4) + "|"]
