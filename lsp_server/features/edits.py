@@ -26,6 +26,7 @@ from lsprotocol import types
 from ..documents import OpenDocument, TextView, path_to_uri, uri_to_path
 
 HEADER_CHECK_CHARS = 200  # the check's words in a kernel's header comment (hovers and diagnostics say all of it)
+HEADER_LEAD = "// MoT: CUDA translation of "  # a kernel block's first line starts so (previous_block finds it)
 
 _FENCE = re.compile(r"^\s*```[\w+-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.S)
 # C0 controls (but tab and newline), DEL, C1 controls, lone surrogates: a random-weight model emits them, an
@@ -67,22 +68,25 @@ class Kernel:
     check: P.Verification = P.Verification(status=SKIPPED)  # the daemon's verification of this kernel
     notes: tuple[str, ...] = ()  # what the extraction noted (e.g. a serial kernel), said after the check
 
+    @property
+    def what(self) -> str:
+        """How the header and end line name what was translated: "`saxpy`", or "the selection"."""
+        return "the selection" if self.name == "selection" else f"`{self.name}`"
+
     def header(self, source_name: str) -> str:
         """The comment line above the kernel: its source, its primary expert and what its check found (nothing
         where no check ran)."""
-        what = "the selection" if self.name == "selection" else f"`{self.name}`"
         checked = "" if self.check.status == SKIPPED else f"; {check_words(self.check, HEADER_CHECK_CHARS)}"
         noted = "".join(f"; {note}" for note in self.notes)
         return (
-            f"// MoT: CUDA translation of {what} ({source_name}:{self.start[0] + 1}), "
+            f"{HEADER_LEAD}{self.what} ({source_name}:{self.start[0] + 1}), "
             f"primary expert {self.primary_expert}{checked}{noted}"
         )
 
     def footer(self) -> str:
         """The comment line below the kernel: with the header it bounds the block that translating the same
         function again replaces (newFile), so nothing the user wrote around it is touched."""
-        what = "the selection" if self.name == "selection" else f"`{self.name}`"
-        return f"// MoT: end of the translation of {what}"
+        return f"// MoT: end of the translation of {self.what}"
 
     def block(self, source_name: str) -> str:
         return f"{self.header(source_name)}\n{self.text}\n{self.footer()}\n"
@@ -154,7 +158,7 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset)
 
 
-_ANY_HEADER = re.compile(r"^// MoT: CUDA translation of ", re.M)
+_ANY_HEADER = re.compile(rf"^{re.escape(HEADER_LEAD)}", re.M)
 
 
 def previous_block(text: str, kernel: Kernel, source_name: str) -> tuple[int, int] | None:
@@ -164,8 +168,7 @@ def previous_block(text: str, kernel: Kernel, source_name: str) -> tuple[int, in
     is none."""
     if kernel.name == "selection":
         return None
-    header = re.compile(rf"^// MoT: CUDA translation of `{re.escape(kernel.name)}` \({re.escape(source_name)}:\d+\)"
-                        r"[^\n]*\n", re.M)
+    header = re.compile(rf"^{re.escape(HEADER_LEAD + kernel.what)} \({re.escape(source_name)}:\d+\)[^\n]*\n", re.M)
     footer = re.compile(rf"^{re.escape(kernel.footer())}[ \t]*(?:\n|\Z)", re.M)
     for match in header.finditer(text):
         end = footer.search(text, match.end())
@@ -196,29 +199,30 @@ def build_edit(
         if target.path == source.path and target.version is None:
             target = TargetFile(source.uri, target.path, source.text, source.version, True)
         # A function translated before is replaced in place; the other kernels go, in order, at the end.
-        offsets: list[tuple[int, int, str]] = []
-        appended: list[Kernel] = []
+        offsets: list[tuple[int, int, str]] = []  # (start, end, new text) in the target
+        where: list[tuple[int, int]] = []  # each kernel's (edit, offset of its block in that edit's new text)
         taken: set[tuple[int, int]] = set()
+        appended = ""  # the blocks that go at the end, a blank line between them
         for kernel in kernels:
             span = previous_block(target.text, kernel, source_name)
             if span is None or span in taken:
-                appended.append(kernel)
-                continue
-            taken.add(span)
-            offsets.append((*span, kernel.block(source_name)))
+                appended += "\n" if appended else _separator(target.text)
+                where.append((-1, len(appended)))  # -1: the appending edit, added last
+                appended += kernel.block(source_name)
+            else:
+                taken.add(span)
+                where.append((len(offsets), 0))
+                offsets.append((*span, kernel.block(source_name)))
         if appended:
-            end = len(target.text)
-            offsets.append((end, end, _separator(target.text) + "\n".join(k.block(source_name) for k in appended)))
+            where = [(len(offsets) if edit < 0 else edit, at) for edit, at in where]
+            offsets.append((len(target.text), len(target.text), appended))
         view = TextView(target.text, source.view.encoding)
         edits = [types.TextEdit(range=view.to_range(view.point_at(start), view.point_at(end)), new_text=new)
                  for start, end, new in offsets]
         new_text, starts = _apply(target.text, offsets)
-        placed = []
-        for kernel in kernels:
-            at = next(new_text.index(kernel.block(source_name), start) for start, (_, _, new) in zip(starts, offsets)
-                      if kernel.block(source_name) in new)
-            body = at + len(kernel.header(source_name)) + 1
-            placed.append(PlacedKernel(target.uri, kernel, _line_of(new_text, body)))
+        placed = [PlacedKernel(target.uri, kernel,
+                               _line_of(new_text, starts[edit] + at + len(kernel.header(source_name)) + 1))
+                  for kernel, (edit, at) in zip(kernels, where)]  # the line after each header
         create = not target.exists and create_files
         return _workspace_edit(target.uri, target.version, edits, document_changes, create=create), placed
 

@@ -220,8 +220,8 @@ def gated_residual(hidden: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNo
     out = torch.empty_like(hidden)
     with on_device(hidden):
         kernel[(B * T,)](hidden, y, norm.weight, norm.bias, gate, primary_weight, out, nonfinite.view(torch.uint8),
-                         T, D, primary_weight.stride(0), norm.eps, clamp, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 2048 else 8,
-                         **launch_options())
+                         T, D, primary_weight.stride(0), norm.eps, clamp, BLOCK_D=triton.next_power_of_2(D),
+                         num_warps=4 if D <= 2048 else 8, **launch_options())
     return out
 
 
