@@ -4,7 +4,8 @@
     python benchmarks/bench_int4.py --preset tiny --device cpu --new-tokens 16   # a smoke run without a GPU
 
 Rows: decode tokens/s of the default engine (slabs, CUDA graphs, the Triton substitutions where they apply) in fast
-and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts; the ratios int4 / bf16 and full /
+and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts (`--unfused`: and int4 without
+its q/k/v and gated-MLP fusions); the ratios int4 / bf16 and full /
 fast; GPU memory held once the three experts are loaded, its peak while loading (random int4 experts are built
 on the GPU in bf16 one at a time; checkpoints load through host memory) and while decoding. `--tune` first sweeps
 the int4 kernels' blocks (GPU time from CUDA-graph replay). Parity (int4): the greedy tokens of the
@@ -16,6 +17,7 @@ cache-free teacher-forced forward (`target_logits`) also ranks first (bf16 activ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -79,7 +81,7 @@ def parity(mot, runtime, source: str, active, new_tokens: int) -> dict:
     return {"tokens": len(graph), "graph_equals_eager_until": agree, "teacher_forced_argmax_agreement": ranked_first}
 
 
-def measure(quantization: str | None, args, runtime) -> dict:
+def measure(quantization: str | None, args, runtime, label: str | None = None) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -93,7 +95,7 @@ def measure(quantization: str | None, args, runtime) -> dict:
     while len(mot.prompt_ids(0, source + UNIT)) < 200:
         source += UNIT
     active = [0] + list(range(1, mot.config.top_k))
-    row = {"quantization": quantization or dtype, "loaded_gib": gib(loaded), "load_peak_gib": gib(load_peak)}
+    row = {"quantization": label or quantization or dtype, "loaded_gib": gib(loaded), "load_peak_gib": gib(load_peak)}
     row["fast_b1"] = decode_rate(mot, runtime, "fast", 1, args.new_tokens, source, active)
     row["full_b1"] = decode_rate(mot, runtime, "full", 1, args.new_tokens, source, active)
     row["fast_b16"] = decode_rate(mot, runtime, "fast", 16, args.new_tokens, source, active)
@@ -158,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="seed-random", help="seed-random (the seed shapes; tiny: a CPU smoke run)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None)
+    p.add_argument("--unfused", action="store_true", help="also int4 with its q/k/v and gated-MLP fusions off "
+                   "(MOT_FUSED_QKV=0 MOT_FUSED_MLP=0): the six products and the activation apart")
     p.add_argument("--tune", action="store_true", help="first sweep the int4 kernels' blocks on the seed primary's "
                    "layer shapes and decode with the fastest (the chosen blocks are printed: put them in "
                    "kernels/int4_gemv.py)")
@@ -179,7 +183,11 @@ def main(argv=None) -> int:
     for quantization in (None, "int4"):
         rows.append(measure(quantization, args, runtime))
         print(json.dumps(rows[-1]), flush=True)
-    bf16, int4 = rows
+    if args.unfused:
+        unfused = dataclasses.replace(runtime, fused_qkv=False, fused_mlp=False)
+        rows.append(measure("int4", args, unfused, label="int4, q/k/v and MLP unfused"))
+        print(json.dumps(rows[-1]), flush=True)
+    bf16, int4 = rows[:2]
     print("| experts | fast b=1 tok/s | full b=1 tok/s (x fast) | 16 requests tok/s (x one) | loaded GiB | "
           "inference peak GiB | load peak GiB |")
     print("|---|---|---|---|---|---|---|")

@@ -9,8 +9,9 @@ from torch import nn
 
 from mot_engine import GenerationRequest, Generator, build_mot
 from mot_engine.model.config import ExpertConfig
+from mot_engine.kernels.substitutions.int4 import install_int4_kernels
 from mot_engine.model.int4 import (Int4Linear, pack_split_halves, quantizable, quantize_groups, quantize_int4,
-                                   split_halves_reference, unpack_split_halves)
+                                   split_halves_glu_reference, split_halves_reference, unpack_split_halves)
 
 SOURCE = "void scale(float* x, float a, int n) { for (int i = 0; i < n; ++i) x[i] = a * x[i]; }"
 
@@ -114,6 +115,43 @@ def test_int4_experts_decode_the_same_tokens_on_every_path(int4_mot):
     torch.testing.assert_close(quantized, reference, rtol=1e-4, atol=1e-4)
 
 
+@torch.no_grad()
+def test_int4_fusions_compute_what_the_layers_computed():
+    """q/k/v stacked into one product and gate/up/SiLU into one kernel (the plain-torch references standing in for the
+    Triton kernels on the CPU): the expert's logits are those of its unfused split-layout layers, its buffers take no
+    more memory, and the fused forwards are what runs: one product per attention, one GLU per MLP."""
+    mot = build_mot("tiny", device="cpu")
+    expert = mot.experts[0]  # Qwen2: q/k/v with biases, a SiLU-gated MLP; widths the split layout takes
+    assert quantize_int4(expert, torch.float32, layout="split") > 0
+    ids = torch.tensor([mot.prompt_ids(0, SOURCE)])
+    unfused = expert(input_ids=ids).logits
+
+    def storage_bytes():
+        return sum({b.untyped_storage().data_ptr(): b.untyped_storage().nbytes() for b in expert.buffers()}.values())
+
+    memory = storage_bytes()
+    calls = []
+    install_int4_kernels(mot, product=lambda *a: calls.append(a[1].shape[0]) or split_halves_reference(*a),
+                         glu=lambda *a: calls.append("glu") or split_halves_glu_reference(*a))
+    layers = expert.config.num_hidden_layers
+    assert mot._int4_fused == (layers, layers)
+    calls.clear()
+    fused = expert(input_ids=ids).logits
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+    attention = expert.model.layers[0].self_attn
+    qkv_rows = sum(getattr(attention, n).out_features for n in ("q_proj", "k_proj", "v_proj"))
+    hidden = expert.config.hidden_size
+    assert calls == [qkv_rows, hidden, "glu", hidden] * layers  # q/k/v, o_proj, gate/up/SiLU, down_proj
+    assert storage_bytes() <= memory
+    # A layer called alone still computes its own product (its buffers are views of its rows)
+    x = torch.randn(2, hidden)
+    k_proj = attention.k_proj
+    torch.testing.assert_close(k_proj(x), split_halves_reference(x, k_proj.packed, k_proj.scales, k_proj.offsets,
+                                                                 k_proj.group, k_proj.bias))
+    assert k_proj.packed.shape == (k_proj.out_features, hidden // 2)
+    assert install_int4_kernels(mot) == install_int4_kernels(mot, qkv=False)  # idempotent: the first call decides
+
+
 def test_the_daemon_and_the_batch_cli_load_int4_experts():
     from daemon.cli import build_parser
     from daemon.engine_config import EngineConfig
@@ -149,7 +187,7 @@ def test_int4_graph_path_equals_eager_path_on_gpu():
 def test_int4_kernels_equal_the_dequantized_product_on_gpu():
     """The Triton int4 kernels at the seed experts' shapes, bf16, one row (decode) to prefill-sized blocks of rows,
     against the dequantized weight's product in float32; and a Generator puts them in place."""
-    from mot_engine.kernels.int4_gemv import int4_linear
+    from mot_engine.kernels.int4_gemv import int4_glu, int4_linear
 
     torch.manual_seed(0)
     for n, k in [(1536, 1536), (8960, 1536), (1536, 8960), (2048, 5504), (3072, 12288)]:
@@ -162,7 +200,15 @@ def test_int4_kernels_equal_the_dequantized_product_on_gpu():
                                           layer.group, None if layer.bias is None else layer.bias.float())
             scale = want.abs().max()
             assert (got - want).abs().max() <= 2e-2 * scale, (n, k, m)
+    for n, k in [(8960, 1536), (5504, 2048)]:  # gated MLPs' gate and up stacked: silu(gate) * up in one kernel
+        layer = Int4Linear(nn.Linear(k, 2 * n, bias=False, device="cuda"), torch.bfloat16)
+        for m in (1, 3, 16, 100):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            got = int4_glu(x, layer.packed, layer.scales, layer.offsets, layer.group).float()
+            want = split_halves_glu_reference(x.float(), layer.packed, layer.scales, layer.offsets, layer.group).float()
+            assert (got - want).abs().max() <= 2e-2 * want.abs().max(), (n, k, m)
     mot = build_mot("tiny", device="cuda", dtype="bfloat16", quantization="int4")
     layers = [m for m in mot.experts[0].modules() if isinstance(m, Int4Linear)]
     assert layers and all(m.kernel is None for m in layers)
     assert Generator(mot).int4_kernels and all(m.kernel is int4_linear for m in layers if m.layout == "split")
+    assert mot._int4_fused[0] > 0 and mot._int4_fused[1] > 0  # the tiny Qwen2 expert's attentions and MLPs

@@ -212,9 +212,15 @@ def test_gated_residual_and_float32_linear(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
     """The one-row kernel (M = 1) and the rows kernel (tiles of 16 and 64 rows) compute x W^T + b with the split
-    layout's weight dequantized: masks on N and M, groups of 32 / 64 / 128 across both halves of K. The rows kernel
+    layout's weight dequantized, and their GLU variants silu(gate) * up: masks on N and M, groups of 32 / 64 / 128
+    across both halves of K. The rows kernel
     in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in bfloat16 on a GPU)."""
-    from mot_engine.model.int4 import pack_split_halves, quantize_groups, split_halves_reference
+    from mot_engine.model.int4 import (
+        pack_split_halves,
+        quantize_groups,
+        split_halves_glu_reference,
+        split_halves_reference,
+    )
 
     g = torch.Generator().manual_seed(0)
     # 384 / 32: six groups a half, so a step of 4 groups ends with a partial one
@@ -233,3 +239,8 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
                                               None if b is None else b.float())
             assert got.dtype == dtype and got.shape == (m, n)
             torch.testing.assert_close(got.float(), expected, **_tol(dtype))
+            if n % 2 == 0:  # the same weight as a gated MLP's gate and up stacked (n/2 rows each): the GLU variant
+                glu = int4_gemv.int4_glu(x, packed, scales.to(dtype), offsets, group)
+                want = split_halves_glu_reference(x.float(), packed, scales.to(dtype), offsets, group)
+                assert glu.dtype == dtype and glu.shape == (m, n // 2)
+                torch.testing.assert_close(glu.float(), want.float(), **_tol(dtype))

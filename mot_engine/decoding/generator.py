@@ -129,7 +129,9 @@ class Generator:
         self.fused_interaction = triton_kernel(runtime.fused_interaction, install_fused_interaction)
         self.fused_residual = not self.compile_layers and triton_kernel(runtime.fused_residual, install_fused_residual)
         self.programmatic_launch = triton_kernel(runtime.pdl, install_programmatic_launch)
-        self.int4_kernels = triton_kernel(True, install_int4_kernels)  # int4 experts: always (no other fast path)
+        # int4 experts: always (no other fast path); their q/k/v and gated-MLP fusions by the same switches as bf16's
+        self.int4_kernels = triton_kernel(True, lambda m: install_int4_kernels(m, qkv=runtime.fused_qkv,
+                                                                               mlp=runtime.fused_mlp))
         # A request admitted alone prefills by CUDA-graph replay (its secondaries' prompts, then its primary's), one
         # graph per prompt-length bucket (decoding/prefill_graphs.py): the first token is otherwise bound by
         # launching the experts' kernels from Python.

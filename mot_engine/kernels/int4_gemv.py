@@ -16,6 +16,10 @@ accumulate elementwise and are reduced once at the end, no tensor cores needed f
 rows, tl.dot on tiles of BLOCK_M rows: decode slabs of 2..16 rows and prefill), where the sum over a group factors,
   sum_k w[n, k] x[k] = scale * sum_k q[n, k] x[k] + offset * sum_k x[k],
 leaving the codes (exact in any float type) to the tensor cores.
+
+Both take a GLU flag for a gated MLP: one weight of 2N rows (gate, then up: model/int4.py's `merge_rows`) and the
+output silu(x gate^T) * (x up^T), so the two products and the activation are one launch as on the bf16 path
+(kernels/gemv.py's `gemv_glu`). An attention's q/k/v need no kernel of their own: their merged weight is one product.
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ def _kernels():
 
     @triton.jit
     def int4_gemv_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, N, H, G, stride_xm, stride_ym,
-                         HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GPI: tl.constexpr,
-                         PDL: tl.constexpr):
+                         HAS_BIAS: tl.constexpr, GLU: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                         GPI: tl.constexpr, PDL: tl.constexpr):
         # Program: BLOCK_N output features over all of K, GPI groups of each half a step. The products accumulate
         # elementwise in a (BLOCK_N, GPI, GROUP) tile, reduced once at the end (as kernels/gemv.py does): a
         # reduction per group serialises the loop, and a tile of several groups keeps more bytes in flight.
+        # GLU: the weight holds 2N rows (a gated MLP's gate, then its up); part 1 accumulates the up rows rn + N
+        # and the program writes silu(gate) * up, rounded once.
         pid_n = tl.program_id(0)
         m = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features
@@ -57,31 +63,41 @@ def _kernels():
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
         acc = tl.zeros((BLOCK_N, GPI, GROUP), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK_N, GPI, GROUP), dtype=tl.float32)  # GLU only (unused otherwise)
         for g0 in range(0, NG, GPI):
             gg = g0 + rg  # (GPI,) groups of the low half; + NG: the matching groups of the high half
             gmask = gg < NG
-            c = tl.load(c_ptr + rn[:, None, None] * H + gg[None, :, None] * GROUP + rk[None, None, :],
-                        mask=nmask[:, None, None] & gmask[None, :, None], other=0)  # (BLOCK_N, GPI, GROUP) uint8
             xo = m * stride_xm + gg[:, None] * GROUP + rk[None, :]
             x_lo = tl.load(x_ptr + xo, mask=gmask[:, None], other=0.0).to(tl.float32)  # (GPI, GROUP)
             x_hi = tl.load(x_ptr + H + xo, mask=gmask[:, None], other=0.0).to(tl.float32)
-            so = rn[:, None] * G + gg[None, :]
             smask = nmask[:, None] & gmask[None, :]
-            s_lo = tl.load(s_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]  # (BLOCK_N, GPI, 1)
-            o_lo = tl.load(o_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]
-            s_hi = tl.load(s_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
-            o_hi = tl.load(o_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
-            acc += ((c & 15).to(tl.float32) * s_lo + o_lo) * x_lo[None, :, :]
-            acc += ((c >> 4).to(tl.float32) * s_hi + o_hi) * x_hi[None, :, :]
+            for part in tl.static_range(1 + GLU):  # 0: the weight (or gate) rows rn, 1: the up rows rn + N
+                c = tl.load(c_ptr + (rn + part * N)[:, None, None] * H + gg[None, :, None] * GROUP
+                            + rk[None, None, :], mask=nmask[:, None, None] & gmask[None, :, None],
+                            other=0)  # (BLOCK_N, GPI, GROUP) uint8
+                so = (rn + part * N)[:, None] * G + gg[None, :]
+                s_lo = tl.load(s_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]  # (BLOCK_N, GPI, 1)
+                o_lo = tl.load(o_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]
+                s_hi = tl.load(s_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
+                o_hi = tl.load(o_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
+                t = (((c & 15).to(tl.float32) * s_lo + o_lo) * x_lo[None, :, :]
+                     + ((c >> 4).to(tl.float32) * s_hi + o_hi) * x_hi[None, :, :])
+                if part == 0:
+                    acc += t
+                else:
+                    acc_up += t
         y = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BLOCK_N,)
+        if GLU:
+            y = y * tl.sigmoid(y) * tl.sum(tl.sum(acc_up, axis=2), axis=1)
         if HAS_BIAS:
             y += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=nmask)
 
     @triton.jit
     def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, M, N, H, G, stride_xm, stride_ym,
-                       HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, GLU: tl.constexpr, IEEE: tl.constexpr, GROUP: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+        # GLU as in the one-row kernel: part 1 accumulates the up rows rn + N, silu(gate) * up is stored.
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
@@ -89,29 +105,38 @@ def _kernels():
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, GROUP)
         mmask, nmask = rm < M, rn < N
+        NG = H // GROUP
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for g in range(0, H // GROUP):
-            c = tl.load(c_ptr + rn[:, None] * H + g * GROUP + rk[None, :], mask=nmask[:, None], other=0)
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # GLU only
+        for g in range(0, NG):
             x_lo = tl.load(x_ptr + rm[:, None] * stride_xm + g * GROUP + rk[None, :], mask=mmask[:, None], other=0.0)
             x_hi = tl.load(x_ptr + rm[:, None] * stride_xm + H + g * GROUP + rk[None, :], mask=mmask[:, None],
                            other=0.0)  # (BLOCK_M, GROUP)
-            q_lo = (c & 15).to(x_lo.dtype)  # (BLOCK_N, GROUP): exact in bf16 as in fp32
-            q_hi = (c >> 4).to(x_lo.dtype)
-            if IEEE:
-                qx_lo = tl.dot(x_lo, tl.trans(q_lo), input_precision="ieee")
-                qx_hi = tl.dot(x_hi, tl.trans(q_hi), input_precision="ieee")
-            else:
-                qx_lo = tl.dot(x_lo, tl.trans(q_lo))  # (BLOCK_M, BLOCK_N) in fp32
-                qx_hi = tl.dot(x_hi, tl.trans(q_hi))
-            g_hi = g + (H // GROUP)
-            s_lo = tl.load(s_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
-            o_lo = tl.load(o_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
-            s_hi = tl.load(s_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
-            o_hi = tl.load(o_ptr + rn * G + g_hi, mask=nmask, other=0.0).to(tl.float32)
             xs_lo = tl.sum(x_lo.to(tl.float32), axis=1)  # (BLOCK_M,)
             xs_hi = tl.sum(x_hi.to(tl.float32), axis=1)
-            acc += qx_lo * s_lo[None, :] + xs_lo[:, None] * o_lo[None, :]
-            acc += qx_hi * s_hi[None, :] + xs_hi[:, None] * o_hi[None, :]
+            for part in tl.static_range(1 + GLU):
+                rw = rn + part * N  # the weight's rows: the gate's (or the only weight's), then the up's
+                c = tl.load(c_ptr + rw[:, None] * H + g * GROUP + rk[None, :], mask=nmask[:, None], other=0)
+                q_lo = (c & 15).to(x_lo.dtype)  # (BLOCK_N, GROUP): exact in bf16 as in fp32
+                q_hi = (c >> 4).to(x_lo.dtype)
+                if IEEE:
+                    qx_lo = tl.dot(x_lo, tl.trans(q_lo), input_precision="ieee")
+                    qx_hi = tl.dot(x_hi, tl.trans(q_hi), input_precision="ieee")
+                else:
+                    qx_lo = tl.dot(x_lo, tl.trans(q_lo))  # (BLOCK_M, BLOCK_N) in fp32
+                    qx_hi = tl.dot(x_hi, tl.trans(q_hi))
+                s_lo = tl.load(s_ptr + rw * G + g, mask=nmask, other=0.0).to(tl.float32)
+                o_lo = tl.load(o_ptr + rw * G + g, mask=nmask, other=0.0).to(tl.float32)
+                s_hi = tl.load(s_ptr + rw * G + g + NG, mask=nmask, other=0.0).to(tl.float32)
+                o_hi = tl.load(o_ptr + rw * G + g + NG, mask=nmask, other=0.0).to(tl.float32)
+                t = (qx_lo * s_lo[None, :] + xs_lo[:, None] * o_lo[None, :]
+                     + qx_hi * s_hi[None, :] + xs_hi[:, None] * o_hi[None, :])
+                if part == 0:
+                    acc += t
+                else:
+                    acc_up += t
+        if GLU:
+            acc = acc * tl.sigmoid(acc) * acc_up
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -123,11 +148,23 @@ def _kernels():
 def int4_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) -> (..., N) in x's dtype, for a weight in the split-halves layout (module docstring)."""
+    return _launch(x, codes, scales, offsets, group, bias, glu=False)
+
+
+def int4_glu(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
+             group: int) -> torch.Tensor:
+    """silu(x gate^T) * (x up^T) in one pass over both weights: a gated MLP's first half. The weight holds the gate's
+    N rows, then the up's N rows (model/int4.py's `merge_rows`); x (..., K) -> (..., N), float32 maths, one rounding."""
+    return _launch(x, codes, scales, offsets, group, None, glu=True)
+
+
+def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
     triton, gemv_kernel, mm_kernel = _kernels()
-    n, half = codes.shape
+    rows, half = codes.shape
     k = 2 * half
     if x.shape[-1] != k:
         raise ValueError(f"x has {x.shape[-1]} features, the int4 weight takes {k}")
+    n = rows // 2 if glu else rows  # output features
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -139,13 +176,13 @@ def int4_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offs
             block_n, gpi, warps = ONE_ROW_BLOCKS
             gemv_kernel[(triton.cdiv(n, block_n), 1)](
                 x2, codes, scales, offsets, b, y, n, half, scales.shape[1], x2.stride(0), y.stride(0),
-                HAS_BIAS=bias is not None, GROUP=group, BLOCK_N=block_n, GPI=gpi, num_warps=warps,
+                HAS_BIAS=bias is not None, GLU=glu, GROUP=group, BLOCK_N=block_n, GPI=gpi, num_warps=warps,
                 **launch_options())
         else:
             block_n, warps = ROWS_BLOCKS
             block_m = 16 if m <= 16 else 64
             mm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
                 x2, codes, scales, offsets, b, y, m, n, half, scales.shape[1], x2.stride(0), y.stride(0),
-                HAS_BIAS=bias is not None, IEEE=x2.dtype == torch.float32, GROUP=group, BLOCK_M=block_m,
+                HAS_BIAS=bias is not None, GLU=glu, IEEE=x2.dtype == torch.float32, GROUP=group, BLOCK_M=block_m,
                 BLOCK_N=block_n, num_warps=warps, **launch_options())
     return y.view(*x.shape[:-1], n)

@@ -23,6 +23,8 @@ kernels have no backward, so training keeps quantization "4bit" (NF4).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -147,6 +149,53 @@ def split_halves_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.
     return F.linear(x, dequantize_split(unpack_split_halves(packed), scales, offsets, group), bias)
 
 
+def split_halves_glu_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
+                               group: int) -> torch.Tensor:
+    """silu(x gate^T) * (x up^T) for a merged weight of 2N rows (gate, then up) in the split layout, float32 maths."""
+    y = split_halves_reference(x.float(), packed, scales.float(), offsets.float(), group)  # (..., 2N)
+    gate, up = y.chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class MergedRows:
+    """Several split-layout layers of one input stacked by rows into one weight (q/k/v, or a gated MLP's gate and
+    up): one product reads them all. `sizes`: each layer's output width, in order."""
+
+    packed: torch.Tensor  # (sum N, K/2) uint8
+    scales: torch.Tensor  # (sum N, G)
+    offsets: torch.Tensor  # (sum N, G)
+    bias: torch.Tensor | None  # (sum N,)
+    group: int
+    sizes: tuple[int, ...]
+
+
+def mergeable(layers: list[nn.Module]) -> bool:
+    """Split-layout int4 layers of one input width, group, dtype and device, with biases on all or none."""
+    if not all(isinstance(layer, Int4Linear) and layer.layout == "split" for layer in layers):
+        return False
+    first = layers[0]
+    return (all((layer.in_features, layer.group, layer.dtype, layer.packed.device)
+                == (first.in_features, first.group, first.dtype, first.packed.device) for layer in layers)
+            and len({layer.bias is None for layer in layers}) == 1)
+
+
+def merge_rows(layers: list[Int4Linear]) -> MergedRows:
+    """Stack `mergeable` layers' buffers by rows into one weight and make each layer's buffers views of its rows: no
+    memory is added, and each layer alone still computes what it did (its rows are the same codes and scales)."""
+    assert mergeable(layers), "merge_rows takes split-layout layers of one input, group, dtype and device"
+    merged = {name: torch.cat([getattr(layer, name) for layer in layers])
+              for name in ("packed", "scales", "offsets") + (("bias",) if layers[0].bias is not None else ())}
+    start = 0
+    for layer in layers:
+        rows = slice(start, start + layer.out_features)
+        for name, tensor in merged.items():
+            setattr(layer, name, tensor[rows])  # a registered buffer: the slice replaces it in place
+        start += layer.out_features
+    return MergedRows(merged["packed"], merged["scales"], merged["offsets"], merged.get("bias"), layers[0].group,
+                      tuple(layer.out_features for layer in layers))
+
+
 def dequantize_split(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int) -> torch.Tensor:
     """(N, K) codes with (N, G) scales and offsets -> the (N, K) weight q * scale + offset, in the scales' dtype."""
     n, k = codes.shape
@@ -154,16 +203,18 @@ def dequantize_split(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.T
     return (q * scales[..., None] + offsets[..., None]).view(n, k)
 
 
-def quantize_int4(model: nn.Module, dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> int:
+def quantize_int4(model: nn.Module, dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None,
+                  layout: str | None = None) -> int:
     """Replace the model's linear layers (decoder layers and the output head) by `Int4Linear`, where the kernels take
     their shape; embeddings and norms stay as they are. With `device`, each layer moves there just before it is
     quantized, and the rest of the model after: a model loaded on the CPU reaches the GPU with no more than one
-    layer's weights unquantized there (peak memory: the int4 model plus one layer). Returns how many were replaced."""
+    layer's weights unquantized there (peak memory: the int4 model plus one layer). `layout`: `Int4Linear`'s (tests:
+    "split" on the CPU). Returns how many were replaced."""
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if type(child) is nn.Linear and quantizable(child)]
     for parent, name, child in targets:
         layer = child if device is None else child.to(device)
-        setattr(parent, name, Int4Linear(layer, dtype))
+        setattr(parent, name, Int4Linear(layer, dtype, layout))
         del layer, child
     if device is not None:
         model.to(device)

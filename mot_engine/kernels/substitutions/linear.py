@@ -95,18 +95,18 @@ def computes_qkv(attention: torch.nn.Module, kernel) -> bool:
     return True
 
 
-def _dispatch_qkv(flag_owner, attention: torch.nn.Module, kernel, needs_cuda: bool) -> None:
+def dispatch_qkv(attention: torch.nn.Module, fused) -> None:
+    """Give the attention's q_proj, k_proj and v_proj the dispatching trio (see above): `fused(x)` returns (q, k, v)
+    for an input it takes, None for one it does not (q_proj's own forward then). The int4 path shares it."""
     q_layer, k_layer, v_layer = attention.q_proj, attention.k_proj, attention.v_proj
     q_eager, k_eager, v_eager = q_layer.forward, k_layer.forward, v_layer.forward
-    weights, biases = _qkv_params(attention)
     kept: dict[str, torch.Tensor] = {}  # "x": the input of the last fused launch, "k"/"v": its results not yet taken
 
     def q_forward(x, *args, **kwargs):
         kept.clear()
-        if (flag_owner._use_fused_qkv and not args and not kwargs and (x.is_cuda or not needs_cuda)
-                and x.dtype == weights[0].dtype and x.numel() <= GEMM_ROWS * x.shape[-1]
-                and not torch.compiler.is_compiling()):
-            q, kept["k"], kept["v"] = kernel(x, weights, biases)
+        out = fused(x) if not args and not kwargs else None
+        if out is not None:
+            q, kept["k"], kept["v"] = out
             kept["x"] = x
             return q
         return q_eager(x, *args, **kwargs)
@@ -124,6 +124,18 @@ def _dispatch_qkv(flag_owner, attention: torch.nn.Module, kernel, needs_cuda: bo
     q_layer.forward = q_forward
     k_layer.forward = taker("k", k_eager)
     v_layer.forward = taker("v", v_eager)
+
+
+def _dispatch_qkv(flag_owner, attention: torch.nn.Module, kernel, needs_cuda: bool) -> None:
+    weights, biases = _qkv_params(attention)
+
+    def fused(x):
+        if (flag_owner._use_fused_qkv and (x.is_cuda or not needs_cuda) and x.dtype == weights[0].dtype
+                and x.numel() <= GEMM_ROWS * x.shape[-1] and not torch.compiler.is_compiling()):
+            return kernel(x, weights, biases)
+        return None
+
+    dispatch_qkv(attention, fused)
 
 
 def install_fused_qkv(mot, kernel=None) -> int:
