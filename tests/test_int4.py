@@ -152,6 +152,20 @@ def test_int4_fusions_compute_what_the_layers_computed():
     assert install_int4_kernels(mot) == install_int4_kernels(mot, qkv=False)  # idempotent: the first call decides
 
 
+def test_the_rows_kernel_splits_k_only_where_tiles_leave_sms_idle(monkeypatch):
+    from mot_engine.kernels import int4_gemv
+
+    monkeypatch.setattr(int4_gemv, "_sm_count", lambda index: 132)  # an H100
+    cuda = torch.device("cuda", 0)
+    assert int4_gemv.rows_split_k(48, 35, cuda) == 6  # 1536x8960 at 16 rows: 48 tiles, 35 groups a half
+    assert int4_gemv.rows_split_k(64, 6, cuda) == 3  # 5 wanted, but 6 groups in 5 splits would leave one idle
+    assert int4_gemv.rows_split_k(280, 6, cuda) == 1  # 8960 outputs: tiles enough
+    assert int4_gemv.rows_split_k(8, 1, cuda) == 1  # one group: nothing to split
+    assert int4_gemv.rows_split_k(48, 35, torch.device("cpu")) == 1
+    monkeypatch.setattr(int4_gemv, "ROWS_SPLIT_K", 4)
+    assert int4_gemv.rows_split_k(280, 6, cuda) == 4
+
+
 def test_the_daemon_and_the_batch_cli_load_int4_experts():
     from daemon.cli import build_parser
     from daemon.engine_config import EngineConfig

@@ -213,8 +213,9 @@ def test_gated_residual_and_float32_linear(dtype):
 def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
     """The one-row kernel (M = 1) and the rows kernel (tiles of 16 and 64 rows) compute x W^T + b with the split
     layout's weight dequantized, and their GLU variants silu(gate) * up: masks on N and M, groups of 32 / 64 / 128
-    across both halves of K. The rows kernel
-    in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in bfloat16 on a GPU)."""
+    across both halves of K, the rows kernel with K whole and split across programs (one left without a group
+    too). The rows kernel in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in
+    bfloat16 on a GPU)."""
     from mot_engine.model.int4 import (
         pack_split_halves,
         quantize_groups,
@@ -230,9 +231,10 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
         scales, zeros = sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()  # (N, G)
         packed, offsets = pack_split_halves(codes), (zeros - 8 * scales).to(dtype)
         b = torch.randn(n, generator=g).to(dtype) if bias else None
-        for m, one_row in [(1, (4, 1, 1)), (1, (8, 4, 2)), (1, int4_gemv.ONE_ROW_BLOCKS)] + \
-                ([(3, None), (20, None)] if dtype == torch.float32 else []):
+        for m, one_row, split in [(1, (4, 1, 1), None), (1, (8, 4, 2), None), (1, int4_gemv.ONE_ROW_BLOCKS, None)] + \
+                ([(3, None, 1), (20, None, 1), (3, None, 2), (20, None, 4)] if dtype == torch.float32 else []):
             monkeypatch.setattr(int4_gemv, "ONE_ROW_BLOCKS", one_row or int4_gemv.ONE_ROW_BLOCKS)
+            monkeypatch.setattr(int4_gemv, "ROWS_SPLIT_K", split)  # rows: K whole, or shared by 2 / 4 programs
             x = torch.randn(m, k, generator=g).to(dtype)
             got = int4_gemv.int4_linear(x, packed, scales.to(dtype), offsets, group, b)
             expected = split_halves_reference(x.float(), packed, scales.to(dtype).float(), offsets.float(), group,

@@ -36,6 +36,27 @@ from mot_engine.kernels.gemv import launch_options, on_device
 # 3.2 / 8.6 / 17.1). At 16 rows (BLOCK_N, num_warps) = (32, 2) took 10.6 / 9.8 / 16.7 / 49.6 µs.
 ONE_ROW_BLOCKS = (4, 4, 4)  # the one-row kernel: (BLOCK_N, groups per step, num_warps)
 ROWS_BLOCKS = (32, 2)  # the rows kernel: (BLOCK_N, num_warps)
+# The rows kernel splits K across programs where its tiles alone would leave SMs idle: the seed primary's 1536-wide
+# outputs at 16 rows are 48 tiles of 32 for 132 SMs (1536x8960 took 49.6 µs there against 10.7 at one row). At least
+# this many programs per SM, each split at least a group of each half; None: from the GPU's SM count (1 on the CPU).
+ROWS_PROGRAMS_PER_SM = 2
+ROWS_SPLIT_K: int | None = None  # a fixed split (tests, sweeps)
+
+
+def rows_split_k(tiles: int, groups: int, device: torch.device) -> int:
+    """How many programs share each tile's K (its `groups` per half) in the rows kernel."""
+    if ROWS_SPLIT_K is not None:
+        return max(1, min(ROWS_SPLIT_K, groups))  # a program without a group adds zeros: right, if idle
+    if device.type != "cuda":
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    split = max(1, min(groups, -(-ROWS_PROGRAMS_PER_SM * sms // tiles)))
+    return -(-groups // -(-groups // split))  # no program without a group: 6 groups in 5 splits are 3 of 2
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @functools.cache
@@ -94,10 +115,12 @@ def _kernels():
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=nmask)
 
     @triton.jit
-    def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, M, N, H, G, stride_xm, stride_ym,
+    def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, ws_ptr, M, N, H, G, stride_xm, stride_ym,
                        HAS_BIAS: tl.constexpr, GLU: tl.constexpr, IEEE: tl.constexpr, GROUP: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr):
         # GLU as in the one-row kernel: part 1 accumulates the up rows rn + N, silu(gate) * up is stored.
+        # SPLIT_K > 1: program_id(2) takes its share of the groups and stores its float32 sums in the workspace
+        # (SPLIT_K, M, (1 + GLU) N); `int4_split_reduce_kernel` adds them up and finishes.
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
@@ -108,7 +131,9 @@ def _kernels():
         NG = H // GROUP
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # GLU only
-        for g in range(0, NG):
+        share = tl.cdiv(NG, SPLIT_K)
+        g_first = tl.program_id(2) * share
+        for g in range(g_first, tl.minimum(g_first + share, NG)):
             x_lo = tl.load(x_ptr + rm[:, None] * stride_xm + g * GROUP + rk[None, :], mask=mmask[:, None], other=0.0)
             x_hi = tl.load(x_ptr + rm[:, None] * stride_xm + H + g * GROUP + rk[None, :], mask=mmask[:, None],
                            other=0.0)  # (BLOCK_M, GROUP)
@@ -135,14 +160,44 @@ def _kernels():
                     acc += t
                 else:
                     acc_up += t
+        mask = mmask[:, None] & nmask[None, :]
+        if SPLIT_K > 1:
+            W = (1 + GLU) * N  # the workspace's row width
+            wo = tl.program_id(2) * M * W + rm[:, None] * W + rn[None, :]
+            tl.store(ws_ptr + wo, acc, mask=mask)
+            if GLU:
+                tl.store(ws_ptr + wo + N, acc_up, mask=mask)
+        else:
+            if GLU:
+                acc = acc * tl.sigmoid(acc) * acc_up
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def int4_split_reduce_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym, HAS_BIAS: tl.constexpr, GLU: tl.constexpr,
+                                 SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        # y[m, n] = the SPLIT_K partial sums added (GLU: silu(gate) * up of the added sums) + bias, rounded once.
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (m, n) indices
+        mask = r < M * N
+        m, n = r // N, r % N
+        W = (1 + GLU) * N
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK,), dtype=tl.float32)
+        for split in tl.static_range(SPLIT_K):
+            acc += tl.load(ws_ptr + split * M * W + m * W + n, mask=mask, other=0.0)
+            if GLU:
+                acc_up += tl.load(ws_ptr + split * M * W + m * W + N + n, mask=mask, other=0.0)
         if GLU:
             acc = acc * tl.sigmoid(acc) * acc_up
         if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=mmask[:, None] & nmask[None, :])
+            acc += tl.load(b_ptr + n, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
-    return triton, int4_gemv_kernel, int4_mm_kernel
+    return triton, int4_gemv_kernel, int4_mm_kernel, int4_split_reduce_kernel
 
 
 def int4_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int,
@@ -159,7 +214,7 @@ def int4_glu(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets
 
 
 def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
-    triton, gemv_kernel, mm_kernel = _kernels()
+    triton, gemv_kernel, mm_kernel, reduce_kernel = _kernels()
     rows, half = codes.shape
     k = 2 * half
     if x.shape[-1] != k:
@@ -181,8 +236,16 @@ def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
         else:
             block_n, warps = ROWS_BLOCKS
             block_m = 16 if m <= 16 else 64
-            mm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
-                x2, codes, scales, offsets, b, y, m, n, half, scales.shape[1], x2.stride(0), y.stride(0),
+            tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+            split = rows_split_k(tiles, half // group, x.device)
+            # the partial sums: (split, M, (1 + GLU) N) float32; an unused pointer without a split
+            ws = torch.empty(split, m, rows, dtype=torch.float32, device=x.device) if split > 1 else y
+            mm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n), split)](
+                x2, codes, scales, offsets, b, y, ws, m, n, half, scales.shape[1], x2.stride(0), y.stride(0),
                 HAS_BIAS=bias is not None, GLU=glu, IEEE=x2.dtype == torch.float32, GROUP=group, BLOCK_M=block_m,
-                BLOCK_N=block_n, num_warps=warps, **launch_options())
+                BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, **launch_options())
+            if split > 1:
+                reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, b, y, m, n, y.stride(0), HAS_BIAS=bias is not None,
+                                                          GLU=glu, SPLIT_K=split, BLOCK=1024, num_warps=4,
+                                                          **launch_options())
     return y.view(*x.shape[:-1], n)
