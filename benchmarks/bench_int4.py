@@ -4,14 +4,14 @@
     python benchmarks/bench_int4.py --preset tiny --device cpu --new-tokens 16   # a smoke run without a GPU
 
 Rows: decode tokens/s of the default engine (slabs, CUDA graphs, the Triton substitutions where they apply) in fast
-and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts (`--unfused`: and int4 without
-its q/k/v and gated-MLP fusions); the ratios int4 / bf16 and full /
-fast; GPU memory held once the three experts are loaded, its peak while loading (random int4 experts are built
-on the GPU in bf16 one at a time; checkpoints load through host memory) and while decoding. `--tune` first sweeps
-the int4 kernels' blocks (GPU time from CUDA-graph replay). Parity (int4): the greedy tokens of the
-graph path against the same int4 model's eager path (dynamic cache, no graphs, the experts' own modules): how many
-of the generated tokens agree before the first difference, and the share of graph-path tokens that the eager,
-cache-free teacher-forced forward (`target_logits`) also ranks first (bf16 activations, so near-ties may differ).
+and full mode at batch 1, and fast mode at 16 requests, for bf16 and int4 experts (`--unfused`: and int4 without its
+q/k/v and gated-MLP fusions); the ratios int4 / bf16 and full / fast; GPU memory held once the three experts are
+loaded, its peak while loading (random int4 experts are built on the GPU in bf16 one at a time; checkpoints load
+through host memory) and while decoding. `--tune` first sweeps the int4 kernels' blocks (GPU time from CUDA-graph
+replay; codes made floats by bits, and the shipped blocks with codes converted). Parity (int4): the greedy tokens of
+the graph path against the same int4 model's eager path (dynamic cache, no graphs, the experts' own modules): how many
+of the generated tokens agree before the first difference, and the share of graph-path tokens that the eager, cache-
+free teacher-forced forward (`target_logits`) also ranks first (bf16 activations, so near-ties may differ).
 """
 
 from __future__ import annotations
@@ -142,11 +142,18 @@ def sweep_kernels(rows: int) -> tuple[dict, dict]:
             bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, copies // 4))]
             row["bf16 gemv"] = _time_us(lambda i, x=x, ws=bf16: gemv(x, ws[i % len(ws)]), 100)
             del bf16
+        def product(i, x=x, ls=layers):
+            layer = ls[i % len(ls)]
+            return int4_gemv.int4_linear(x, layer.packed, layer.scales, layer.offsets, layer.group)
+
         for c in configs:
             setattr(int4_gemv, name, c)
-            row[c] = _time_us(lambda i, x=x, ls=layers: int4_gemv.int4_linear(
-                x, ls[i % len(ls)].packed, ls[i % len(ls)].scales, ls[i % len(ls)].offsets, ls[i % len(ls)].group), 100)
+            row[c] = _time_us(product, 100)
             total[c] += per_layer * row[c]
+        setattr(int4_gemv, name, saved)  # the shipped blocks with codes converted, not built from bits
+        int4_gemv.DEQUANT_BY_BITS = False
+        row["converted"] = _time_us(product, 100)
+        int4_gemv.DEQUANT_BY_BITS = True
         times[f"{n}x{k}"] = row
         layers.clear()
         torch.cuda.empty_cache()
@@ -175,8 +182,10 @@ def main(argv=None) -> int:
             times, best = sweep_kernels(m)
             tuning[name] = {"best": best, "us": {s: {str(c): t for c, t in r.items()} for s, r in times.items()}}
             for shape, r in times.items():
-                line = ", ".join(f"{c}: {t:.1f}" for c, t in sorted(r.items(), key=lambda kv: kv[1])[:4])
-                print(f"{name} rows={m} {shape} µs (fastest first): {line}; was {r[getattr(int4_gemv, name)]:.1f}"
+                ranked = sorted(((c, t) for c, t in r.items() if isinstance(c, tuple)), key=lambda kv: kv[1])
+                line = ", ".join(f"{c}: {t:.1f}" for c, t in ranked[:4])
+                print(f"{name} rows={m} {shape} µs (fastest first): {line}; was {r[getattr(int4_gemv, name)]:.1f}, "
+                      f"codes converted {r['converted']:.1f}"
                       + (f"; bf16 GEMV {r['bf16 gemv']:.1f}" if "bf16 gemv" in r else ""), flush=True)
             print(f"{name}: {getattr(int4_gemv, name)} -> {best}", flush=True)
             setattr(int4_gemv, name, best)

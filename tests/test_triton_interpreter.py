@@ -214,7 +214,7 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
     """The one-row kernel (M = 1) and the rows kernel (tiles of 16 and 64 rows) compute x W^T + b with the split
     layout's weight dequantized, and their GLU variants silu(gate) * up: masks on N and M, groups of 32 / 64 / 128
     across both halves of K, the rows kernel with K whole and split across programs (one left without a group
-    too). The rows kernel in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in
+    too), codes made floats by bits and by conversion. The rows kernel in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in
     bfloat16 on a GPU)."""
     from mot_engine.model.int4 import (
         pack_split_halves,
@@ -231,10 +231,14 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
         scales, zeros = sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()  # (N, G)
         packed, offsets = pack_split_halves(codes), (zeros - 8 * scales).to(dtype)
         b = torch.randn(n, generator=g).to(dtype) if bias else None
-        for m, one_row, split in [(1, (4, 1, 1), None), (1, (8, 4, 2), None), (1, int4_gemv.ONE_ROW_BLOCKS, None)] + \
-                ([(3, None, 1), (20, None, 1), (3, None, 2), (20, None, 4)] if dtype == torch.float32 else []):
+        # (rows, one-row blocks, rows kernel's split of K, codes to floats by bits (else by conversion))
+        for m, one_row, split, bits in [(1, (4, 1, 1), None, True), (1, (8, 4, 2), None, False),
+                                        (1, int4_gemv.ONE_ROW_BLOCKS, None, True)] + \
+                ([(3, None, 1, True), (20, None, 1, False), (3, None, 2, True), (20, None, 4, True)]
+                 if dtype == torch.float32 else []):
             monkeypatch.setattr(int4_gemv, "ONE_ROW_BLOCKS", one_row or int4_gemv.ONE_ROW_BLOCKS)
             monkeypatch.setattr(int4_gemv, "ROWS_SPLIT_K", split)  # rows: K whole, or shared by 2 / 4 programs
+            monkeypatch.setattr(int4_gemv, "DEQUANT_BY_BITS", bits)
             x = torch.randn(m, k, generator=g).to(dtype)
             got = int4_gemv.int4_linear(x, packed, scales.to(dtype), offsets, group, b)
             expected = split_halves_reference(x.float(), packed, scales.to(dtype).float(), offsets.float(), group,

@@ -17,6 +17,13 @@ rows, tl.dot on tiles of BLOCK_M rows: decode slabs of 2..16 rows and prefill), 
   sum_k w[n, k] x[k] = scale * sum_k q[n, k] x[k] + offset * sum_k x[k],
 leaving the codes (exact in any float type) to the tensor cores.
 
+Dequantization by bits: an int-to-float conversion runs at a quarter of the FMA rate or less (16 a clock per SM on
+Hopper against 128 FMAs), and a code is two FMAs of work, so conversions would bound the kernels. A code q instead
+becomes the float f = 1 + q/16 exactly by writing its four bits below the exponent of 1.0 (one shift, one and-or),
+and w = q * scale + offset = f * (16 scale) + (offset - 16 scale): the same two FMAs with the per-group constants
+adjusted once per group (in bfloat16 for the rows kernel's tensor cores: 1.0 = 0x3F80, seven mantissa bits).
+Marlin and FasterTransformer's int4 kernels build their halves the same way.
+
 Both take a GLU flag for a gated MLP: one weight of 2N rows (gate, then up: model/int4.py's `merge_rows`) and the
 output silu(x gate^T) * (x up^T), so the two products and the activation are one launch as on the bf16 path
 (kernels/gemv.py's `gemv_glu`). An attention's q/k/v need no kernel of their own: their merged weight is one product.
@@ -41,6 +48,9 @@ ROWS_BLOCKS = (32, 2)  # the rows kernel: (BLOCK_N, num_warps)
 # this many programs per SM, each split at least a group of each half; None: from the GPU's SM count (1 on the CPU).
 ROWS_PROGRAMS_PER_SM = 2
 ROWS_SPLIT_K: int | None = None  # a fixed split (tests, sweeps)
+# Codes become floats by bits, not by conversion instructions (module docstring); False: converted (the sweep's
+# comparison).
+DEQUANT_BY_BITS = True
 
 
 def rows_split_k(tiles: int, groups: int, device: torch.device) -> int:
@@ -66,8 +76,8 @@ def _kernels():
 
     @triton.jit
     def int4_gemv_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, N, H, G, stride_xm, stride_ym,
-                         HAS_BIAS: tl.constexpr, GLU: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                         GPI: tl.constexpr, PDL: tl.constexpr):
+                         HAS_BIAS: tl.constexpr, GLU: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, GPI: tl.constexpr, PDL: tl.constexpr):
         # Program: BLOCK_N output features over all of K, GPI groups of each half a step. The products accumulate
         # elementwise in a (BLOCK_N, GPI, GROUP) tile, reduced once at the end (as kernels/gemv.py does): a
         # reduction per group serialises the loop, and a tile of several groups keeps more bytes in flight.
@@ -101,8 +111,15 @@ def _kernels():
                 o_lo = tl.load(o_ptr + so, mask=smask, other=0.0).to(tl.float32)[:, :, None]
                 s_hi = tl.load(s_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
                 o_hi = tl.load(o_ptr + so + NG, mask=smask, other=0.0).to(tl.float32)[:, :, None]
-                t = (((c & 15).to(tl.float32) * s_lo + o_lo) * x_lo[None, :, :]
-                     + ((c >> 4).to(tl.float32) * s_hi + o_hi) * x_hi[None, :, :])
+                if BITS:  # f = 1 + q/16 built from bits (module docstring): w = f * 16s + (o - 16s)
+                    ci = c.to(tl.int32)
+                    f_lo = (((ci << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                    f_hi = (((ci << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                    t = ((f_lo * (16.0 * s_lo) + (o_lo - 16.0 * s_lo)) * x_lo[None, :, :]
+                         + (f_hi * (16.0 * s_hi) + (o_hi - 16.0 * s_hi)) * x_hi[None, :, :])
+                else:
+                    t = (((c & 15).to(tl.float32) * s_lo + o_lo) * x_lo[None, :, :]
+                         + ((c >> 4).to(tl.float32) * s_hi + o_hi) * x_hi[None, :, :])
                 if part == 0:
                     acc += t
                 else:
@@ -116,8 +133,9 @@ def _kernels():
 
     @triton.jit
     def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, ws_ptr, M, N, H, G, stride_xm, stride_ym,
-                       HAS_BIAS: tl.constexpr, GLU: tl.constexpr, IEEE: tl.constexpr, GROUP: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, GLU: tl.constexpr, IEEE: tl.constexpr, BITS: tl.constexpr,
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+                       PDL: tl.constexpr):
         # GLU as in the one-row kernel: part 1 accumulates the up rows rn + N, silu(gate) * up is stored.
         # SPLIT_K > 1: program_id(2) takes its share of the groups and stores its float32 sums in the workspace
         # (SPLIT_K, M, (1 + GLU) N); `int4_split_reduce_kernel` adds them up and finishes.
@@ -142,8 +160,18 @@ def _kernels():
             for part in tl.static_range(1 + GLU):
                 rw = rn + part * N  # the weight's rows: the gate's (or the only weight's), then the up's
                 c = tl.load(c_ptr + rw[:, None] * H + g * GROUP + rk[None, :], mask=nmask[:, None], other=0)
-                q_lo = (c & 15).to(x_lo.dtype)  # (BLOCK_N, GROUP): exact in bf16 as in fp32
-                q_hi = (c >> 4).to(x_lo.dtype)
+                # (BLOCK_N, GROUP) in x's dtype, exact: f = 1 + q/16 built from bits, or q converted
+                if BITS and IEEE:
+                    ci = c.to(tl.int32)
+                    q_lo = (((ci << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                    q_hi = (((ci << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                elif BITS:  # bfloat16: 1.0 is 0x3F80, seven mantissa bits
+                    ci = c.to(tl.int16)
+                    q_lo = (((ci << 3) & 0x78) | 0x3F80).to(tl.bfloat16, bitcast=True)
+                    q_hi = (((ci >> 1) & 0x78) | 0x3F80).to(tl.bfloat16, bitcast=True)
+                else:
+                    q_lo = (c & 15).to(x_lo.dtype)
+                    q_hi = (c >> 4).to(x_lo.dtype)
                 if IEEE:
                     qx_lo = tl.dot(x_lo, tl.trans(q_lo), input_precision="ieee")
                     qx_hi = tl.dot(x_hi, tl.trans(q_hi), input_precision="ieee")
@@ -154,6 +182,9 @@ def _kernels():
                 o_lo = tl.load(o_ptr + rw * G + g, mask=nmask, other=0.0).to(tl.float32)
                 s_hi = tl.load(s_ptr + rw * G + g + NG, mask=nmask, other=0.0).to(tl.float32)
                 o_hi = tl.load(o_ptr + rw * G + g + NG, mask=nmask, other=0.0).to(tl.float32)
+                if BITS:  # sum f x = sum x + sum q x / 16: the same two terms with 16s and o - 16s
+                    o_lo, o_hi = o_lo - 16.0 * s_lo, o_hi - 16.0 * s_hi
+                    s_lo, s_hi = 16.0 * s_lo, 16.0 * s_hi
                 t = (qx_lo * s_lo[None, :] + xs_lo[:, None] * o_lo[None, :]
                      + qx_hi * s_hi[None, :] + xs_hi[:, None] * o_hi[None, :])
                 if part == 0:
@@ -231,8 +262,8 @@ def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
             block_n, gpi, warps = ONE_ROW_BLOCKS
             gemv_kernel[(triton.cdiv(n, block_n), 1)](
                 x2, codes, scales, offsets, b, y, n, half, scales.shape[1], x2.stride(0), y.stride(0),
-                HAS_BIAS=bias is not None, GLU=glu, GROUP=group, BLOCK_N=block_n, GPI=gpi, num_warps=warps,
-                **launch_options())
+                HAS_BIAS=bias is not None, GLU=glu, BITS=DEQUANT_BY_BITS, GROUP=group, BLOCK_N=block_n, GPI=gpi,
+                num_warps=warps, **launch_options())
         else:
             block_n, warps = ROWS_BLOCKS
             block_m = 16 if m <= 16 else 64
@@ -242,7 +273,8 @@ def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
             ws = torch.empty(split, m, rows, dtype=torch.float32, device=x.device) if split > 1 else y
             mm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n), split)](
                 x2, codes, scales, offsets, b, y, ws, m, n, half, scales.shape[1], x2.stride(0), y.stride(0),
-                HAS_BIAS=bias is not None, GLU=glu, IEEE=x2.dtype == torch.float32, GROUP=group, BLOCK_M=block_m,
+                HAS_BIAS=bias is not None, GLU=glu, IEEE=x2.dtype == torch.float32,
+                BITS=DEQUANT_BY_BITS and x2.dtype in (torch.float32, torch.bfloat16), GROUP=group, BLOCK_M=block_m,
                 BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, **launch_options())
             if split > 1:
                 reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, b, y, m, n, y.stride(0), HAS_BIAS=bias is not None,
