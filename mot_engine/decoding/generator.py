@@ -197,8 +197,10 @@ class Generator:
             return "dynamic-cache cohorts (requests admitted together decode together)" + (
                 ", prompt-lookup speculation" if self.prompt_lookup else "")
         parts = ["continuous batching in slabs", "CUDA graphs" if self.cuda_graphs else "eager"]
+        int4_qkv, int4_mlp = getattr(self.mot, "_int4_fused", (0, 0)) if self.int4_kernels else (0, 0)
         parts += [name for name, on in (("fused norms", self.fused_norms), ("Triton GEMV", self.triton_gemv),
                                         ("Triton int4 products", self.int4_kernels),
+                                        ("int4 q/k/v in one product", int4_qkv), ("int4 gated MLP fused", int4_mlp),
                                         ("fused q/k/v", self.fused_qkv), ("fused gated MLP", self.fused_mlp),
                                         ("fused rotary", self.fused_rotary),
                                         ("split-K decode attention", self.decode_attention),
