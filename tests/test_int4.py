@@ -152,6 +152,34 @@ def test_int4_fusions_compute_what_the_layers_computed():
     assert install_int4_kernels(mot) == install_int4_kernels(mot, qkv=False)  # idempotent: the first call decides
 
 
+@torch.no_grad()
+def test_a_gated_mlp_whose_activation_is_not_silu_keeps_its_forward():
+    """Gemma's MLPs are gated by GELU: the probe refuses the SiLU kernel and the module computes what it did."""
+    from transformers.activations import ACT2FN
+
+    from mot_engine.kernels.substitutions.int4 import _fuse_gated_mlp
+
+    class GatedMLP(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.gate_proj, self.up_proj = (Int4Linear(nn.Linear(64, 128, bias=False), torch.float32, "split")
+                                            for _ in range(2))
+            self.down_proj = Int4Linear(nn.Linear(128, 64, bias=False), torch.float32, "split")
+            self.act_fn = ACT2FN[act]
+
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64)
+    for act, fused in (("gelu_pytorch_tanh", False), ("silu", True)):
+        mlp = GatedMLP(act)
+        before = mlp(x)
+        assert _fuse_gated_mlp(mlp, split_halves_glu_reference) is fused
+        assert ("forward" in vars(mlp)) is fused  # an instance forward only where the probe passed
+        torch.testing.assert_close(mlp(x), before, rtol=1e-5, atol=1e-5)
+
+
 def test_the_rows_kernel_splits_k_only_where_tiles_leave_sms_idle(monkeypatch):
     from mot_engine.kernels import int4_gemv
 
