@@ -4,8 +4,8 @@ Rows (`--rows`, each `WHO[@FORMAT]`): a pocket expert alone (`smollm2-135m-instr
 that expert as primary, greedy), the MoT without a checkpoint (`mot-fast`, `mot-full`) and with one (`trained-fast`,
 `trained-full`, from `--checkpoint`), each in a prompt format (mot_engine/model/prompts.py; default: the model's own).
 A row `ROW+verify@N` (or `--candidates 1 4 8`, which adds them to each MoT row) generates N candidates per function as
-the daemon does (greedy first, then sampled), verifies them against the function's C code on generated inputs and
-delivers what the daemon delivers: the first verified one, else the one whose check got furthest
+the daemon does (greedy first, then each other active expert as primary, then sampled), verifies them against the
+function's C code on generated inputs and delivers what the daemon delivers: the first verified one, else the one whose check got furthest
 (benchmarks/quality_verify.py, kernelcheck.candidates).
 Columns, per function: a kernel delivered (`kernelcheck.extract`: a complete `__global__` function), syntax valid
 (tree-sitter-cuda), parallel (`kernelcheck.kernel_shape`: the thread index reaches the work) and serial (the C loop
@@ -57,7 +57,8 @@ from kernelcheck.generated import FAILING_STATUSES, VERIFY_BACKENDS  # noqa: E40
 from kernelcheck.kernel_shape import PARALLEL, SERIAL, parallelism  # noqa: E402
 from kernelcheck.parsing import is_valid_cuda  # noqa: E402
 from kernelcheck.toolchain import RUN_STAGE_RAN, find_nvcc  # noqa: E402
-from mot_engine.defaults import CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P  # noqa: E402
+from mot_engine.decoding.candidates import candidate_samplings  # noqa: E402
+from mot_engine.defaults import TEMPERATURE, TOP_P  # noqa: E402
 from train.detokenize import detokenize  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "babeltower" / "exec_dev.jsonl"
@@ -132,6 +133,9 @@ def generate_row(row: str, funcs: list[tuple[str, str]], args, cache: dict) -> l
         force, mode = [e] + [o for o in range(mot.num_experts) if o != e][: mot.config.top_k - 1], "fast"
     else:
         force, mode = None, "full" if who.endswith("full") else "fast"
+    # the daemon's candidates (mot_engine.decoding.candidates): greedy, each other active expert as primary (not
+    # for an expert-alone row: its primary is the row), then sampled
+    samplings = candidate_samplings(TEMPERATURE, TOP_P, None, n, mot.config.top_k if force is None else 1)
     gen = Generator(mot, max_batch_size=args.batch)
     per_call = max(1, args.batch // n)  # functions a call; each brings its n candidates (one shared prefill)
     out: list[Function] = []
@@ -140,10 +144,9 @@ def generate_row(row: str, funcs: list[tuple[str, str]], args, cache: dict) -> l
         t0 = time.perf_counter()
         results = gen.generate([
             GenerationRequest(src, mode=mode, max_new_tokens=args.max_new_tokens, prompt_format=fmt or None,
-                              force_active=force, **({} if j == 0 else  # the daemon's candidates (translation.py)
-                                                     {"temperature": CANDIDATE_TEMPERATURE,
-                                                      "top_p": CANDIDATE_TOP_P, "seed": j}))
-            for _, src in chunk for j in range(n)])
+                              force_active=force, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+                              primary_rank=c.primary_rank)
+            for _, src in chunk for c in samplings])
         seconds = (time.perf_counter() - t0) / len(chunk)
         for k, (case_id, _) in enumerate(chunk):
             out.append(Function(case_id, seconds, [

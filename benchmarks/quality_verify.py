@@ -1,8 +1,10 @@
 """bench_quality's candidates and verification: rows ``ROW+verify@N``, the answers file, which candidate is delivered.
 
 A ``ROW+verify@N`` row (``ROW`` any row of bench_quality, e.g. ``trained-fast@fewshot-head-v1+verify@4``) generates
-N candidates per function as the daemon does (daemon/translation.py): greedy first, then sampled with
-`mot_engine.defaults`' ``CANDIDATE_TEMPERATURE`` and ``CANDIDATE_TOP_P``, candidate i with seed i.  It checks every
+N candidates per function as the daemon does (`mot_engine.decoding.candidates`): greedy first, then greedy with
+each other active expert as the primary, then sampled with `mot_engine.defaults`' ``CANDIDATE_TEMPERATURE`` and
+``CANDIDATE_TOP_P``, candidate i with seed i (answers files written before 2026-12-07 23:00 UTC hold sampled
+candidates from index 1).  It checks every
 candidate's kernel against the function's C code on generated inputs (`kernelcheck.generated.check_generated`: one
 reference and one kernel build per function for all of them) and delivers what the daemon delivers
 (`kernelcheck.candidates.choose`): the first verified candidate, else the one whose check got furthest.  Plain rows
@@ -116,7 +118,7 @@ def load_answers(path: str | Path) -> dict[str, list[Function]]:
 def answers_for(row: str, answers: Mapping[str, list[Function]]) -> list[Function]:
     """``row``'s functions from an answers file: its own lines, else the first candidates of a row of the same base
     with more of them (``ROW`` and ``ROW+verify@M`` are the first 1 and M candidates of ``ROW+verify@N``, N >= M:
-    candidates are generated greedy first, then sampled with seeds 1, 2, ..., so one N-candidate generation scores
+    candidates are generated greedy first, then in a fixed order (seeded), so one N-candidate generation scores
     every smaller N the daemon could have used)."""
     if row in answers:
         return answers[row]

@@ -278,7 +278,7 @@ class EngineLoop:
             t = self._backlog.popleft()
             added: list[str] = []
             try:
-                t.start(self._verifier.plan(t.request.options.verify))
+                t.start(self._verifier.plan(t.request.options.verify), self._served_model.top_k)
                 for sampling in t.samplings:  # added together: the Generator prefills their one prompt once
                     self._gen.add_request(t.gen_id(sampling.index),
                                           self._served_model.generation_request(t.request, sampling))

@@ -155,7 +155,7 @@ class Verification(Struct, kw_only=True, frozen=True):
 class Candidate(Struct, kw_only=True, frozen=True):
     """One candidate of a translation, in the order they were made and checked."""
 
-    index: int  # 0: decoded with the request's own options (greedy by default); then the sampled ones
+    index: int  # 0: decoded with the request's own options (greedy by default); then each other expert's; then sampled
     temperature: float  # 0: greedy
     top_p: float
     seed: int | None
@@ -163,6 +163,7 @@ class Candidate(Struct, kw_only=True, frozen=True):
     check: CheckStatus
     reason: str = ""  # the check's reason, short
     num_generated_tokens: int = 0
+    primary: str = ""  # the expert that wrote it (mot_engine.decoding.candidates: each active expert in turn)
 
 
 class TranslateResult(_Reply, tag="translate_result"):

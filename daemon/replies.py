@@ -110,6 +110,6 @@ def translate_result(t: Translation, checks: list[P.Verification], *, expert_nam
         id=t.request.id, text=result.text, status=extraction.status, kernel=extraction.code,
         answer_prefix=result.answer_prefix, notes=list(extraction.notes), num_prompt_tokens=result.num_prompt_tokens,
         num_generated_tokens=result.num_generated_tokens, finish_reason=result.finish_reason, timings=timings,
-        check=checks[chosen] if checks else P.Verification(status=SKIPPED), candidates=t.candidates(checks),
-        candidate=chosen, **routing_fields(result.routing, expert_names),
+        check=checks[chosen] if checks else P.Verification(status=SKIPPED),
+        candidates=t.candidates(checks, expert_names), candidate=chosen, **routing_fields(result.routing, expert_names),
     )

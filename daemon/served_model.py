@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot, load_checkpoint
+from mot_engine.decoding.candidates import Sampling
 
 from . import protocol as P
 from .engine_config import EngineConfig
-from .translation import Sampling
 
 log = logging.getLogger("daemon.engine")  # the engine's logger, as in engine_loop.py
 
@@ -61,6 +61,11 @@ class ServedModel:
     def expert_names(self) -> list[str]:
         return self.mot.expert_names
 
+    @property
+    def top_k(self) -> int:
+        """How many experts the router activates: a translation's candidates try each as primary."""
+        return self.mot.config.top_k
+
     def new_generator(self, max_batch_size: int) -> Generator:
         return Generator(self.mot, max_batch_size=max_batch_size, runtime=self.runtime)
 
@@ -100,6 +105,7 @@ class ServedModel:
         return GenerationRequest(
             source=request.source, mode=o.mode, max_new_tokens=o.max_new_tokens, temperature=sampling.temperature,
             top_p=sampling.top_p, seed=sampling.seed, stop_at_eos=not o.ignore_eos,
+            primary_rank=sampling.primary_rank,
         )
 
     def route(self, requests: list[P.Route]) -> list[dict | Exception]:

@@ -1,10 +1,10 @@
 """One translation's life in the engine: its candidates (how each samples), their answers as the Generator ends
 them, what came out of each, their checks, and the one delivered.
 
-A translation asks for `candidates` (protocol v3). Candidate 0 decodes with the request's own options (greedy by
-default); the others sample with mot_engine.defaults' CANDIDATE_TEMPERATURE and CANDIDATE_TOP_P, each with its own
-seed (the request's seed + its index, or its index: the same request gets the same candidates). They are added to
-the Generator together, so they share one prefill (tests/test_candidates.py). Only where their kernels are verified
+A translation asks for `candidates` (protocol v3). How each decodes is mot_engine.decoding.candidates' rule: the
+request's own options (greedy by default), then the same options with each other active expert as the primary,
+then sampled ones with their own seeds. They are added to the Generator together, so those of one primary share
+one prefill (tests/test_candidates.py). Only where their kernels are verified
 and a differential test can tell them apart (`VerifyPlan.choose`) are more than one generated: with nothing to
 choose by, the greedy candidate alone is the translation.
 
@@ -20,34 +20,13 @@ from typing import Any
 
 from kernelcheck.candidates import SKIPPED
 from kernelcheck.extract import Extraction, describe, extract_kernel
-from mot_engine.defaults import CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P
+from mot_engine.decoding.candidates import Sampling, candidate_samplings
 
 from . import protocol as P
 from .engine_state import ClientKey
 from .verification import VerifyPlan
 
-SEED_MODULUS = 2**63  # seeds on the wire are below it
 MAX_CANDIDATE_REASON_CHARS = 200  # a candidate's reason in the result's list: the start of its check's reason
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one candidate decodes."""
-
-    index: int
-    temperature: float  # 0: greedy
-    top_p: float
-    seed: int | None
-
-
-def candidate_samplings(options: P.TranslateOptions, count: int) -> list[Sampling]:
-    """`count` candidates: the request's own options first, then sampled ones with distinct seeds."""
-    if count < 1:
-        raise ValueError(f"a translation has at least one candidate, got {count!r}")
-    base = options.seed or 0
-    return [Sampling(0, options.temperature, options.top_p, options.seed)] + [
-        Sampling(i, CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P, (base + i) % SEED_MODULUS) for i in range(1, count)
-    ]
 
 
 @dataclass
@@ -85,11 +64,12 @@ class Translation:
     def gen_id(self, index: int) -> str:
         return f"{self.gen_prefix}.{index}"
 
-    def start(self, plan: VerifyPlan) -> None:
-        """Decide the candidates (at admission)."""
+    def start(self, plan: VerifyPlan, top_k: int = 1) -> None:
+        """Decide the candidates (at admission; `top_k`: how many experts the router activates)."""
         self.plan = plan
-        count = self.request.options.candidates if plan.choose else 1
-        self.samplings = candidate_samplings(self.request.options, count)
+        o = self.request.options
+        count = o.candidates if plan.choose else 1
+        self.samplings = candidate_samplings(o.temperature, o.top_p, o.seed, count, top_k)
         self.results = [None] * count
 
     def unfinished_gen_ids(self) -> list[str]:
@@ -122,13 +102,20 @@ class Translation:
                 checks.append(next(given))
         return checks
 
-    def candidates(self, checks: list[P.Verification]) -> list[P.Candidate]:
-        """The result's list of candidates."""
+    def candidates(self, checks: list[P.Verification], expert_names: list[str] | None = None) -> list[P.Candidate]:
+        """The result's list of candidates (`expert_names`: to name each one's primary)."""
         return [
             P.Candidate(index=s.index, temperature=s.temperature, top_p=s.top_p, seed=s.seed, status=e.status,
-                        check=c.status, reason=_short(c.reason), num_generated_tokens=r.num_generated_tokens)
+                        check=c.status, reason=_short(c.reason), num_generated_tokens=r.num_generated_tokens,
+                        primary=_primary_name(r, expert_names))
             for s, r, e, c in zip(self.samplings, self.results, self.extractions, checks)
         ]
+
+
+def _primary_name(result, expert_names: list[str] | None) -> str:
+    routing = getattr(result, "routing", None) or {}
+    index = routing.get("primary_expert")
+    return expert_names[index] if expert_names and isinstance(index, int) and index < len(expert_names) else ""
 
 
 def count_translations(translations, waiting_rows: set[str]) -> dict[str, int]:

@@ -49,7 +49,7 @@ class Settings:
     max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = TEMPERATURE
     placement: Placement = "newFile"
-    candidates: int = CANDIDATES  # the greedy candidate, then sampled ones; the first verified wins
+    candidates: int = CANDIDATES  # greedy, each other expert's greedy, then sampled; the first verified wins
     verify: VerifyChoice = VERIFY  # auto: the daemon verifies each kernel where it has a C++ compiler; off: never
     # Advanced keys (documented, not required by most users):
     check: Literal["auto", "syntax", "off"] = "auto"  # auto: nvcc when found, else tree-sitter-cuda syntax

@@ -36,3 +36,35 @@ def test_candidates_share_one_prefill_and_get_what_they_get_alone(perturbed_mot,
     assert together == alone
     assert prefills == [1]  # four candidates, one prompt prefilled once
     assert len({tuple(t) for t in together}) > 1  # the sampled candidates differ from the greedy one
+
+
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_a_candidate_of_another_rank_decodes_with_that_expert_as_primary(perturbed_mot, mode):
+    """`primary_rank` r makes the router's r-th active expert the primary (the others secondaries, in order): the
+    same tokens as forcing that order, and a different expert from the router's own choice."""
+    mot = perturbed_mot
+    active = mot.route([SOURCE], noise=False).active[0].tolist()
+    gen = Generator(mot, cuda_graphs=False)
+    own, other = gen.generate([GenerationRequest(SOURCE, mode=mode, max_new_tokens=10),
+                               GenerationRequest(SOURCE, mode=mode, max_new_tokens=10, primary_rank=1)])
+    forced = gen.generate([GenerationRequest(SOURCE, mode=mode, max_new_tokens=10,
+                                             force_active=[active[1], active[0]] + active[2:])])[0]
+    assert own.routing["primary_expert"] == active[0] and other.routing["primary_expert"] == active[1]
+    assert other.token_ids == forced.token_ids
+    with pytest.raises(ValueError, match="primary_rank must be below top_k"):
+        gen.add_request("x", GenerationRequest(SOURCE, primary_rank=mot.config.top_k))
+    with pytest.raises(ValueError, match="give one"):
+        GenerationRequest(SOURCE, primary_rank=1, force_active=active).validate()
+
+
+def test_candidates_are_greedy_then_each_other_expert_then_sampled():
+    from mot_engine import defaults
+    from mot_engine.decoding.candidates import candidate_samplings
+
+    t, p = defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P
+    got = [(s.index, s.temperature, s.top_p, s.seed, s.primary_rank) for s in candidate_samplings(0.3, 0.9, 40, 4, 2)]
+    assert got == [(0, 0.3, 0.9, 40, 0), (1, 0.3, 0.9, 40, 1), (2, t, p, 42, 0), (3, t, p, 43, 0)]
+    assert [s.primary_rank for s in candidate_samplings(0.0, 1.0, None, 1, 3)] == [0]  # one candidate: the router's
+    assert [s.primary_rank for s in candidate_samplings(0.0, 1.0, None, 2, 3)] == [0, 1]
+    with pytest.raises(ValueError, match="at least one candidate"):
+        candidate_samplings(0.0, 1.0, None, 0)

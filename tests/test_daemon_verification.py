@@ -17,7 +17,7 @@ import pytest
 from daemon import protocol as P
 from daemon import replies
 from daemon.testing import REPO_ROOT, daemon_env, spawn_daemon
-from daemon.translation import Translation, candidate_samplings
+from daemon.translation import Translation
 from daemon.verification import Verifier, VerifyPlan
 from kernelcheck.candidates import CHECK_STATUSES, RANK, choose, describe_check
 from kernelcheck.toolchain import find_gxx
@@ -87,6 +87,7 @@ def test_the_result_delivers_the_chosen_candidate_with_every_candidates_check():
     assert [c.status for c in result.candidates] == ["kernel", "truncated", "kernel"]  # the head never closed
     assert [(c.index, c.temperature, c.seed) for c in result.candidates] == [
         (0, 0.0, None), (1, defaults.CANDIDATE_TEMPERATURE, 1), (2, defaults.CANDIDATE_TEMPERATURE, 2)]
+    assert [c.primary for c in result.candidates] == ["e0"] * 3  # each result's routing names its primary
 
 
 def test_with_nothing_to_choose_by_one_candidate_and_its_check_says_why():
@@ -98,10 +99,15 @@ def test_with_nothing_to_choose_by_one_candidate_and_its_check_says_why():
 
 
 def test_candidates_sample_with_their_own_seeds_after_the_requests_own_options():
-    options = P.TranslateOptions(temperature=0.3, top_p=0.9, seed=40)
-    assert [(s.temperature, s.top_p, s.seed) for s in candidate_samplings(options, 3)] == [
+    options = P.TranslateOptions(temperature=0.3, top_p=0.9, seed=40, candidates=3)
+    t = Translation("client", P.Translate(id="r", source=SAXPY, options=options), "g1", t_received=0.0, deadline=1.0)
+    t.start(VerifyPlan(check=True, choose=True), top_k=1)
+    assert [(s.temperature, s.top_p, s.seed) for s in t.samplings] == [
         (0.3, 0.9, 40), (defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P, 41),
         (defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P, 42)]
+    t.start(VerifyPlan(check=True, choose=True), top_k=2)  # a second active expert: its own greedy candidate
+    assert [(s.temperature, s.seed, s.primary_rank) for s in t.samplings] == [
+        (0.3, 40, 0), (0.3, 40, 1), (defaults.CANDIDATE_TEMPERATURE, 42, 0)]
 
 
 # ---------------------------------------------------------------------------------------------- the verifier
@@ -204,7 +210,9 @@ def test_a_daemon_verifies_the_candidates_and_delivers_the_furthest(verifying_da
         assert result.check.status == "mismatch" and result.check.backend in ("cpu", "gpu")
         assert result.check.inputs >= 1 and result.check.mismatch and result.check.mismatch in result.check.reason
         assert [c.index for c in result.candidates] == [0, 1]
-        assert [(c.temperature, c.seed) for c in result.candidates] == [(0.0, None), (defaults.CANDIDATE_TEMPERATURE, 1)]
+        # the router activates two experts: candidate 1 is the other one's greedy kernel
+        assert [(c.temperature, c.seed) for c in result.candidates] == [(0.0, None), (0.0, None)]
+        assert all(c.primary for c in result.candidates) and len({c.primary for c in result.candidates}) == 2
         assert all(c.check in CHECK_STATUSES and c.status == "kernel" for c in result.candidates)
         assert result.candidate == choose([c.check for c in result.candidates]) == 0
         assert result.candidates[result.candidate].check == result.check.status

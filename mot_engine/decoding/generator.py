@@ -171,6 +171,8 @@ class Generator:
                 )
         if request.force_active is not None and len(request.force_active) != mot.config.top_k:
             raise ValueError(f"force_active must name top_k={mot.config.top_k} experts, got {request.force_active}")
+        if request.primary_rank >= mot.config.top_k:
+            raise ValueError(f"primary_rank must be below top_k={mot.config.top_k}, got {request.primary_rank}")
         stop = KernelEnd(prefix, prompt_format.markers) if request.stop_at_eos and request.stop_at_kernel_end else None
         self.waiting.append(Sequence(request_id, request, prompt_ids, time.perf_counter(), answer_prefix=prefix,
                                      stop=stop))
@@ -333,13 +335,21 @@ class Generator:
         self._aborted.clear()
         return outputs
 
+    def _ranked_active(self, request: GenerationRequest) -> list[int] | None:
+        """The router's active experts for the request with its `primary_rank`-th first (None: the router's order)."""
+        if not request.primary_rank:
+            return None
+        active = self.mot.route([request.source], noise=False).active[0].tolist()
+        r = request.primary_rank
+        return [active[r]] + active[:r] + active[r + 1:]
+
     def _admit(self) -> list[Cohort]:
         room = self.max_batch_size - self.num_running
         if room <= 0 or not self.waiting:
             return []
         admitted, self.waiting = self.waiting[:room], self.waiting[room:]
         mot = self.mot
-        force = [s.request.force_active for s in admitted]
+        force = [s.request.force_active or self._ranked_active(s.request) for s in admitted]
         if any(f is not None for f in force):  # route forced and free requests separately
             routings = [mot.route([s.request.source], noise=False, force_active=[f] if f else None) for s, f in zip(admitted, force)]
             rows = [(r, 0) for r in routings]

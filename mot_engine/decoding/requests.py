@@ -21,6 +21,9 @@ class GenerationRequest:
     stop_at_eos: bool = True  # False: generate exactly max_new_tokens, no stop of any kind (benchmarks)
     stop_at_kernel_end: bool = True  # end the answer where its kernel ends, or at the format's marker
     force_active: list[int] | None = None  # analysis/tests: the active experts, primary first
+    # Which of the router's active experts is the primary: 0 the router's own choice, r its r-th (the others stay
+    # secondaries, in order). A translation's candidates try each (decoding/candidates.py).
+    primary_rank: int = 0
 
     def validate(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -33,6 +36,10 @@ class GenerationRequest:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if not (0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.primary_rank, int) or self.primary_rank < 0:
+            raise ValueError(f"primary_rank must be a non-negative integer, got {self.primary_rank!r}")
+        if self.primary_rank and self.force_active is not None:
+            raise ValueError("primary_rank and force_active both choose the primary: give one")
 
 
 @dataclass

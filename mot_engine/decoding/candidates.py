@@ -1,0 +1,45 @@
+"""A translation's candidates: how each one decodes. One definition, torch-free, for the daemon
+(daemon/translation.py) and bench_quality's `+verify@N` rows.
+
+Candidate 0 decodes with the request's own options (greedy by default). Then, where the router activates more than
+one expert (top_k > 1), the same options with each other active expert as the primary, in the router's order
+(`GenerationRequest.primary_rank`): another expert's own best answer is another guess, where a sample of the same
+expert is mostly the same one — on exec_dev the trained pocket MoT's greedy kernels and Gemma-3-270M's (the pocket
+MoT's second expert) passed the data's tests for 61 and 57 functions, 83 of 122 together (BENCHMARKS.md, "Quality of
+the pocket preset"). Then sampled candidates (CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P), each with its own seed: the
+request's seed + its index, or its index, so the same request gets the same candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mot_engine.defaults import CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P
+
+SEED_MODULUS = 2**63  # seeds on the daemon's wire are below it
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one candidate decodes."""
+
+    index: int
+    temperature: float  # 0: greedy
+    top_p: float
+    seed: int | None
+    primary_rank: int = 0  # which of the router's active experts is the primary (0: the router's choice)
+
+
+def candidate_samplings(temperature: float, top_p: float, seed: int | None, count: int,
+                        top_k: int = 1) -> list[Sampling]:
+    """`count` candidates of a request decoding with (temperature, top_p, seed): its own options, then its options
+    with each other of the `top_k` active experts as primary, then sampled ones (module docstring)."""
+    if count < 1:
+        raise ValueError(f"a translation has at least one candidate, got {count!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k!r}")
+    out = [Sampling(i, temperature, top_p, seed, primary_rank=i) for i in range(min(count, top_k))]
+    base = seed or 0
+    out += [Sampling(i, CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P, (base + i) % SEED_MODULUS)
+            for i in range(len(out), count)]
+    return out
