@@ -143,7 +143,7 @@ def generate_row(row: str, funcs: list[tuple[str, str]], args, cache: dict) -> l
         chunk = funcs[start:start + per_call]
         t0 = time.perf_counter()
         results = gen.generate([
-            GenerationRequest(src, mode=mode, max_new_tokens=args.max_new_tokens, prompt_format=fmt or None,
+            GenerationRequest(src, mode=c.mode or mode, max_new_tokens=args.max_new_tokens, prompt_format=fmt or None,
                               force_active=force, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
                               primary_rank=c.primary_rank)
             for _, src in chunk for c in samplings])

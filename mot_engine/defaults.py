@@ -24,7 +24,7 @@ MODE = "full"
 MODES = ("fast", "full")
 
 # Candidates of a translation, where it can choose among them (a C++ compiler to verify them with): the greedy one
-# first, then each other active expert's greedy one as primary, then sampled ones (decoding/candidates.py); the
+# first, then each other active expert's greedy one alone, then sampled ones (decoding/candidates.py); the
 # first verified candidate wins (daemon/translation.py). 1 = the greedy one only.
 # Four: enough for a sampled candidate to fix a greedy slip, few enough that a function's candidates share one
 # prefill and decode as rows of one batch.

@@ -74,9 +74,9 @@ def test_verify_rows_generate_the_daemons_candidates(monkeypatch):
     assert [len(call) for call in _StandIn.calls] == [8, 4]  # two functions a call, each with its 4 candidates
     first = _StandIn.calls[0]
     # greedy, the other active expert's greedy (top_k = 2), then sampled (mot_engine.decoding.candidates)
-    assert [(r.temperature, r.top_p, r.seed, r.primary_rank) for r in first[:4]] == \
-        [(0.0, 1.0, None, 0), (0.0, 1.0, None, 1)] + \
-        [(defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P, j, 0) for j in (2, 3)]
+    assert [(r.temperature, r.top_p, r.seed, r.primary_rank, r.mode) for r in first[:4]] == \
+        [(0.0, 1.0, None, 0, "fast"), (0.0, 1.0, None, 1, "fast")] + \
+        [(defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P, j, 0, "fast") for j in (2, 3)]
     assert [r.source for r in first] == [funcs[0][1]] * 4 + [funcs[1][1]] * 4
     assert [f.id for f in functions] == ["0", "1", "2"] and all(len(f.candidates) == 4 for f in functions)
     assert functions[0].candidates[0] == {"answer": "answer 0.0 None", "tokens": 5, "finish_reason": "stop",

@@ -62,8 +62,11 @@ def test_candidates_are_greedy_then_each_other_expert_then_sampled():
     from mot_engine.decoding.candidates import candidate_samplings
 
     t, p = defaults.CANDIDATE_TEMPERATURE, defaults.CANDIDATE_TOP_P
-    got = [(s.index, s.temperature, s.top_p, s.seed, s.primary_rank) for s in candidate_samplings(0.3, 0.9, 40, 4, 2)]
-    assert got == [(0, 0.3, 0.9, 40, 0), (1, 0.3, 0.9, 40, 1), (2, t, p, 42, 0), (3, t, p, 43, 0)]
+    got = [(s.index, s.temperature, s.top_p, s.seed, s.primary_rank, s.mode)
+           for s in candidate_samplings(0.3, 0.9, 40, 4, 2)]
+    # the other expert decodes alone (fast mode); the others in the request's mode
+    assert got == [(0, 0.3, 0.9, 40, 0, None), (1, 0.3, 0.9, 40, 1, "fast"), (2, t, p, 42, 0, None),
+                   (3, t, p, 43, 0, None)]
     assert [s.primary_rank for s in candidate_samplings(0.0, 1.0, None, 1, 3)] == [0]  # one candidate: the router's
     assert [s.primary_rank for s in candidate_samplings(0.0, 1.0, None, 2, 3)] == [0, 1]
     with pytest.raises(ValueError, match="at least one candidate"):

@@ -3,10 +3,13 @@
 
 Candidate 0 decodes with the request's own options (greedy by default). Then, where the router activates more than
 one expert (top_k > 1), the same options with each other active expert as the primary, in the router's order
-(`GenerationRequest.primary_rank`): another expert's own best answer is another guess, where a sample of the same
-expert is mostly the same one — on exec_dev the trained pocket MoT's greedy kernels and Gemma-3-270M's (the pocket
-MoT's second expert) passed the data's tests for 61 and 57 functions, 83 of 122 together (BENCHMARKS.md, "Quality of
-the pocket preset"). Then sampled candidates (CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P), each with its own seed: the
+(`GenerationRequest.primary_rank`), alone (fast mode): another expert's own best answer is another guess, where a
+sample of the same expert is mostly the same one — on exec_dev the trained pocket MoT's greedy kernels and
+Gemma-3-270M's alone (the pocket MoT's second expert) passed the data's tests for 61 and 57 functions, 83 of 122
+together (BENCHMARKS.md, "Quality of the pocket preset"). Alone, because a checkpoint's interaction layers are
+trained for the router's primary: the pocket checkpoint's gates for Gemma as primary stay near zero (mean |gate|
+0.003 against 0.065 for SmolLM2's), and in full mode with Gemma as primary its answers were Gemma's alone, token for
+token, at the cost of the secondary's prefill and the interaction. Then sampled candidates (CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P), each with its own seed: the
 request's seed + its index, or its index, so the same request gets the same candidates.
 """
 
@@ -28,6 +31,7 @@ class Sampling:
     top_p: float
     seed: int | None
     primary_rank: int = 0  # which of the router's active experts is the primary (0: the router's choice)
+    mode: str | None = None  # None: the request's mode; "fast": the primary alone
 
 
 def candidate_samplings(temperature: float, top_p: float, seed: int | None, count: int,
@@ -38,7 +42,8 @@ def candidate_samplings(temperature: float, top_p: float, seed: int | None, coun
         raise ValueError(f"a translation has at least one candidate, got {count!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k!r}")
-    out = [Sampling(i, temperature, top_p, seed, primary_rank=i) for i in range(min(count, top_k))]
+    out = [Sampling(i, temperature, top_p, seed, primary_rank=i, mode=None if i == 0 else "fast")
+           for i in range(min(count, top_k))]
     base = seed or 0
     out += [Sampling(i, CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P, (base + i) % SEED_MODULUS)
             for i in range(len(out), count)]
