@@ -55,9 +55,11 @@ class RuntimeConfig:
     triton_gemv: bool = _switch(
         "MOT_TRITON_GEMV", True, "One-row linear layers through the Triton GEMV (cuBLAS runs M=1 products slowly)")
     fused_qkv: bool = _switch(
-        "MOT_FUSED_QKV", True, "An attention's q, k and v products in one launch (also for a slab's 2-16 rows; int4: one stacked product)")
+        "MOT_FUSED_QKV", True,
+        "An attention's q, k and v products in one launch (also for a slab's 2-16 rows; int4: one stacked product)")
     fused_mlp: bool = _switch(
-        "MOT_FUSED_MLP", True, "A gated MLP's gate and up products with the SiLU in one kernel (also 2-16 rows; int4 too)")
+        "MOT_FUSED_MLP", True,
+        "A gated MLP's gate and up products with the SiLU in one kernel (also 2-16 rows; int4 too)")
     fused_rotary: bool = _switch(
         "MOT_FUSED_ROTARY", True, "The rotary embedding of q and k in one launch (decode steps and prefills)")
     decode_attention: bool = _switch(
