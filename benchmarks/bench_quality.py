@@ -5,8 +5,8 @@ that expert as primary, greedy), the MoT without a checkpoint (`mot-fast`, `mot-
 `trained-full`, from `--checkpoint`), each in a prompt format (mot_engine/model/prompts.py; default: the model's own).
 A row `ROW+verify@N` (or `--candidates 1 4 8`, which adds them to each MoT row) generates N candidates per function as
 the daemon does (greedy first, then each other active expert as primary, then sampled), verifies them against the
-function's C code on generated inputs and delivers what the daemon delivers: the first verified one, else the one whose check got furthest
-(benchmarks/quality_verify.py, kernelcheck.candidates).
+function's C code on generated inputs and delivers what the daemon delivers: the first verified one, else the one
+whose check got furthest (benchmarks/quality_verify.py, kernelcheck.candidates).
 Columns, per function: a kernel delivered (`kernelcheck.extract`: a complete `__global__` function), syntax valid
 (tree-sitter-cuda), parallel (`kernelcheck.kernel_shape`: the thread index reaches the work) and serial (the C loop
 whole in every thread: counted apart), compiles (nvcc -c), verified (the delivered kernel matched the C function on

@@ -279,7 +279,7 @@ class EngineLoop:
             added: list[str] = []
             try:
                 t.start(self._verifier.plan(t.request.options.verify), self._served_model.top_k)
-                for sampling in t.samplings:  # added together: the Generator prefills their one prompt once
+                for sampling in t.samplings:  # added together: those of one primary share one prefill
                     self._gen.add_request(t.gen_id(sampling.index),
                                           self._served_model.generation_request(t.request, sampling))
                     added.append(t.gen_id(sampling.index))

@@ -103,8 +103,8 @@ class ServedModel:
         """One candidate of a translation: the request's options, sampled as `sampling` says."""
         o = request.options
         return GenerationRequest(
-            source=request.source, mode=sampling.mode or o.mode, max_new_tokens=o.max_new_tokens, temperature=sampling.temperature,
-            top_p=sampling.top_p, seed=sampling.seed, stop_at_eos=not o.ignore_eos,
+            source=request.source, mode=sampling.mode or o.mode, max_new_tokens=o.max_new_tokens,
+            temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, stop_at_eos=not o.ignore_eos,
             primary_rank=sampling.primary_rank,
         )
 

@@ -39,14 +39,20 @@ def test_candidates_share_one_prefill_and_get_what_they_get_alone(perturbed_mot,
 
 
 @pytest.mark.parametrize("mode", ["fast", "full"])
-def test_a_candidate_of_another_rank_decodes_with_that_expert_as_primary(perturbed_mot, mode):
+def test_a_candidate_of_another_rank_decodes_with_that_expert_as_primary(perturbed_mot, mode, monkeypatch):
     """`primary_rank` r makes the router's r-th active expert the primary (the others secondaries, in order): the
-    same tokens as forcing that order, and a different expert from the router's own choice."""
+    same tokens as forcing that order, and a different expert from the router's own choice; the requests admitted
+    together are routed as one batch, their sources encoded once."""
     mot = perturbed_mot
     active = mot.route([SOURCE], noise=False).active[0].tolist()
     gen = Generator(mot, cuda_graphs=False)
+    encoded = []
+    encode = mot.encoder.forward
+    monkeypatch.setattr(mot.encoder, "forward", lambda texts: encoded.append(len(texts)) or encode(texts))
     own, other = gen.generate([GenerationRequest(SOURCE, mode=mode, max_new_tokens=10),
                                GenerationRequest(SOURCE, mode=mode, max_new_tokens=10, primary_rank=1)])
+    assert encoded == [2]
+    monkeypatch.undo()
     forced = gen.generate([GenerationRequest(SOURCE, mode=mode, max_new_tokens=10,
                                              force_active=[active[1], active[0]] + active[2:])])[0]
     assert own.routing["primary_expert"] == active[0] and other.routing["primary_expert"] == active[1]
@@ -55,6 +61,8 @@ def test_a_candidate_of_another_rank_decodes_with_that_expert_as_primary(perturb
         gen.add_request("x", GenerationRequest(SOURCE, primary_rank=mot.config.top_k))
     with pytest.raises(ValueError, match="give one"):
         GenerationRequest(SOURCE, primary_rank=1, force_active=active).validate()
+    with pytest.raises(ValueError, match="give one"):
+        mot.route([SOURCE], force_active=[active], primary_ranks=[1])
 
 
 def test_candidates_are_greedy_then_each_other_expert_then_sampled():

@@ -214,8 +214,8 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
     """The one-row kernel (M = 1) and the rows kernel (tiles of 16 and 64 rows) compute x W^T + b with the split
     layout's weight dequantized, and their GLU variants silu(gate) * up: masks on N and M, groups of 32 / 64 / 128
     across both halves of K, the rows kernel with K whole and split across programs (one left without a group
-    too), codes made floats by bits and by conversion. The rows kernel in float32 only: the interpreter's bfloat16 tl.dot is wrong (test_kernels.py runs it in
-    bfloat16 on a GPU)."""
+    too), codes made floats by bits and by conversion. The rows kernel in float32 only: the interpreter's bfloat16
+    tl.dot is wrong (test_kernels.py runs it in bfloat16 on a GPU)."""
     from mot_engine.model.int4 import (
         pack_split_halves,
         quantize_groups,

@@ -9,8 +9,9 @@ Gemma-3-270M's alone (the pocket MoT's second expert) passed the data's tests fo
 together (BENCHMARKS.md, "Quality of the pocket preset"). Alone, because a checkpoint's interaction layers are
 trained for the router's primary: the pocket checkpoint's gates for Gemma as primary stay near zero (mean |gate|
 0.003 against 0.065 for SmolLM2's), and in full mode with Gemma as primary its answers were Gemma's alone, token for
-token, at the cost of the secondary's prefill and the interaction. Then sampled candidates (CANDIDATE_TEMPERATURE, CANDIDATE_TOP_P), each with its own seed: the
-request's seed + its index, or its index, so the same request gets the same candidates.
+token, at the cost of the secondary's prefill and the interaction. Then sampled candidates (CANDIDATE_TEMPERATURE,
+CANDIDATE_TOP_P), each with its own seed: the request's seed + its index, or its index, so the same request gets the
+same candidates.
 """
 
 from __future__ import annotations

@@ -335,26 +335,20 @@ class Generator:
         self._aborted.clear()
         return outputs
 
-    def _ranked_active(self, request: GenerationRequest) -> list[int] | None:
-        """The router's active experts for the request with its `primary_rank`-th first (None: the router's order)."""
-        if not request.primary_rank:
-            return None
-        active = self.mot.route([request.source], noise=False).active[0].tolist()
-        r = request.primary_rank
-        return [active[r]] + active[:r] + active[r + 1:]
-
     def _admit(self) -> list[Cohort]:
         room = self.max_batch_size - self.num_running
         if room <= 0 or not self.waiting:
             return []
         admitted, self.waiting = self.waiting[:room], self.waiting[room:]
         mot = self.mot
-        force = [s.request.force_active or self._ranked_active(s.request) for s in admitted]
+        force = [s.request.force_active for s in admitted]
         if any(f is not None for f in force):  # route forced and free requests separately
-            routings = [mot.route([s.request.source], noise=False, force_active=[f] if f else None) for s, f in zip(admitted, force)]
+            routings = [mot.route([s.request.source], noise=False, force_active=[f] if f else None,
+                                  primary_ranks=[s.request.primary_rank]) for s, f in zip(admitted, force)]
             rows = [(r, 0) for r in routings]
-        else:
-            routing = mot.route([s.request.source for s in admitted], noise=False)
+        else:  # one batch; a candidate of another rank gets the router's active set with that expert first
+            routing = mot.route([s.request.source for s in admitted], noise=False,
+                                primary_ranks=[s.request.primary_rank for s in admitted])
             rows = [(routing, b) for b in range(len(admitted))]
         groups: dict[tuple[int, str], list[tuple[Sequence, object, int]]] = {}
         for seq, (routing, b) in zip(admitted, rows):

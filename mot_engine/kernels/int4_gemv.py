@@ -41,13 +41,14 @@ from mot_engine.kernels.gemv import launch_options, on_device
 # made floats by bits). One row, (2, 4, 2) over the seed primary's layer shapes 1536x1536 / 256x1536 / 8960x1536 /
 # 1536x8960: 3.7 / 2.4 / 10.2 / 10.2 µs, against the bf16 GEMV's 3.6 / 3.1 / 11.1 / 11.3 (the previous blocks
 # (4, 4, 4): 4.0 / 2.7 / 10.5 / 11.9; with codes converted 4.2 / 2.8 / 11.2 / 12.8). At 16 rows, K split to fill the
-# SMs, (BLOCK_N, num_warps) = (128, 4): 7.6 / 6.2 / 14.6 / 16.4 µs, least over a decoder layer (32, 2): 7.5 / 4.7 /
-# 19.7 / 20.4; before the split and bits (32, 2) took 10.6 / 9.8 / 16.7 / 49.6.
+# SMs, (BLOCK_N, num_warps) = (128, 4), the least summed over a decoder layer: 7.6 / 6.2 / 14.6 / 16.4 µs ((32, 2):
+# 7.5 / 4.7 / 19.7 / 20.4; before the split and bits, (32, 2) took 10.6 / 9.8 / 16.7 / 49.6).
 ONE_ROW_BLOCKS = (2, 4, 2)  # the one-row kernel: (BLOCK_N, groups per step, num_warps)
 ROWS_BLOCKS = (128, 4)  # the rows kernel: (BLOCK_N, num_warps)
 # The rows kernel splits K across programs where its tiles alone would leave SMs idle: the seed primary's 1536-wide
-# outputs at 16 rows are 12 tiles of 128 for 132 SMs (1536x8960 took 49.6 µs with 48 tiles of 32 and no split). At least
-# this many programs per SM, each split at least a group of each half; None: from the GPU's SM count (1 on the CPU).
+# outputs at 16 rows are 12 tiles of 128 for 132 SMs (1536x8960 took 49.6 µs with 48 tiles of 32 and no split). At
+# least this many programs per SM, each split at least a group of each half; None: from the GPU's SM count (1 on the
+# CPU).
 ROWS_PROGRAMS_PER_SM = 2
 ROWS_SPLIT_K: int | None = None  # a fixed split (tests, sweeps)
 # Codes become floats by bits, not by conversion instructions (module docstring); False: converted (the sweep's

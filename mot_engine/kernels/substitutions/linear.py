@@ -166,22 +166,29 @@ def is_gated_mlp(module: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
+def same_gated_mlp(eager, fused, width: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Does `fused(x)` equal a gated MLP's own forward `eager(x)` on probe rows of `width` features (within float
+    rounding: relative to the output's largest value)? The bf16 and int4 fusions' probe."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for rows in (1, 3):  # a decode step of one request, and of a slab's few (the rows kernel)
+        x = torch.randn(rows, 1, width, generator=gen).to(device, dtype)
+        try:
+            reference = eager(x).float()
+        except (TypeError, ValueError, RuntimeError):  # a module of this shape that wants other inputs: not a gated MLP
+            return False
+        got = fused(x).float()
+        scale = reference.abs().max().clamp_min(1e-6)
+        if got.shape != reference.shape or not bool(((got - reference).abs().max() / scale) < tol):
+            return False
+    return True
+
+
 def computes_gated_mlp(module: torch.nn.Module, kernel) -> bool:
     """Does `module(x)` equal down_proj(kernel(x, gate, up)) (kernel = silu(x gate^T) * x up^T) on a probe row?"""
     gate, up, down = module.gate_proj.weight, module.up_proj.weight, module.down_proj
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    tol = 1e-4 if gate.dtype == torch.float32 else 3e-2
-    for rows in (1, 3):  # a decode step of one request, and of a slab's few (the rows kernel)
-        x = torch.randn(rows, 1, gate.shape[1], generator=gen).to(gate.device, gate.dtype)
-        try:
-            reference = module(x).float()
-        except (TypeError, ValueError, RuntimeError):  # a module of this shape that wants other inputs: not a gated MLP
-            return False
-        fused = F.linear(kernel(x, gate, up), down.weight, down.bias).float()
-        scale = reference.abs().max().clamp_min(1e-6)
-        if not bool(((fused - reference).abs().max() / scale) < tol):
-            return False
-    return True
+    return same_gated_mlp(module, lambda x: F.linear(kernel(x, gate, up), down.weight, down.bias), gate.shape[1],
+                          gate.device, gate.dtype)
 
 
 def _dispatch_mlp(flag_owner, module: torch.nn.Module, kernel, needs_cuda: bool) -> None:
