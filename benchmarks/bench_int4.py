@@ -31,12 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mot_engine import GenerationRequest, Generator, RuntimeConfig, build_mot  # noqa: E402
 from mot_engine.kernels import int4_gemv  # noqa: E402
-from mot_engine.kernels.gemv import gemv  # noqa: E402
+from mot_engine.kernels.gemv import gemv, gemv_glu  # noqa: E402
 from mot_engine.model.int4 import Int4Linear  # noqa: E402
 
-# (N, K, count per decoder layer) of the seed primary (Qwen2.5-Coder-1.5B): q, k and v, o, gate and up, down
-LAYER_SHAPES = ((1536, 1536, 2), (256, 1536, 2), (8960, 1536, 2), (1536, 8960, 1))
-ONE_ROW_CONFIGS = [(n, g, w) for n in (2, 4, 8, 16) for g in (1, 2, 4) for w in (1, 2, 4)]
+# The int4 products a decoder layer of the seed primary (Qwen2.5-Coder-1.5B) decodes with, as (product kind of
+# int4_gemv.PRODUCT_KINDS, output features N, K, GLU): q/k/v merged (1536 + 256 + 256 rows), o, gate and up in one
+# GLU launch (2 x 8960 rows), down.
+LAYER_PRODUCTS = (("linear", 2048, 1536, False), ("linear", 1536, 1536, False), ("glu", 8960, 1536, True),
+                  ("long_k", 1536, 8960, False))
+ONE_ROW_CONFIGS = [(n, g, w) for n in (1, 2, 4, 8) for g in (2, 4, 8) for w in (1, 2, 4)]
 ROWS_CONFIGS = [(n, w) for n in (16, 32, 64, 128) for w in (2, 4, 8)]
 
 UNIT = "void saxpy(int n, float a, const float* x, float* y) {\n  for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i];\n}\n"
@@ -128,37 +131,45 @@ def _time_us(fn, calls: int) -> float:
 
 
 def sweep_kernels(rows: int) -> tuple[dict, dict]:
-    """Per layer shape, microseconds of the bf16 GEMV (`rows` = 1) and of the int4 kernel under each block config,
-    the weights rotated through copies larger than L2 (a decode step streams them from memory). Returns the times
-    and the config with the least time summed over a decoder layer."""
+    """Per decoded product (LAYER_PRODUCTS), microseconds of the bf16 kernel it replaces (`rows` = 1: the GEMV, or
+    the GLU GEMV) and of the int4 kernel under each block config, the weights rotated through copies larger than L2
+    (a decode step streams them from memory). Returns the times and, per product kind, the config with the least
+    time summed over the kind's products."""
     configs, name = (ONE_ROW_CONFIGS, "ONE_ROW_BLOCKS") if rows == 1 else (ROWS_CONFIGS, "ROWS_BLOCKS")
-    saved, times, total = getattr(int4_gemv, name), {}, {c: 0.0 for c in configs}
-    for n, k, per_layer in LAYER_SHAPES:
-        copies = max(2, -(-160 * 2**20 // (n * k // 2)))
-        layers = [Int4Linear(torch.nn.Linear(k, n, bias=False, device="cuda"), torch.bfloat16) for _ in range(copies)]
+    saved, times = dict(getattr(int4_gemv, name)), {}
+    total = {kind: {c: 0.0 for c in configs} for kind in int4_gemv.PRODUCT_KINDS}
+    for kind, n, k, glu in LAYER_PRODUCTS:
+        assert int4_gemv.product_kind(k, glu) == kind, (kind, n, k, glu)
+        stored = 2 * n if glu else n  # weight rows: a GLU's gate, then its up
+        copies = max(2, -(-160 * 2**20 // (stored * k // 2)))
+        layers = [Int4Linear(torch.nn.Linear(k, stored, bias=False, device="cuda"), torch.bfloat16)
+                  for _ in range(copies)]
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         row = {}
         if rows == 1:
-            bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, copies // 4))]
-            row["bf16 gemv"] = _time_us(lambda i, x=x, ws=bf16: gemv(x, ws[i % len(ws)]), 100)
+            bf16 = [torch.randn(stored, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, copies // 4))]
+            row["bf16"] = _time_us((lambda i, x=x, ws=bf16, n=n: gemv_glu(x, ws[i % len(ws)][:n], ws[i % len(ws)][n:]))
+                                   if glu else (lambda i, x=x, ws=bf16: gemv(x, ws[i % len(ws)])), 100)
             del bf16
-        def product(i, x=x, ls=layers):
+
+        def product(i, x=x, ls=layers, glu=glu):
             layer = ls[i % len(ls)]
+            if glu:
+                return int4_gemv.int4_glu(x, layer.packed, layer.scales, layer.offsets, layer.group)
             return int4_gemv.int4_linear(x, layer.packed, layer.scales, layer.offsets, layer.group)
 
         for c in configs:
-            setattr(int4_gemv, name, c)
+            getattr(int4_gemv, name)[kind] = c
             row[c] = _time_us(product, 100)
-            total[c] += per_layer * row[c]
-        setattr(int4_gemv, name, saved)  # the shipped blocks with codes converted, not built from bits
+            total[kind][c] += row[c]
+        getattr(int4_gemv, name)[kind] = saved[kind]  # the shipped blocks with codes converted, not built from bits
         int4_gemv.DEQUANT_BY_BITS = False
         row["converted"] = _time_us(product, 100)
         int4_gemv.DEQUANT_BY_BITS = True
-        times[f"{n}x{k}"] = row
+        times[f"{kind} {n}x{k}"] = row
         layers.clear()
         torch.cuda.empty_cache()
-    setattr(int4_gemv, name, saved)
-    return times, min(total, key=total.get)
+    return times, {kind: min(t, key=t.get) for kind, t in total.items()}
 
 
 def main(argv=None) -> int:
@@ -180,13 +191,14 @@ def main(argv=None) -> int:
     if args.tune:
         for m, name in ((1, "ONE_ROW_BLOCKS"), (16, "ROWS_BLOCKS")):
             times, best = sweep_kernels(m)
-            tuning[name] = {"best": best, "us": {s: {str(c): t for c, t in r.items()} for s, r in times.items()}}
-            for shape, r in times.items():
+            tuning[name] = {"best": best, "us": {p: {str(c): t for c, t in r.items()} for p, r in times.items()}}
+            for product, r in times.items():
                 ranked = sorted(((c, t) for c, t in r.items() if isinstance(c, tuple)), key=lambda kv: kv[1])
                 line = ", ".join(f"{c}: {t:.1f}" for c, t in ranked[:4])
-                print(f"{name} rows={m} {shape} µs (fastest first): {line}; was {r[getattr(int4_gemv, name)]:.1f}, "
-                      f"codes converted {r['converted']:.1f}"
-                      + (f"; bf16 GEMV {r['bf16 gemv']:.1f}" if "bf16 gemv" in r else ""), flush=True)
+                shipped = getattr(int4_gemv, name)[product.split()[0]]
+                print(f"{name} rows={m} {product} µs (fastest first): {line}; was {r[shipped]:.1f}, "
+                      f"codes converted {r['converted']:.1f}" + (f"; bf16 {r['bf16']:.1f}" if "bf16" in r else ""),
+                      flush=True)
             print(f"{name}: {getattr(int4_gemv, name)} -> {best}", flush=True)
             setattr(int4_gemv, name, best)
     for quantization in (None, "int4"):

@@ -180,6 +180,18 @@ def test_a_gated_mlp_whose_activation_is_not_silu_keeps_its_forward():
         torch.testing.assert_close(mlp(x), before, rtol=1e-5, atol=1e-5)
 
 
+def test_each_decoded_product_takes_the_blocks_of_its_kind():
+    from mot_engine.kernels import int4_gemv
+
+    # the seed primary's products: merged q/k/v and o, the gated MLP's gate and up in one launch, down
+    assert int4_gemv.product_kind(1536, glu=False) == "linear"
+    assert int4_gemv.product_kind(1536, glu=True) == "glu"
+    assert int4_gemv.product_kind(8960, glu=False) == "long_k"
+    assert int4_gemv.product_kind(8960, glu=True) == "glu"
+    for blocks in (int4_gemv.ONE_ROW_BLOCKS, int4_gemv.ROWS_BLOCKS):
+        assert set(blocks) == set(int4_gemv.PRODUCT_KINDS)
+
+
 def test_the_rows_kernel_splits_k_only_where_tiles_leave_sms_idle(monkeypatch):
     from mot_engine.kernels import int4_gemv
 

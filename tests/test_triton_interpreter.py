@@ -225,6 +225,7 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
 
     g = torch.Generator().manual_seed(0)
     # 384 / 32: six groups a half, so a step of 4 groups ends with a partial one
+    shipped = dict(int4_gemv.ONE_ROW_BLOCKS)
     for n, k, group, bias in [(40, 64, 32, True), (48, 256, 128, False), (16, 128, 64, True), (24, 384, 32, True)]:
         w = torch.randn(n, k, generator=g) / k**0.5
         codes, sz = quantize_groups(w, group)
@@ -233,10 +234,11 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
         b = torch.randn(n, generator=g).to(dtype) if bias else None
         # (rows, one-row blocks, rows kernel's split of K, codes to floats by bits (else by conversion))
         for m, one_row, split, bits in [(1, (4, 1, 1), None, True), (1, (8, 4, 2), None, False),
-                                        (1, int4_gemv.ONE_ROW_BLOCKS, None, True)] + \
+                                        (1, None, None, True)] + \
                 ([(3, None, 1, True), (20, None, 1, False), (3, None, 2, True), (20, None, 4, True)]
                  if dtype == torch.float32 else []):
-            monkeypatch.setattr(int4_gemv, "ONE_ROW_BLOCKS", one_row or int4_gemv.ONE_ROW_BLOCKS)
+            monkeypatch.setattr(int4_gemv, "ONE_ROW_BLOCKS",  # None: the shipped blocks of each product kind
+                                dict.fromkeys(int4_gemv.PRODUCT_KINDS, one_row) if one_row else shipped)
             monkeypatch.setattr(int4_gemv, "ROWS_SPLIT_K", split)  # rows: K whole, or shared by 2 / 4 programs
             monkeypatch.setattr(int4_gemv, "DEQUANT_BY_BITS", bits)
             x = torch.randn(m, k, generator=g).to(dtype)

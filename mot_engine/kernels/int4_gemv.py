@@ -37,14 +37,20 @@ import torch
 
 from mot_engine.kernels.gemv import launch_options, on_device
 
-# bench_int4.py --tune on an H100 (2026-12-07 22:20 UTC; weights rotated past L2, times from CUDA-graph replay, codes
-# made floats by bits). One row, (2, 4, 2) over the seed primary's layer shapes 1536x1536 / 256x1536 / 8960x1536 /
-# 1536x8960: 3.7 / 2.4 / 10.2 / 10.2 µs, against the bf16 GEMV's 3.6 / 3.1 / 11.1 / 11.3 (the previous blocks
-# (4, 4, 4): 4.0 / 2.7 / 10.5 / 11.9; with codes converted 4.2 / 2.8 / 11.2 / 12.8). At 16 rows, K split to fill the
-# SMs, (BLOCK_N, num_warps) = (128, 4), the least summed over a decoder layer: 7.6 / 6.2 / 14.6 / 16.4 µs ((32, 2):
-# 7.5 / 4.7 / 19.7 / 20.4; before the split and bits, (32, 2) took 10.6 / 9.8 / 16.7 / 49.6).
-ONE_ROW_BLOCKS = (2, 4, 2)  # the one-row kernel: (BLOCK_N, groups per step, num_warps)
-ROWS_BLOCKS = (128, 4)  # the rows kernel: (BLOCK_N, num_warps)
+# Blocks per product kind: a decode step's int4 products are of three shapes, and one block config for all of them
+# left the two that bound the step on a config tuned for neither (the 2026-12-07 sweep timed the experts' separate
+# layers, not the merged products decoded since). "linear": an attention's merged q/k/v and its o (short K, N up
+# to a few thousand); "glu": a gated MLP's gate and up in one launch (2N rows, short K); "long_k": its down product
+# (K of several thousand, few output rows: without enough programs in flight a one-row kernel waits on its loads).
+# bench_int4.py --tune on an H100 (2026-12-07 22:20 UTC, the separate layers; weights rotated past L2, times from
+# CUDA-graph replay, codes made floats by bits): one row, (2, 4, 2) over 1536x1536 / 256x1536 / 8960x1536 /
+# 1536x8960: 3.7 / 2.4 / 10.2 / 10.2 µs, against the bf16 GEMV's 3.6 / 3.1 / 11.1 / 11.3 (fastest per shape: (2, 4,
+# 2), (2, 4, 4) 2.1, (2, 2, 1) 8.5, (2, 4, 4) 9.8). At 16 rows, K split to fill the SMs, (BLOCK_N, num_warps) =
+# (128, 4): 7.6 / 6.2 / 14.6 / 16.4 µs.
+PRODUCT_KINDS = ("linear", "glu", "long_k")
+LONG_K = 4096  # a product at least this wide (K) without a GLU is "long_k"
+ONE_ROW_BLOCKS = {"linear": (2, 4, 2), "glu": (2, 4, 2), "long_k": (2, 4, 2)}  # (BLOCK_N, groups per step, warps)
+ROWS_BLOCKS = {"linear": (128, 4), "glu": (128, 4), "long_k": (128, 4)}  # the rows kernel: (BLOCK_N, num_warps)
 # The rows kernel splits K across programs where its tiles alone would leave SMs idle: the seed primary's 1536-wide
 # outputs at 16 rows are 12 tiles of 128 for 132 SMs (1536x8960 took 49.6 µs with 48 tiles of 32 and no split). At
 # least this many programs per SM, each split at least a group of each half; None: from the GPU's SM count (1 on the
@@ -54,6 +60,11 @@ ROWS_SPLIT_K: int | None = None  # a fixed split (tests, sweeps)
 # Codes become floats by bits, not by conversion instructions (module docstring); False: converted (the sweep's
 # comparison).
 DEQUANT_BY_BITS = True
+
+
+def product_kind(k: int, glu: bool) -> str:
+    """Which of PRODUCT_KINDS a product of K inputs is (the key of its blocks)."""
+    return "glu" if glu else "long_k" if k >= LONG_K else "linear"
 
 
 def rows_split_k(tiles: int, groups: int, device: torch.device) -> int:
@@ -261,14 +272,15 @@ def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scales  # an unused pointer without a bias
     with on_device(x):
+        kind = product_kind(k, glu)
         if m == 1:
-            block_n, gpi, warps = ONE_ROW_BLOCKS
+            block_n, gpi, warps = ONE_ROW_BLOCKS[kind]
             gemv_kernel[(triton.cdiv(n, block_n), 1)](
                 x2, codes, scales, offsets, b, y, n, half, scales.shape[1], x2.stride(0), y.stride(0),
                 HAS_BIAS=bias is not None, GLU=glu, BITS=DEQUANT_BY_BITS, GROUP=group, BLOCK_N=block_n, GPI=gpi,
                 num_warps=warps, **launch_options())
         else:
-            block_n, warps = ROWS_BLOCKS
+            block_n, warps = ROWS_BLOCKS[kind]
             block_m = 16 if m <= 16 else 64
             tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
             split = rows_split_k(tiles, half // group, x.device)
