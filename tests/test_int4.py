@@ -192,6 +192,16 @@ def test_each_decoded_product_takes_the_blocks_of_its_kind():
         assert set(blocks) == set(int4_gemv.PRODUCT_KINDS)
 
 
+def test_a_k_split_leaves_no_program_without_work():
+    from mot_engine.kernels.int4_gemv import even_split
+
+    assert even_split(9, 4) == 3  # 9 one-row steps: 3 programs of 3, not 4 of which one holds none
+    assert even_split(6, 5) == 3
+    assert even_split(35, 8) == 7  # the down product's 35 groups a half: 7 of 5
+    assert even_split(1, 4) == 1
+    assert even_split(12, 4) == 4
+
+
 def test_the_rows_kernel_splits_k_only_where_tiles_leave_sms_idle(monkeypatch):
     from mot_engine.kernels import int4_gemv
 

@@ -233,7 +233,9 @@ def test_int4_kernels_equal_the_dequantized_product(dtype, monkeypatch):
         packed, offsets = pack_split_halves(codes), (zeros - 8 * scales).to(dtype)
         b = torch.randn(n, generator=g).to(dtype) if bias else None
         # (rows, one-row blocks, rows kernel's split of K, codes to floats by bits (else by conversion))
-        for m, one_row, split, bits in [(1, (4, 1, 1), None, True), (1, (8, 4, 2), None, False),
+        # (one-row blocks: BLOCK_N, groups a step, warps, programs sharing K)
+        for m, one_row, split, bits in [(1, (4, 1, 1, 1), None, True), (1, (8, 4, 2, 1), None, False),
+                                        (1, (4, 1, 1, 4), None, True), (1, (2, 2, 2, 2), None, False),
                                         (1, None, None, True)] + \
                 ([(3, None, 1, True), (20, None, 1, False), (3, None, 2, True), (20, None, 4, True)]
                  if dtype == torch.float32 else []):

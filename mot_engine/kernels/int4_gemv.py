@@ -49,7 +49,8 @@ from mot_engine.kernels.gemv import launch_options, on_device
 # (128, 4): 7.6 / 6.2 / 14.6 / 16.4 µs.
 PRODUCT_KINDS = ("linear", "glu", "long_k")
 LONG_K = 4096  # a product at least this wide (K) without a GLU is "long_k"
-ONE_ROW_BLOCKS = {"linear": (2, 4, 2), "glu": (2, 4, 2), "long_k": (2, 4, 2)}  # (BLOCK_N, groups per step, warps)
+# The one-row kernel: (BLOCK_N, groups per step, num_warps, programs sharing K: 1 unsplit)
+ONE_ROW_BLOCKS = {"linear": (2, 4, 2, 1), "glu": (2, 4, 2, 1), "long_k": (2, 4, 2, 1)}
 ROWS_BLOCKS = {"linear": (128, 4), "glu": (128, 4), "long_k": (128, 4)}  # the rows kernel: (BLOCK_N, num_warps)
 # The rows kernel splits K across programs where its tiles alone would leave SMs idle: the seed primary's 1536-wide
 # outputs at 16 rows are 12 tiles of 128 for 132 SMs (1536x8960 took 49.6 µs with 48 tiles of 32 and no split). At
@@ -74,8 +75,14 @@ def rows_split_k(tiles: int, groups: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    split = max(1, min(groups, -(-ROWS_PROGRAMS_PER_SM * sms // tiles)))
-    return -(-groups // -(-groups // split))  # no program without a group: 6 groups in 5 splits are 3 of 2
+    return even_split(groups, -(-ROWS_PROGRAMS_PER_SM * sms // tiles))
+
+
+def even_split(units: int, split: int) -> int:
+    """The split nearest `split` (at most) that leaves no program of a K split without a unit of work (a group, or
+    a one-row step): 6 groups in 5 splits are 3 of 2."""
+    split = max(1, min(units, split))
+    return -(-units // -(-units // split))
 
 
 @functools.cache
@@ -89,16 +96,18 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def int4_gemv_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, N, H, G, stride_xm, stride_ym,
+    def int4_gemv_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, ws_ptr, N, H, G,
                          HAS_BIAS: tl.constexpr, GLU: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
-                         BLOCK_N: tl.constexpr, GPI: tl.constexpr, PDL: tl.constexpr):
+                         BLOCK_N: tl.constexpr, GPI: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr):
         # Program: BLOCK_N output features over all of K, GPI groups of each half a step. The products accumulate
         # elementwise in a (BLOCK_N, GPI, GROUP) tile, reduced once at the end (as kernels/gemv.py does): a
         # reduction per group serialises the loop, and a tile of several groups keeps more bytes in flight.
         # GLU: the weight holds 2N rows (a gated MLP's gate, then its up); part 1 accumulates the up rows rn + N
         # and the program writes silu(gate) * up, rounded once.
+        # SPLIT_K > 1: program_id(1) takes a share of the groups (whole steps) and stores its float32 sums in the
+        # workspace (SPLIT_K, 1, (1 + GLU) N) that `int4_split_reduce_kernel` adds up: a long K over few output rows
+        # otherwise leaves too few programs, each waiting on one step's loads after another.
         pid_n = tl.program_id(0)
-        m = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output features
         rg = tl.arange(0, GPI)
         rk = tl.arange(0, GROUP)
@@ -109,10 +118,13 @@ def _kernels():
             tl.extra.cuda.gdc_launch_dependents()
         acc = tl.zeros((BLOCK_N, GPI, GROUP), dtype=tl.float32)
         acc_up = tl.zeros((BLOCK_N, GPI, GROUP), dtype=tl.float32)  # GLU only (unused otherwise)
-        for g0 in range(0, NG, GPI):
+        share = tl.cdiv(tl.cdiv(NG, GPI), SPLIT_K) * GPI  # groups a split, in whole steps
+        g_first = tl.program_id(1) * share
+        g_end = tl.minimum(g_first + share, NG)
+        for g0 in range(g_first, g_end, GPI):
             gg = g0 + rg  # (GPI,) groups of the low half; + NG: the matching groups of the high half
-            gmask = gg < NG
-            xo = m * stride_xm + gg[:, None] * GROUP + rk[None, :]
+            gmask = gg < g_end
+            xo = gg[:, None] * GROUP + rk[None, :]
             x_lo = tl.load(x_ptr + xo, mask=gmask[:, None], other=0.0).to(tl.float32)  # (GPI, GROUP)
             x_hi = tl.load(x_ptr + H + xo, mask=gmask[:, None], other=0.0).to(tl.float32)
             smask = nmask[:, None] & gmask[None, :]
@@ -139,11 +151,17 @@ def _kernels():
                 else:
                     acc_up += t
         y = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BLOCK_N,)
-        if GLU:
-            y = y * tl.sigmoid(y) * tl.sum(tl.sum(acc_up, axis=2), axis=1)
-        if HAS_BIAS:
-            y += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=nmask)
+        if SPLIT_K > 1:
+            wo = tl.program_id(1) * (1 + GLU) * N + rn
+            tl.store(ws_ptr + wo, y, mask=nmask)
+            if GLU:
+                tl.store(ws_ptr + wo + N, tl.sum(tl.sum(acc_up, axis=2), axis=1), mask=nmask)
+        else:
+            if GLU:
+                y = y * tl.sigmoid(y) * tl.sum(tl.sum(acc_up, axis=2), axis=1)
+            if HAS_BIAS:
+                y += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
+            tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nmask)
 
     @triton.jit
     def int4_mm_kernel(x_ptr, c_ptr, s_ptr, o_ptr, b_ptr, y_ptr, ws_ptr, M, N, H, G, stride_xm, stride_ym,
@@ -274,11 +292,14 @@ def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
     with on_device(x):
         kind = product_kind(k, glu)
         if m == 1:
-            block_n, gpi, warps = ONE_ROW_BLOCKS[kind]
-            gemv_kernel[(triton.cdiv(n, block_n), 1)](
-                x2, codes, scales, offsets, b, y, n, half, scales.shape[1], x2.stride(0), y.stride(0),
+            block_n, gpi, warps, split = ONE_ROW_BLOCKS[kind]
+            split = even_split(triton.cdiv(half // group, gpi), split)
+            # the partial sums: (split, 1, (1 + GLU) N) float32; an unused pointer without a split
+            ws = torch.empty(split, 1, rows, dtype=torch.float32, device=x.device) if split > 1 else y
+            gemv_kernel[(triton.cdiv(n, block_n), split)](
+                x2, codes, scales, offsets, b, y, ws, n, half, scales.shape[1],
                 HAS_BIAS=bias is not None, GLU=glu, BITS=DEQUANT_BY_BITS, GROUP=group, BLOCK_N=block_n, GPI=gpi,
-                num_warps=warps, **launch_options())
+                SPLIT_K=split, num_warps=warps, **launch_options())
         else:
             block_n, warps = ROWS_BLOCKS[kind]
             block_m = 16 if m <= 16 else 64
@@ -291,8 +312,8 @@ def _launch(x, codes, scales, offsets, group, bias, glu: bool) -> torch.Tensor:
                 HAS_BIAS=bias is not None, GLU=glu, IEEE=x2.dtype == torch.float32,
                 BITS=DEQUANT_BY_BITS and x2.dtype in (torch.float32, torch.bfloat16), GROUP=group, BLOCK_M=block_m,
                 BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, **launch_options())
-            if split > 1:
-                reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, b, y, m, n, y.stride(0), HAS_BIAS=bias is not None,
-                                                          GLU=glu, SPLIT_K=split, BLOCK=1024, num_warps=4,
-                                                          **launch_options())
+        if split > 1:
+            reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, b, y, m, n, y.stride(0), HAS_BIAS=bias is not None,
+                                                      GLU=glu, SPLIT_K=split, BLOCK=1024, num_warps=4,
+                                                      **launch_options())
     return y.view(*x.shape[:-1], n)
