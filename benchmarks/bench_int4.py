@@ -40,9 +40,9 @@ from mot_engine.model.int4 import Int4Linear  # noqa: E402
 LAYER_PRODUCTS = (("linear", 2048, 1536, False), ("linear", 1536, 1536, False), ("glu", 8960, 1536, True),
                   ("long_k", 1536, 8960, False))
 # (BLOCK_N, groups a step, warps, programs sharing K): unsplit, and split for a few shapes of programs
-ONE_ROW_CONFIGS = ([(n, g, w, 1) for n in (1, 2, 4, 8) for g in (2, 4, 8) for w in (1, 2, 4)]
-                   + [(n, g, w, s) for n, g, w in ((1, 4, 2), (2, 4, 2), (2, 2, 4), (4, 4, 4)) for s in (2, 4, 8)])
-ROWS_CONFIGS = [(n, w) for n in (16, 32, 64, 128) for w in (2, 4, 8)]
+ONE_ROW_CONFIGS = ([(n, g, w, 1) for n in (1, 2, 4) for g in (2, 4, 8) for w in (1, 2, 4)]
+                   + [(n, g, w, s) for n, g, w in ((1, 4, 2), (2, 4, 2), (2, 2, 4)) for s in (2, 4)])
+ROWS_CONFIGS = [(n, w) for n in (32, 64, 128) for w in (2, 4)]
 
 UNIT = "void saxpy(int n, float a, const float* x, float* y) {\n  for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i];\n}\n"
 

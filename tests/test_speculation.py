@@ -181,6 +181,45 @@ def test_speculative_greedy_equals_plain_greedy_in_a_slab(perturbed_mot, monkeyp
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("static_cache", [False, True])  # a cohort's speculative step, a slab's verify step
+def test_verify_steps_run_the_slab_kernels_of_q_k_v_and_the_gated_mlp(monkeypatch, static_cache):
+    """A verify step's few positions a row are rows for the fused q/k/v and gated-MLP kernels (their rows kernels
+    take up to 16), as a slab's decode step's are, where the prefill's forward left them to the modules' own
+    products — and speculative greedy still gives plain greedy's tokens. CPU: the plain-torch kernels stand in."""
+    from conftest import perturb
+
+    from mot_engine import build_mot
+    from mot_engine.kernels.gemv import gemv_glu_reference, gemv_qkv_reference
+    from mot_engine.kernels.substitutions.linear import install_fused_mlp, install_fused_qkv
+
+    torch.manual_seed(0)
+    mot = build_mot("tiny", device="cpu").eval()  # its own: the dispatching forwards stay installed
+    perturb(mot)
+    widths = []  # positions a row of each fused call's input
+
+    def counting(kernel):
+        def run(x, *args):
+            widths.append(x.shape[-2] if x.dim() == 3 else 1)
+            return kernel(x, *args)
+        return run
+
+    assert install_fused_qkv(mot, kernel=counting(gemv_qkv_reference)) > 0
+    assert install_fused_mlp(mot, kernel=counting(gemv_glu_reference)) > 0
+    reqs = [r for r in _requests(stop_at_eos=False) if r.force_active[0] == 0]  # the tiny Qwen2 as primary
+    plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
+    monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", OracleDrafts(plain, reqs))
+    gen = Generator(mot, runtime=SPECULATIVE, static_cache=static_cache, cuda_graphs=False)
+    gen.fused_qkv = gen.fused_mlp = True  # on a GPU: on where installed (Generator's triton_kernel)
+    widths.clear()
+    spec = [gen.generate([r])[0] for r in reqs]  # alone: each verify step is one row of W <= 5 positions
+    for r, a, b in zip(reqs, plain, spec):
+        assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason, r.mode
+    assert sum(r.accepted_tokens for r in spec) > 0
+    assert max(widths) > 1  # verify steps ran their q/k/v and gated MLPs through the kernels
+    assert max(widths) <= 5  # ... and the prompts (more positions) their modules' own products
+
+
+@torch.no_grad()
 def test_a_lone_row_in_a_slab_uses_one_column_per_token(perturbed_mot, monkeypatch):
     """The write column moves back after each verify step to just after what was kept: a request alone in its slab
     leaves no holes, and its span is its prompt plus its tokens (the last one not yet written) — as plain decoding."""

@@ -214,12 +214,19 @@ class Generator:
                                         ("compiled layers", self.compile_layers)) if on]
         return ", ".join(parts)
 
-    def substitutions(self, decoding: bool = True):
-        """The kernel substitutions this engine uses (kernels/substitutions/): all of them for a decode step; for a
-        prefill (the primary's prompt, the secondaries' prompts) the fused norms and rotary, which take any number
-        of positions — an eager prefill is bound by launching kernels, and they launch ~1/3 fewer."""
+    def substitutions(self, step: str = "decode"):
+        """The kernel substitutions this engine uses (kernels/substitutions/) for one kind of forward:
+        - "decode", a decode step (one position a row): all of them;
+        - "prefill" (the primary's prompt, the secondaries' prompts): the fused norms and rotary, which take any
+          number of positions — an eager prefill is bound by launching kernels, and they launch ~1/3 fewer;
+        - "verify", a speculative step (a few positions a row, up to 16 rows in all): the prefill's, and the fused
+          q/k/v and gated MLP, whose rows kernels take them — a slab's kernels for its rows; the other decode kernels
+          (attention, cache write, interaction, residual folds) take one position a row."""
+        if step not in ("decode", "prefill", "verify"):
+            raise ValueError(f"a forward is a decode, prefill or verify step, got {step!r}")
+        decoding, rows = step == "decode", step != "prefill"
         return decode_substitutions(self.mot, norms=self.fused_norms, gemv=self.triton_gemv and decoding,
-                                    qkv=self.fused_qkv and decoding, mlp=self.fused_mlp and decoding,
+                                    qkv=self.fused_qkv and rows, mlp=self.fused_mlp and rows,
                                     rotary=self.fused_rotary, attention=self.decode_attention and decoding,
                                     cache_write=self.fused_cache_write and decoding,
                                     interaction=self.fused_interaction and decoding,
@@ -370,7 +377,7 @@ class Generator:
             if mode == "full":
                 routing = stack_routings([(r, b) for _, r, b in distinct])
                 alone = self.prefill_graphs is not None and len(distinct) == 1
-                with self.substitutions(decoding=False):  # the secondaries' prompts: a prefill
+                with self.substitutions("prefill"):  # the secondaries' prompts
                     ctx = mot.memory_context(
                         [s.request.source for s, _, _ in distinct], routing,
                         prompts=[s.prompt_ids for s, _, _ in distinct],
@@ -386,8 +393,9 @@ class Generator:
     def _forward(self, cohort: Cohort, input_ids, position_ids, logits_to_keep=1) -> torch.Tensor:
         mot = self.mot
         model = mot.experts[cohort.primary]
-        decoding = input_ids.shape[1] == 1
-        with mot.interacting(cohort.ctx), self.substitutions(decoding):
+        # one position a row: a decode step; a few, each row's next input and its draft: a verify step
+        step = "decode" if input_ids.shape[1] == 1 else "verify" if logits_to_keep > 1 else "prefill"
+        with mot.interacting(cohort.ctx), self.substitutions(step):
             out = model(
                 input_ids=input_ids, attention_mask=cohort.attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=logits_to_keep, **{mot.cache_kwarg[cohort.primary]: cohort.cache},

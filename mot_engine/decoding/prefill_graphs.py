@@ -121,7 +121,7 @@ class PrefillGraphs:
         cache = DynamicCache(config=model.config)
         if ctx is not None:
             ctx.nonfinite = None  # the hooks set it: this prefill's flag
-        with mot.interacting(ctx), self.gen.substitutions(decoding=False):
+        with mot.interacting(ctx), self.gen.substitutions("prefill"):
             out = model(input_ids=static["ids"], position_ids=static["positions"], use_cache=True,
                         logits_to_keep=static["last"], **{mot.cache_kwarg[p]: cache})
         return PrefillOutput(logits=out.logits[:, -1, :].float(), keys=[layer.keys for layer in cache.layers],

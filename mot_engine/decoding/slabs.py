@@ -474,8 +474,7 @@ class WideStep:
         mot, gen = slab.gen.mot, slab.gen
         if slab.ctx is not None:
             slab.ctx.nonfinite = None
-        # the prefill's substitutions: the decode kernels take one token per row
-        with mot.interacting(slab.ctx), gen.substitutions(decoding=False):
+        with mot.interacting(slab.ctx), gen.substitutions("verify"):
             out = slab.model(input_ids=self.ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=self.width, **{mot.cache_kwarg[slab.shape.primary]: slab.cache})
         width_columns = slab.write_column + self.offsets  # (W,)
