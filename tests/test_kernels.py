@@ -286,7 +286,7 @@ def test_decode_attention_reference_equals_transformers_sdpa():
         torch.testing.assert_close(decode_attention_reference(q, k, v, m, 0.2), want, rtol=1e-5, atol=1e-5)
 
 
-def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monkeypatch):
+def test_decode_attention_dispatch_only_inside_the_block_for_decode_and_verify_steps(monkeypatch):
     from transformers.cache_utils import DynamicCache
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -316,12 +316,25 @@ def test_decode_attention_dispatch_only_inside_the_block_and_for_one_query(monke
         model(prompt, attention_mask=prefill_mask, cache=cache)  # six positions: never the kernel
         return model(nxt, attention_mask=mask, cache=cache, position_ids=torch.tensor([[6], [4]])).logits
 
-    before = decode()
+    def verify():  # a verify step's three positions, each seeing the columns up to its own (an additive mask)
+        cache = DynamicCache(config=model.config)
+        model(prompt, cache=cache)
+        wide = torch.zeros(2, 1, 3, 9)
+        for t in range(3):
+            wide[:, :, t, 6 + t + 1:] = torch.finfo(torch.float32).min
+        wide[1, ..., 4] = torch.finfo(torch.float32).min  # a hole: a column row 1 rejected earlier
+        return model(torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(1)), attention_mask=wide,
+                     cache=cache, position_ids=torch.arange(6, 9).expand(2, 3)).logits
+
+    before, before_wide = decode(), verify()
     assert not calls
     with decode_attention_on():
         inside = decode()
-    assert len(calls) == 2  # one decode position, two layers
+        assert len(calls) == 2  # one decode position, two layers (the prompt's boolean-masked prefill: never)
+        inside_wide = verify()
+        assert len(calls) == 4  # the verify step's three positions, two layers
     torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(inside_wide, before_wide, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
@@ -337,6 +350,14 @@ def test_triton_decode_attention_equals_the_reference_on_gpu():
             for m in (mask, None):
                 torch.testing.assert_close(decode_attention(q, k, v, m, D**-0.5).float(),
                                            decode_attention_reference(q, k, v, m, D**-0.5).float(), rtol=tol, atol=tol)
+            for T in (4, min(16, 64 // (H // Hk))):  # a verify step's positions, up to 64 query rows a program
+                qt = torch.randn(C, T, H, D, device="cuda", dtype=dtype).transpose(1, 2)
+                wide = mask.expand(C, 1, T, M).clone()
+                for t in range(T):
+                    wide[:, :, t, M - T + t + 1:] = torch.finfo(dtype).min
+                torch.testing.assert_close(decode_attention(qt, k, v, wide, D**-0.5).float(),
+                                           decode_attention_reference(qt, k, v, wide, D**-0.5).float(), rtol=tol,
+                                           atol=tol)
 
 
 # ---------------------------------------------------------------------------------------------------- q/k/v in one launch

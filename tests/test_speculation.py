@@ -185,38 +185,52 @@ def test_speculative_greedy_equals_plain_greedy_in_a_slab(perturbed_mot, monkeyp
 def test_verify_steps_run_the_slab_kernels_of_q_k_v_and_the_gated_mlp(monkeypatch, static_cache):
     """A verify step's few positions a row are rows for the fused q/k/v and gated-MLP kernels (their rows kernels
     take up to 16), as a slab's decode step's are, where the prefill's forward left them to the modules' own
-    products — and speculative greedy still gives plain greedy's tokens. CPU: the plain-torch kernels stand in."""
+    products; in a slab its attention (the step's own additive mask) runs the split-K decode attention — and
+    speculative greedy still gives plain greedy's tokens. CPU: the plain-torch kernels stand in."""
     from conftest import perturb
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     from mot_engine import build_mot
+    from mot_engine.kernels import decode_attention
     from mot_engine.kernels.gemv import gemv_glu_reference, gemv_qkv_reference
+    from mot_engine.kernels.substitutions.attention import install_decode_attention
     from mot_engine.kernels.substitutions.linear import install_fused_mlp, install_fused_qkv
 
+    current = ALL_ATTENTION_FUNCTIONS["sdpa"]  # the process-wide registry: restored after this test
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "sdpa", getattr(current, "mot_original", current))
+    supported = decode_attention.supported  # the tiny experts' heads are 16 wide; the kernel's smallest is 32
+    monkeypatch.setattr(decode_attention, "supported", lambda q, k, m: supported(
+        *(t.repeat_interleave(2, -1) for t in (q, k)), m))
     torch.manual_seed(0)
     mot = build_mot("tiny", device="cpu").eval()  # its own: the dispatching forwards stay installed
     perturb(mot)
-    widths = []  # positions a row of each fused call's input
+    widths, queries = [], []  # positions a row of each fused call's input / of each attention call's queries
 
-    def counting(kernel):
+    def counting(kernel, seen):
         def run(x, *args):
-            widths.append(x.shape[-2] if x.dim() == 3 else 1)
+            seen.append(x.shape[-2] if x.dim() >= 3 else 1)
             return kernel(x, *args)
         return run
 
-    assert install_fused_qkv(mot, kernel=counting(gemv_qkv_reference)) > 0
-    assert install_fused_mlp(mot, kernel=counting(gemv_glu_reference)) > 0
+    assert install_fused_qkv(mot, kernel=counting(gemv_qkv_reference, widths)) > 0
+    assert install_fused_mlp(mot, kernel=counting(gemv_glu_reference, widths)) > 0
+    assert install_decode_attention(mot, kernel=counting(decode_attention.decode_attention_reference, queries)) > 0
     reqs = [r for r in _requests(stop_at_eos=False) if r.force_active[0] == 0]  # the tiny Qwen2 as primary
     plain = Generator(mot, runtime=PLAIN, static_cache=False).generate(reqs)
     monkeypatch.setattr("mot_engine.decoding.generator.drafts_for", OracleDrafts(plain, reqs))
     gen = Generator(mot, runtime=SPECULATIVE, static_cache=static_cache, cuda_graphs=False)
-    gen.fused_qkv = gen.fused_mlp = True  # on a GPU: on where installed (Generator's triton_kernel)
+    gen.fused_qkv = gen.fused_mlp = gen.decode_attention = True  # on a GPU: on where installed
     widths.clear()
+    queries.clear()
     spec = [gen.generate([r])[0] for r in reqs]  # alone: each verify step is one row of W <= 5 positions
     for r, a, b in zip(reqs, plain, spec):
         assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason, r.mode
     assert sum(r.accepted_tokens for r in spec) > 0
     assert max(widths) > 1  # verify steps ran their q/k/v and gated MLPs through the kernels
     assert max(widths) <= 5  # ... and the prompts (more positions) their modules' own products
+    # a slab's verify steps pass their additive (C, 1, W, M) mask; a cohort's dynamic cache gets transformers'
+    # boolean one, which stays with SDPA
+    assert (max(queries) > 1) == static_cache and max(queries) <= 5
 
 
 @torch.no_grad()

@@ -102,6 +102,18 @@ def test_decode_attention_and_cache_write(dtype):
             got = decode_attention.decode_attention(q, keys, values, m, D**-0.5)
             want = decode_attention.decode_attention_reference(q, keys, values, m, D**-0.5)
             torch.testing.assert_close(got.float(), want.float(), **_tol(dtype))
+        if dtype == torch.float32:  # a verify step: T new positions at columns c..c+T-1, position t sees up to c+t
+            for T in (2, 9):  # 9 positions of 3 heads: 27 query rows, a program of 32
+                qt = torch.randn(C, T, H, D).to(dtype).transpose(1, 2)  # (C, H, T, D), q_proj's view
+                verify = mask.expand(C, 1, T, M).clone()
+                c = M - 8
+                for t in range(T):
+                    verify[:, :, t, c + t + 1:] = torch.finfo(dtype).min
+                verify[-1, :, :, 3] = torch.finfo(dtype).min  # a hole in one row's columns (a rejected draft's)
+                got = decode_attention.decode_attention(qt, keys, values, verify, D**-0.5)
+                want = decode_attention.decode_attention_reference(qt, keys, values, verify, D**-0.5)
+                assert got.shape == (C, T, H, D)
+                torch.testing.assert_close(got.float(), want.float(), **_tol(dtype))
         k = torch.randn(C, Hk, 1, D).to(dtype)
         v = torch.randn(C, 1, Hk, D).to(dtype).transpose(1, 2)  # v_proj's view
         column = torch.tensor([M - 3])

@@ -219,15 +219,16 @@ class Generator:
         - "decode", a decode step (one position a row): all of them;
         - "prefill" (the primary's prompt, the secondaries' prompts): the fused norms and rotary, which take any
           number of positions — an eager prefill is bound by launching kernels, and they launch ~1/3 fewer;
-        - "verify", a speculative step (a few positions a row, up to 16 rows in all): the prefill's, and the fused
-          q/k/v and gated MLP, whose rows kernels take them — a slab's kernels for its rows; the other decode kernels
-          (attention, cache write, interaction, residual folds) take one position a row."""
+        - "verify", a speculative step (a few positions a row, up to 16 rows in all): the prefill's, the fused
+          q/k/v and gated MLP, whose rows kernels take them — a slab's kernels for its rows — and the split-K decode
+          attention, which takes a few positions with their mask; the other decode kernels (cache write,
+          interaction, residual folds) take one position a row."""
         if step not in ("decode", "prefill", "verify"):
             raise ValueError(f"a forward is a decode, prefill or verify step, got {step!r}")
         decoding, rows = step == "decode", step != "prefill"
         return decode_substitutions(self.mot, norms=self.fused_norms, gemv=self.triton_gemv and decoding,
                                     qkv=self.fused_qkv and rows, mlp=self.fused_mlp and rows,
-                                    rotary=self.fused_rotary, attention=self.decode_attention and decoding,
+                                    rotary=self.fused_rotary, attention=self.decode_attention and rows,
                                     cache_write=self.fused_cache_write and decoding,
                                     interaction=self.fused_interaction and decoding,
                                     residual=self.fused_residual and decoding, pdl=self.programmatic_launch)

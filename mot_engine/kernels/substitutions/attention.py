@@ -98,8 +98,9 @@ class fused_rotary(GlobalSwitch):
 
 # transformers looks the attention function up by name in one shared registry at every call
 # (ALL_ATTENTION_FUNCTIONS["sdpa"]): the one place to reach it without editing an expert. The dispatcher computes
-# the split-K decode kernel only while `decode_attention` is on (the engine's decode steps) and for the shapes it
-# takes (one query position, an additive mask or none, no sliding window or softcap); the original otherwise.
+# the split-K decode kernel only while `decode_attention` is on (the engine's decode and verify steps) and for the
+# shapes it takes (one query position with an additive mask or none, or a verify step's few positions with their
+# mask; no sliding window or softcap); the original otherwise.
 _ATTENTION = {"on": False}
 
 
@@ -121,20 +122,26 @@ def _attention_dispatcher(original, kernel, needs_cuda: bool):
 
 @torch.no_grad()
 def computes_decode_attention(original, kernel, device, dtype) -> bool:
-    """Does the registered "sdpa" function equal the kernel on a probe (one query, grouped heads, additive mask)?"""
+    """Does the registered "sdpa" function equal the kernel on probes (grouped heads, additive masks): one query
+    (a decode step), and three positions each seeing the columns up to its own (a verify step)?"""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    q = torch.randn(2, 1, 4, 32, generator=gen).to(device, dtype).transpose(1, 2)  # as q_proj's view
-    k, v = (torch.randn(2, 2, 80, 32, generator=gen).to(device, dtype) for _ in range(2))
-    mask = torch.zeros(2, 1, 1, 80, dtype=dtype, device=device)
-    mask[0, ..., 50:] = torch.finfo(dtype).min  # a padded row
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
-    try:
-        want, _ = original(module, q, k, v, mask, dropout=0.0, scaling=32**-0.5)
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    got = kernel(q, k, v, mask, 32**-0.5)
+    k, v = (torch.randn(2, 2, 80, 32, generator=gen).to(device, dtype) for _ in range(2))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    return want.shape == got.shape and bool(torch.allclose(got.float(), want.float(), rtol=tol, atol=tol))
+    for T in (1, 3):
+        q = torch.randn(2, T, 4, 32, generator=gen).to(device, dtype).transpose(1, 2)  # as q_proj's view
+        mask = torch.zeros(2, 1, T, 80, dtype=dtype, device=device)
+        mask[0, ..., 50:] = torch.finfo(dtype).min  # a padded row
+        for t in range(T):
+            mask[1, :, t, 70 + t + 1:] = torch.finfo(dtype).min  # position t sees the new columns up to its own
+        try:
+            want, _ = original(module, q, k, v, mask, dropout=0.0, scaling=32**-0.5)
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        got = kernel(q, k, v, mask, 32**-0.5)
+        if want.shape != got.shape or not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol):
+            return False
+    return True
 
 
 def install_decode_attention(mot, kernel=None) -> int:
@@ -164,7 +171,8 @@ def install_decode_attention(mot, kernel=None) -> int:
 
 
 class decode_attention_on(GlobalSwitch):
-    """Within this block, one-query attention through the shared "sdpa" function runs the split-K decode kernel."""
+    """Within this block, one-query (and verify-step) attention through the shared "sdpa" function runs the split-K
+    decode kernel."""
 
     state = _ATTENTION
 
