@@ -337,6 +337,28 @@ def test_decode_attention_dispatch_only_inside_the_block_for_decode_and_verify_s
     torch.testing.assert_close(inside_wide, before_wide, rtol=1e-5, atol=1e-5)
 
 
+def test_decode_attention_probe_says_which_steps_the_kernel_may_take():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from mot_engine.kernels.decode_attention import MAX_QUERIES, decode_attention_reference
+    from mot_engine.kernels.substitutions.attention import computes_decode_attention
+
+    current = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    original = getattr(current, "mot_original", current)
+
+    def one_query_only(q, k, v, mask, scale):  # right for a decode step, wrong for a verify step's positions
+        out = decode_attention_reference(q, k, v, mask, scale)
+        return out if q.shape[2] == 1 else out + 1
+
+    def wrong(q, k, v, mask, scale):
+        return decode_attention_reference(q, k, v, mask, scale) * 2
+
+    cpu = torch.device("cpu")
+    assert computes_decode_attention(original, decode_attention_reference, cpu, torch.float32) == MAX_QUERIES
+    assert computes_decode_attention(original, one_query_only, cpu, torch.float32) == 1  # decode steps keep it
+    assert computes_decode_attention(original, wrong, cpu, torch.float32) == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 def test_triton_decode_attention_equals_the_reference_on_gpu():
     from mot_engine.kernels.decode_attention import available, decode_attention, decode_attention_reference

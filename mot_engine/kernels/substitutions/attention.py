@@ -104,13 +104,13 @@ class fused_rotary(GlobalSwitch):
 _ATTENTION = {"on": False}
 
 
-def _attention_dispatcher(original, kernel, needs_cuda: bool):
+def _attention_dispatcher(original, kernel, needs_cuda: bool, max_queries: int):
     def sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                                position_bias=None, **kwargs):
         if (_ATTENTION["on"] and (query.is_cuda or not needs_cuda) and dropout == 0.0 and position_bias is None
                 and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
                 and not kwargs.get("output_attentions") and not torch.compiler.is_compiling()
-                and attention_kernels.supported(query, key, attention_mask)):
+                and query.shape[2] <= max_queries and attention_kernels.supported(query, key, attention_mask)):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             return kernel(query, key, value, attention_mask, scale), None
         return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -121,14 +121,17 @@ def _attention_dispatcher(original, kernel, needs_cuda: bool):
 
 
 @torch.no_grad()
-def computes_decode_attention(original, kernel, device, dtype) -> bool:
-    """Does the registered "sdpa" function equal the kernel on probes (grouped heads, additive masks): one query
-    (a decode step), and three positions each seeing the columns up to its own (a verify step)?"""
+def computes_decode_attention(original, kernel, device, dtype) -> int:
+    """How many query positions a row the registered "sdpa" function is shown to equal the kernel for, on probes
+    (grouped heads, additive masks): 0 (not even one), 1 (a decode step's one query) or MAX_QUERIES (also a verify
+    step's: three positions, each seeing the columns up to its own) — a verify probe that fails leaves decode steps
+    their kernel."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
     k, v = (torch.randn(2, 2, 80, 32, generator=gen).to(device, dtype) for _ in range(2))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    for T in (1, 3):
+    shown = 0
+    for T, covers in ((1, 1), (3, attention_kernels.MAX_QUERIES)):
         q = torch.randn(2, T, 4, 32, generator=gen).to(device, dtype).transpose(1, 2)  # as q_proj's view
         mask = torch.zeros(2, 1, T, 80, dtype=dtype, device=device)
         mask[0, ..., 50:] = torch.finfo(dtype).min  # a padded row
@@ -137,11 +140,12 @@ def computes_decode_attention(original, kernel, device, dtype) -> bool:
         try:
             want, _ = original(module, q, k, v, mask, dropout=0.0, scaling=32**-0.5)
         except (TypeError, ValueError, RuntimeError):
-            return False
+            return shown
         got = kernel(q, k, v, mask, 32**-0.5)
         if want.shape != got.shape or not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol):
-            return False
-    return True
+            return shown
+        shown = covers
+    return shown
 
 
 def install_decode_attention(mot, kernel=None) -> int:
@@ -162,9 +166,10 @@ def install_decode_attention(mot, kernel=None) -> int:
         current = ALL_ATTENTION_FUNCTIONS["sdpa"]
         original = getattr(current, "mot_original", current)
         param = next(users[0].parameters())
-        if computes_decode_attention(original, kernel, param.device, param.dtype):
+        max_queries = computes_decode_attention(original, kernel, param.device, param.dtype)
+        if max_queries:
             if current is original:
-                ALL_ATTENTION_FUNCTIONS["sdpa"] = _attention_dispatcher(original, kernel, needs_cuda)
+                ALL_ATTENTION_FUNCTIONS["sdpa"] = _attention_dispatcher(original, kernel, needs_cuda, max_queries)
             count = len(users)
     mot._decode_attention_installed = count
     return count
