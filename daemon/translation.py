@@ -102,20 +102,14 @@ class Translation:
                 checks.append(next(given))
         return checks
 
-    def candidates(self, checks: list[P.Verification], expert_names: list[str] | None = None) -> list[P.Candidate]:
-        """The result's list of candidates (`expert_names`: to name each one's primary)."""
+    def candidates(self, checks: list[P.Verification], expert_names: list[str]) -> list[P.Candidate]:
+        """The result's list of candidates, each naming the expert that wrote it."""
         return [
             P.Candidate(index=s.index, temperature=s.temperature, top_p=s.top_p, seed=s.seed, status=e.status,
                         check=c.status, reason=_short(c.reason), num_generated_tokens=r.num_generated_tokens,
-                        primary=_primary_name(r, expert_names))
+                        primary=expert_names[int(r.routing["primary_expert"])])
             for s, r, e, c in zip(self.samplings, self.results, self.extractions, checks)
         ]
-
-
-def _primary_name(result, expert_names: list[str] | None) -> str:
-    routing = getattr(result, "routing", None) or {}
-    index = routing.get("primary_expert")
-    return expert_names[index] if expert_names and isinstance(index, int) and index < len(expert_names) else ""
 
 
 def count_translations(translations, waiting_rows: set[str]) -> dict[str, int]:
