@@ -245,12 +245,7 @@ class MixtureOfThoughts(nn.Module):
         `primary_ranks[b]` = r: row b's active experts with the router's r-th first, the others in order (a
         translation's candidates: decoding/candidates.py); the sources are encoded once either way."""
         emb = self.encoder(list(sources))  # (B, D)
-        if primary_ranks is not None and any(primary_ranks):
-            if force_active is not None:
-                raise ValueError("primary_ranks and force_active both choose the primary: give one")
-            active = self.router(emb, noise=noise).active.tolist()  # (B, k)
-            force_active = [a[r:r + 1] + a[:r] + a[r + 1:] for a, r in zip(active, primary_ranks)]
-        return self.router(emb, noise=noise, force_active=force_active)
+        return self.router(emb, noise=noise, force_active=force_active, primary_ranks=primary_ranks)
 
     @torch.no_grad()
     def get_routing_info(self, source: str) -> dict:

@@ -231,8 +231,13 @@ class Router(nn.Module):
         return scores, F.softmax(scores / self.tau, dim=-1)
 
     def forward(
-        self, emb: torch.Tensor, *, noise: bool | None = None, force_active: list[list[int]] | None = None
+        self, emb: torch.Tensor, *, noise: bool | None = None, force_active: list[list[int]] | None = None,
+        primary_ranks: list[int] | None = None,
     ) -> Routing:
+        """`primary_ranks[b]` = r: row b's chosen experts with the r-th first, the others in order (a translation's
+        candidates: decoding/candidates.py); the same set, so the same weights."""
+        if primary_ranks is not None and force_active is not None and any(primary_ranks):
+            raise ValueError("primary_ranks and force_active both choose the primary: give one")
         noise = self.training if noise is None else noise
         logits = self.mlp(emb.float())  # (B, E)
         scores, soft = self.gumbel_probs(logits, noise)
@@ -244,6 +249,9 @@ class Router(nn.Module):
                 raise ValueError(f"force_active names an expert outside [0, {self.num_experts}): {force_active}")
         else:
             active = scores.topk(self.top_k, dim=-1).indices  # (B, k), sorted by score: column 0 = primary
+            if primary_ranks is not None and any(primary_ranks):
+                order = [[r] + [j for j in range(self.top_k) if j != r] for r in primary_ranks]
+                active = active.gather(1, torch.tensor(order, device=active.device))  # (B, k)
         hard = torch.zeros_like(soft).scatter_(1, active, 1.0)
         weights = hard + (soft - soft.detach())  # exactly `hard` forward
         if self.training:
