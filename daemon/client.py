@@ -25,6 +25,7 @@ This module imports neither torch nor the engine (an editor plugin starts fast).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -78,6 +79,8 @@ class DaemonClient(ClientBase):
         self._last_heard = 0.0  # monotonic time of the last frame from the daemon
         self._connected = False
         self._auth_failed: str | None = None
+        # frames callers queued that the DEALER has not taken yet (IO thread only): `_flush_unsent`
+        self._unsent: collections.deque[tuple[bytes, bytes]] = collections.deque()
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, 10_000)
@@ -167,6 +170,8 @@ class DaemonClient(ClientBase):
                         except zmq.Again:
                             break
                         self._on_monitor_event(event)
+                if self._unsent:
+                    self._flush_unsent()
         except zmq.ContextTerminated:
             return
         except Exception as e:  # report to every waiter instead of leaving them hanging
@@ -183,16 +188,27 @@ class DaemonClient(ClientBase):
             try:
                 request_id, payload = self._pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return False
+                break
             if not request_id:  # close()
                 return True
-            try:
-                self._dealer.send(payload, zmq.NOBLOCK)
-            except zmq.Again:
-                with self._pending_lock:
-                    q = self._pending.get(request_id.decode())
-                if q is not None:
-                    q.put(BrokenTransport(DaemonUnavailable(self._unavailable_message("the send queue is full"))))
+            self._unsent.append((request_id, payload))
+        self._flush_unsent()
+        return False
+
+    def _flush_unsent(self) -> None:
+        """Send the frames callers queued, in order. A DEALER with no daemon connected (not yet, or reconnecting
+        after a drop or a rejected key) takes nothing: the frames wait here, retried each loop, until it does or
+        their callers give up (`_liveness`: timeout_s, or the key's rejection), whose frames are then dropped."""
+        while self._unsent:
+            request_id, payload = self._unsent[0]
+            with self._pending_lock:
+                waited_for = request_id.decode() in self._pending
+            if waited_for:
+                try:
+                    self._dealer.send(payload, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+            self._unsent.popleft()
 
     def _read_replies(self) -> None:
         while True:
