@@ -135,7 +135,8 @@ def generate_row(row: str, funcs: list[tuple[str, str]], args, cache: dict) -> l
         force, mode = None, "full" if who.endswith("full") else "fast"
     # the daemon's candidates (mot_engine.decoding.candidates): greedy, each other active expert as primary (not
     # for an expert-alone row: its primary is the row), then sampled
-    samplings = candidate_samplings(TEMPERATURE, TOP_P, None, n, mot.config.top_k if force is None else 1)
+    samplings = candidate_samplings(TEMPERATURE, TOP_P, None, n, mot.config.top_k if force is None else 1,
+                                    mode=mode)
     gen = Generator(mot, max_batch_size=args.batch)
     per_call = max(1, args.batch // n)  # functions a call; each brings its n candidates (one shared prefill)
     out: list[Function] = []
@@ -145,7 +146,7 @@ def generate_row(row: str, funcs: list[tuple[str, str]], args, cache: dict) -> l
         results = gen.generate([
             GenerationRequest(src, mode=c.mode or mode, max_new_tokens=args.max_new_tokens, prompt_format=fmt or None,
                               force_active=force, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-                              primary_rank=c.primary_rank)
+                              primary_rank=c.primary_rank, rank_by=c.rank_by)
             for _, src in chunk for c in samplings])
         seconds = (time.perf_counter() - t0) / len(chunk)
         for k, (case_id, _) in enumerate(chunk):

@@ -105,7 +105,7 @@ class ServedModel:
         return GenerationRequest(
             source=request.source, mode=sampling.mode or o.mode, max_new_tokens=o.max_new_tokens,
             temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, stop_at_eos=not o.ignore_eos,
-            primary_rank=sampling.primary_rank,
+            primary_rank=sampling.primary_rank, rank_by=sampling.rank_by,
         )
 
     def route(self, requests: list[P.Route]) -> list[dict | Exception]:

@@ -69,7 +69,7 @@ class Translation:
         self.plan = plan
         o = self.request.options
         count = o.candidates if plan.choose else 1
-        self.samplings = candidate_samplings(o.temperature, o.top_p, o.seed, count, top_k)
+        self.samplings = candidate_samplings(o.temperature, o.top_p, o.seed, count, top_k, mode=o.mode)
         self.results = [None] * count
 
     def unfinished_gen_ids(self) -> list[str]:

@@ -352,11 +352,13 @@ class Generator:
         force = [s.request.force_active for s in admitted]
         if any(f is not None for f in force):  # route forced and free requests separately
             routings = [mot.route([s.request.source], noise=False, force_active=[f] if f else None,
-                                  primary_ranks=[s.request.primary_rank]) for s, f in zip(admitted, force)]
+                                  primary_ranks=[s.request.primary_rank], alone_rows=[s.request.ranked_alone])
+                        for s, f in zip(admitted, force)]
             rows = [(r, 0) for r in routings]
         else:  # one batch; a candidate of another rank gets the router's active set with that expert first
             routing = mot.route([s.request.source for s in admitted], noise=False,
-                                primary_ranks=[s.request.primary_rank for s in admitted])
+                                primary_ranks=[s.request.primary_rank for s in admitted],
+                                alone_rows=[s.request.ranked_alone for s in admitted])
             rows = [(routing, b) for b in range(len(admitted))]
         groups: dict[tuple[int, str], list[tuple[Sequence, object, int]]] = {}
         for seq, (routing, b) in zip(admitted, rows):

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from mot_engine import defaults
 
+RANK_BY = ("mode", "router")
+
 
 @dataclass
 class GenerationRequest:
@@ -24,6 +26,15 @@ class GenerationRequest:
     # Which of the router's active experts is the primary: 0 the router's own choice, r its r-th (the others stay
     # secondaries, in order). A translation's candidates try each (decoding/candidates.py).
     primary_rank: int = 0
+    # How a fast-mode row ranks its experts: "mode" fast mode's own ranking (the router's alone head where it has
+    # one, else the router's), "router" the router's (a full-mode translation's candidates that decode alone: the
+    # router's other active experts, decodings/candidates.py). Full-mode rows always take the router's.
+    rank_by: str = "mode"
+
+    @property
+    def ranked_alone(self) -> bool:
+        """Whether this row's experts are ranked for decoding alone (fast mode's own ranking)."""
+        return self.mode == "fast" and self.rank_by == "mode"
 
     def validate(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -38,6 +49,8 @@ class GenerationRequest:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.primary_rank, int) or self.primary_rank < 0:
             raise ValueError(f"primary_rank must be a non-negative integer, got {self.primary_rank!r}")
+        if self.rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
         if self.primary_rank and self.force_active is not None:
             raise ValueError("primary_rank and force_active both choose the primary: give one")
 

@@ -101,7 +101,8 @@ def strip_eos(ids: list[int], eos: set[int]) -> list[int]:
 def stack_routings(rows):
     """Concatenate single rows of (possibly different) Routing objects into one batch Routing."""
     fields = ("logits", "probs", "noisy_probs", "active", "weights")
-    return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields))
+    alone = None if any(r.alone_logits is None for r, _ in rows) else torch.cat([r.alone_logits[b : b + 1] for r, b in rows])
+    return Routing(*(torch.cat([getattr(r, f)[b : b + 1] for r, b in rows]) for f in fields), alone_logits=alone)
 
 
 def compact(cohort: Cohort, device) -> None:

@@ -25,7 +25,8 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "mot_checkpoint.json"
 # MoTConfig fields that change the shapes or meaning of the trained weights.
-ARCH_FIELDS = ("num_stacks", "top_k", "router_hidden", "shared_dim", "interaction_heads", "train_encoder")
+ARCH_FIELDS = ("num_stacks", "top_k", "router_hidden", "shared_dim", "interaction_heads", "train_encoder",
+               "alone_head")
 
 
 def describe_experts(mot) -> list[dict]:
@@ -104,9 +105,11 @@ def check_compatible(mot, meta: dict, source: str) -> None:
                 )
     cfg = mot.config.to_dict()
     cfg["shared_dim"] = mot.shared_dim
+    defaults = MoTConfig().to_dict()  # a field newer than the checkpoint: the checkpoint was made with its default
     for key in ARCH_FIELDS:
-        if cfg[key] != meta["mot_config"].get(key):
-            raise CheckpointMismatch(f"{source}: MoT config {key} is {meta['mot_config'].get(key)!r} in the checkpoint, {cfg[key]!r} here")
+        theirs = meta["mot_config"].get(key, defaults[key])
+        if cfg[key] != theirs:
+            raise CheckpointMismatch(f"{source}: MoT config {key} is {theirs!r} in the checkpoint, {cfg[key]!r} here")
     if meta["encoder"]["dim"] != mot.encoder.dim:
         raise CheckpointMismatch(
             f"{source}: encoder dim {meta['encoder']['dim']} ({meta['encoder']['id']}) != {mot.encoder.dim} ({mot.config.encoder})"

@@ -73,6 +73,11 @@ class MoTConfig:
     # A named, versioned prompt format (model/prompts.py); None: `prompt_template` (the seed's: `seed-v1`), which is
     # what checkpoints from before named formats were trained with. Checkpoints record it; inference uses it.
     prompt_format: str | None = None
+    # Fast mode decodes one expert alone, and the expert that does best alone need not be the router's primary
+    # (which is chosen for the interaction). True: the router has a head that ranks the experts for decoding alone
+    # (Router.alone, fit by train.fast_primary to which expert's kernel verifies alone); False: fast mode runs the
+    # router's primary alone.
+    alone_head: bool = False
     experts: list[ExpertConfig] = field(default_factory=list)
 
     def validate(self, num_experts: int) -> None:

@@ -98,7 +98,7 @@ class MixtureOfThoughts(nn.Module):
                                        graphs=encoder_graphs)
         self.router = Router(
             self.encoder.dim, len(expert_models), config.router_hidden, config.top_k, config.gumbel_tau,
-            config.balance_momentum,
+            config.balance_momentum, config.alone_head,
         )
         self.interaction = nn.ModuleList(
             InteractionLayer(self.hidden_sizes, shared_dim, config.interaction_heads, config.hidden_clamp)
@@ -160,6 +160,8 @@ class MixtureOfThoughts(nn.Module):
         """What a checkpoint holds: trainable parameters and the router's running statistics."""
         sd = {name: p.detach() for name, p in self.named_trainable_parameters()}
         sd["router.selection_ema"] = self.router.selection_ema.detach()
+        if self.router.alone is not None:  # fit apart (train.fast_primary), not by the LM loss
+            sd.update({f"router.alone.{n}": p.detach() for n, p in self.router.alone.named_parameters()})
         return sd
 
     def _eos_ids(self, e: int) -> set[int]:
@@ -240,12 +242,14 @@ class MixtureOfThoughts(nn.Module):
     # ------------------------------------------------------------------ routing
 
     def route(self, sources: list[str], *, force_active: list[list[int]] | None = None, noise: bool | None = None,
-              primary_ranks: list[int] | None = None) -> Routing:
+              primary_ranks: list[int] | None = None, alone_rows: list[bool] | None = None) -> Routing:
         """Per-sample routing of a batch of sources (noise only in training mode unless `noise` says otherwise).
         `primary_ranks[b]` = r: row b's active experts with the router's r-th first, the others in order (a
-        translation's candidates: decoding/candidates.py); the sources are encoded once either way."""
+        translation's candidates: decoding/candidates.py); the sources are encoded once either way. `alone_rows[b]`:
+        row b decodes alone (fast mode): the router's alone head ranks its experts where there is one."""
         emb = self.encoder(list(sources))  # (B, D)
-        return self.router(emb, noise=noise, force_active=force_active, primary_ranks=primary_ranks)
+        return self.router(emb, noise=noise, force_active=force_active, primary_ranks=primary_ranks,
+                           alone_rows=alone_rows)
 
     @torch.no_grad()
     def get_routing_info(self, source: str) -> dict:

@@ -185,6 +185,7 @@ class Routing:
     noisy_probs: torch.Tensor  # (B, E) softmax((logits + g) / tau); equals softmax(logits / tau) in eval
     active: torch.Tensor  # (B, k) long, selected experts by descending noisy score; column 0 is the primary
     weights: torch.Tensor  # (B, E) straight-through: exactly 1.0 on selected experts forward, soft gradients backward
+    alone_logits: torch.Tensor | None = None  # (B, E) the alone head's scores (Router.alone), where it has one
 
     @property
     def primary(self) -> torch.Tensor:  # (B,)
@@ -192,30 +193,47 @@ class Routing:
 
     def select(self, rows: torch.Tensor | list[int]) -> "Routing":
         rows = torch.as_tensor(rows, device=self.logits.device, dtype=torch.long)
-        return Routing(*(t.index_select(0, rows) for t in (self.logits, self.probs, self.noisy_probs, self.active, self.weights)))
+        alone = None if self.alone_logits is None else self.alone_logits.index_select(0, rows)
+        return Routing(*(t.index_select(0, rows) for t in (self.logits, self.probs, self.noisy_probs, self.active,
+                                                            self.weights)), alone_logits=alone)
 
     def info(self, b: int, expert_names: list[str] | None = None) -> dict:
-        """The public routing dict of sample b (`get_routing_info`'s format)."""
+        """The public routing dict of sample b (`get_routing_info`'s format). `alone_expert`: the expert fast mode
+        runs alone (the alone head's first; without a head, the router's primary)."""
         active = [int(e) for e in self.active[b].tolist()]
+        alone = active[0] if self.alone_logits is None else int(self.alone_logits[b].argmax())
         out = {
             "primary_expert": active[0],
             "active_experts": active,
             "all_expert_probs": [float(p) for p in self.probs[b].tolist()],
+            "alone_expert": alone,
         }
         if expert_names is not None:
             out["expert_names"] = list(expert_names)
         return out
 
 
+def make_alone_head(embed_dim: int, num_experts: int) -> nn.Sequential:
+    """Fast mode's ranking of the experts (MoTConfig.alone_head): (B, D) source embeddings -> (B, E) scores."""
+    return nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_experts))
+
+
 class Router(nn.Module):
     """MLP over the source embedding -> one score per expert; Gumbel top-k selection."""
 
-    def __init__(self, embed_dim: int, num_experts: int, hidden: int, top_k: int, tau: float, momentum: float = 0.9):
+    def __init__(self, embed_dim: int, num_experts: int, hidden: int, top_k: int, tau: float, momentum: float = 0.9,
+                 alone_head: bool = False):
         super().__init__()
         self.num_experts, self.top_k, self.tau, self.momentum = num_experts, top_k, tau, momentum
         self.mlp = nn.Sequential(
             nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, num_experts)
         )
+        # Fast mode's ranking (MoTConfig.alone_head): a linear score per expert of how likely its kernel is right when
+        # it decodes alone. Fit apart from the LM loss (train.fast_primary), so the LM loss never reaches it.
+        # Its parameters stay out of the trainable ones (no optimizer of mot-train sees them); checkpoints keep them.
+        self.alone = make_alone_head(embed_dim, num_experts) if alone_head else None
+        if self.alone is not None:
+            self.alone.requires_grad_(False)
         # Running share of selections per expert, for the load-balancing loss at any batch size (see losses.py).
         self.register_buffer("selection_ema", torch.full((num_experts,), 1.0 / num_experts))
 
@@ -232,14 +250,16 @@ class Router(nn.Module):
 
     def forward(
         self, emb: torch.Tensor, *, noise: bool | None = None, force_active: list[list[int]] | None = None,
-        primary_ranks: list[int] | None = None,
+        primary_ranks: list[int] | None = None, alone_rows: list[bool] | None = None,
     ) -> Routing:
         """`primary_ranks[b]` = r: row b's chosen experts with the r-th first, the others in order (a translation's
-        candidates: decoding/candidates.py); the same set, so the same weights."""
+        candidates: decoding/candidates.py); the same set, so the same weights. `alone_rows[b]`: row b decodes its
+        primary alone (fast mode), so where the router has an alone head, that head ranks its experts."""
         if primary_ranks is not None and force_active is not None and any(primary_ranks):
             raise ValueError("primary_ranks and force_active both choose the primary: give one")
         noise = self.training if noise is None else noise
         logits = self.mlp(emb.float())  # (B, E)
+        alone_logits = None if self.alone is None else self.alone(emb.float())  # (B, E)
         scores, soft = self.gumbel_probs(logits, noise)
         if force_active is not None:  # analysis and tests: choose the active set, keep the gradient path
             active = torch.tensor(force_active, device=logits.device, dtype=torch.long)
@@ -249,6 +269,9 @@ class Router(nn.Module):
                 raise ValueError(f"force_active names an expert outside [0, {self.num_experts}): {force_active}")
         else:
             active = scores.topk(self.top_k, dim=-1).indices  # (B, k), sorted by score: column 0 = primary
+            if alone_logits is not None and alone_rows is not None and any(alone_rows):
+                rows = torch.tensor(alone_rows, device=logits.device).unsqueeze(1)  # (B, 1)
+                active = torch.where(rows, alone_logits.topk(self.top_k, dim=-1).indices, active)  # (B, k)
             if primary_ranks is not None and any(primary_ranks):
                 order = [[r] + [j for j in range(self.top_k) if j != r] for r in primary_ranks]
                 active = active.gather(1, torch.tensor(order, device=active.device))  # (B, k)
@@ -258,4 +281,5 @@ class Router(nn.Module):
             with torch.no_grad():
                 share = hard.sum(0) / hard.sum()
                 self.selection_ema.mul_(self.momentum).add_((1 - self.momentum) * share)
-        return Routing(logits=logits, probs=F.softmax(logits, dim=-1), noisy_probs=soft, active=active, weights=weights)
+        return Routing(logits=logits, probs=F.softmax(logits, dim=-1), noisy_probs=soft, active=active, weights=weights,
+                       alone_logits=alone_logits)
