@@ -49,5 +49,15 @@ $PY -m train.pocket_data --synth "$OUT/synth_stage2.jsonl" --babeltower "$DATA" 
   --test_max_samples 2 --learning_rate 8e-4 --warmup_steps 5 $(resume "$OUT/run2")
 
 # Ship: the trainable layers in bf16 (what the pocket preset loads by default).
-$PY -m train.export_checkpoint "$OUT/run2/best_model" mot_engine/presets/checkpoints/pocket --dtype bfloat16
-echo "shipped: mot_engine/presets/checkpoints/pocket ($(du -sh mot_engine/presets/checkpoints/pocket | cut -f1))"
+SHIP=mot_engine/presets/checkpoints/pocket
+$PY -m train.export_checkpoint "$OUT/run2/best_model" "$SHIP" --dtype bfloat16
+
+# Fast mode's expert: each expert translates training functions alone (BabelTower's validation pairs outside
+# exec_dev, 48 generated functions of another seed), each kernel is verified against its C function, and the
+# router's alone head is fit to which expert verified (ARCHITECTURE.md, "Routing"; 2-core CPU: about an hour).
+[ -s "$OUT/solo_synth_pairs.jsonl" ] || $PY -m train.synth --n 200 --seed 7 --out "$OUT/solo_synth_pairs.jsonl"
+[ -s "$OUT/solo_bt.jsonl" ] || $PY -m train.solo_outcomes --checkpoint "$SHIP" --babeltower "$DATA" --out "$OUT/solo_bt.jsonl"
+[ -s "$OUT/solo_synth.jsonl" ] || $PY -m train.solo_outcomes --checkpoint "$SHIP" --synth "$OUT/solo_synth_pairs.jsonl" \
+  --limit 48 --out "$OUT/solo_synth.jsonl"
+$PY -m train.fast_primary --checkpoint "$SHIP" --outcomes "$OUT/solo_bt.jsonl" "$OUT/solo_synth.jsonl" --out "$SHIP"
+echo "shipped: $SHIP ($(du -sh "$SHIP" | cut -f1))"

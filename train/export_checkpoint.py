@@ -18,13 +18,14 @@ from safetensors.torch import load_file, save_file
 from mot_engine.model.checkpoint import METADATA, WEIGHTS, read_checkpoint_metadata
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-KEEP_FLOAT32 = ("router.selection_ema",)  # running statistics: tiny, and rounding them would change routing
+# Running statistics and the alone head (train.fast_primary): tiny, and rounding them would change routing.
+KEEP_FLOAT32 = ("router.selection_ema", "router.alone.")
 
 
 def export(source: Path, target: Path, dtype: str) -> Path:
     meta = read_checkpoint_metadata(source)  # refuses a folder that is not a checkpoint
     tensors = load_file(str(source / WEIGHTS))
-    cast = {k: (v if k in KEEP_FLOAT32 or not v.is_floating_point() else v.to(DTYPES[dtype])).contiguous()
+    cast = {k: (v if k.startswith(KEEP_FLOAT32) or not v.is_floating_point() else v.to(DTYPES[dtype])).contiguous()
             for k, v in tensors.items()}
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

@@ -80,29 +80,40 @@ def generate(gen, chunk: list[Source], n: int, max_new_tokens: int) -> list[list
     return [[r.answer for r in results[k * n:(k + 1) * n]] for k in range(len(chunk))]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a run over training functions: the checkpoint, where the C functions come from (evaluation
+    data left out), how many, how long an answer, where kernels are verified, and the output file."""
     p.add_argument("--checkpoint", required=True, help="a MoT checkpoint (its preset and prompt format)")
     p.add_argument("--synth", type=Path, default=None, help="train.synth's pairs (JSONL)")
     p.add_argument("--synth-from", type=int, default=1, help="the first line of --synth to use (1-based): skip the "
                    "lines a training stage already used")
     p.add_argument("--babeltower", type=Path, default=None, help="the folder of cpp.para.valid.tok")
     p.add_argument("--exec", dest="exec_path", type=Path, default=DEFAULT_EXEC, help="the evaluation set, left out")
-    p.add_argument("--candidates", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch", type=int, default=16, help="requests decoded together (a function's candidates too)")
     p.add_argument("--limit", type=int, default=None, help="the first N sources")
+    p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--backend", default="auto", choices=["auto", "gpu", "cpu"])
     p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
+
+
+def chosen_sources(p: argparse.ArgumentParser, args) -> tuple[list[Source], int]:
+    """The sources `add_source_arguments`' options name: (sources, how many were left out as evaluation data)."""
     if args.synth is None and args.babeltower is None:
         p.error("give --synth, --babeltower or both")
-    if args.candidates < 1:
-        p.error(f"--candidates must be >= 1, got {args.candidates}")
     if not args.exec_path.is_file():
         p.error(f"the evaluation set {args.exec_path} is not there: it is needed to leave it out")
     todo, left_out = sources(args.synth, args.synth_from, args.babeltower, args.exec_path)
-    todo = todo[: args.limit]
+    return todo[: args.limit], left_out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_source_arguments(p)
+    p.add_argument("--candidates", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16, help="requests decoded together (a function's candidates too)")
+    args = p.parse_args(argv)
+    if args.candidates < 1:
+        p.error(f"--candidates must be >= 1, got {args.candidates}")
+    todo, left_out = chosen_sources(p, args)
 
     from mot_engine import Generator, build_mot
 
