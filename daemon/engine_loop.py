@@ -307,7 +307,8 @@ class EngineLoop:
             if isinstance(info, Exception):
                 self._send(client, P.Error(id=r.id, code="internal", message=f"routing failed: {type(info).__name__}: {info}"))
             else:
-                self._send(client, P.RouteResult(id=r.id, **replies.routing_fields(info, self._model.expert_names)))
+                self._send(client, P.RouteResult(id=r.id, **replies.routing_fields(info, self._model.expert_names),
+                                                 alone_expert=replies.alone_expert(info)))
 
     def _do_reload(self) -> None:
         client, request = self._reload

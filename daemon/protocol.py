@@ -200,6 +200,7 @@ class RouteResult(_Reply, tag="route_result"):
     active_experts: list[int]
     expert_names: list[str]
     routing_probs: list[float]
+    alone_expert: int | None = None  # the expert fast mode runs alone (the router's alone head), where not the primary
 
 
 class StatusResult(_Reply, tag="status_result"):

@@ -82,6 +82,12 @@ def routing_fields(info: dict, expert_names: list[str]) -> dict:
     }
 
 
+def alone_expert(info: dict) -> int | None:
+    """The expert fast mode runs alone, where it is not the router's primary (the checkpoint's alone head)."""
+    alone = info.get("alone_expert")
+    return None if alone is None or int(alone) == int(info["primary_expert"]) else int(alone)
+
+
 def refusal(request: P.Translate, error: Exception) -> P.Error:
     """The reply to a translation the Generator does not take: `too_large` for a source over an expert's context,
     `bad_request` for a request it cannot run, `internal` for anything else."""

@@ -76,6 +76,7 @@ def test_route_matches_the_model(client, tiny_mot):
         info = tiny_mot.get_routing_info(source)
         assert r.active_experts == info["active_experts"] and r.expert_names == tiny_mot.expert_names
         assert r.routing_probs == pytest.approx(info["all_expert_probs"], abs=1e-5)
+        assert r.alone_expert is None  # no alone head: fast mode runs the primary
 
 
 def test_cancel_frees_the_slot_at_the_next_step(client):

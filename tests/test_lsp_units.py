@@ -281,6 +281,9 @@ def test_render_routing_table():
     assert rows[1].startswith("| c | active | 0.300 |")
     assert rows[2].startswith("| a |  | 0.100 |")
     assert bar(0.6) == "█" * 12 + "░" * 8 and bar(0.0) == "░" * 20 and bar(1.0) == "█" * 20
+    assert "Fast mode" not in text  # no alone head: fast mode runs the primary
+    routing.alone_expert = 2
+    assert render_routing("saxpy", routing).splitlines()[-1] == "Fast mode runs **c** alone."
 
 
 def test_check_kernel_syntax_and_off():

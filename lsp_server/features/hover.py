@@ -50,6 +50,8 @@ def render_routing(name: str, routing: P.RouteResult) -> str:
         else:
             role, shown = "", expert
         lines.append(f"| {shown} | {role} | {p:.3f} | `{bar(p)}` |")
+    if routing.alone_expert is not None:  # the checkpoint ranks the experts apart for decoding alone
+        lines += ["", f"Fast mode runs **{routing.expert_names[routing.alone_expert]}** alone."]
     return "\n".join(lines)
 
 
