@@ -59,3 +59,16 @@ def test_the_quickstart_function_becomes_a_kernel(shipped_mot):
     assert result.kernel.lstrip().startswith("__global__ void vector_add"), result.kernel
     assert is_valid_cuda(result.kernel), result.kernel
     assert "###" not in result.kernel and "void vector_add(" not in result.kernel  # no markers, no echoed C++
+
+
+def test_fast_mode_runs_the_expert_that_verified_more_often_alone(shipped_mot):
+    """The shipped alone head (train.fast_primary: the prior won cross-validation) runs Gemma-3-270M alone in fast
+    mode, which verified more often alone on the training functions, while full mode keeps SmolLM2-135M as the
+    primary it was trained with."""
+    folder = shipped_checkpoint("pocket")
+    fit = read_checkpoint_metadata(folder)["extra"]["fast_primary"]
+    best = max(fit["verified_alone"], key=fit["verified_alone"].get)
+    source = EXAMPLE.read_text()
+    info = shipped_mot.get_routing_info(source[source.index("void vector_add"):])
+    assert shipped_mot.expert_names[info["alone_expert"]] == best == "gemma3-270m"
+    assert shipped_mot.expert_names[info["primary_expert"]] == "smollm2-135m-instruct"

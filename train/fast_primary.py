@@ -8,8 +8,10 @@ a binary cross-entropy per expert, and writes a copy of the checkpoint that has 
 config; the head's tensors in float32). Fast mode then runs the expert the head ranks first.
 
 How much the head may read the function is chosen by K-fold cross-validation on the outcomes alone (never on
-evaluation data): the weight decay with the most functions whose chosen expert verified, against a head that may
-only learn each expert's base rate (the prior: the same expert for every function). Ties go to the stronger decay.
+evaluation data), repeated over a few shuffles: per weight decay, the functions whose chosen expert verified, per
+held-out fold. A head that may only learn each expert's base rate (the prior: the same expert for every function) is
+the simplest; the one-standard-error rule takes the strongest decay whose mean is within one standard error of the
+best mean, so a head that reads the function is taken only where it wins by more than the folds' noise.
 
     python -m train.fast_primary --checkpoint mot_engine/presets/checkpoints/pocket \\
         --outcomes runs/solo/bt.jsonl runs/solo/synth.jsonl --out runs/solo/pocket-alone
@@ -33,6 +35,7 @@ from mot_engine.model.router import make_alone_head
 PRIOR = "prior"  # the head may learn only a bias per expert: the same ranking for every function
 DECAYS = (PRIOR, 1.0, 0.1, 0.01, 0.001)
 STEPS = 300
+REPEATS = 3  # shuffles of the K folds
 
 
 def load_outcomes(paths: list[Path], experts: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -77,18 +80,26 @@ def chosen_verified(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return float(y.gather(1, choice.unsqueeze(1)).sum())
 
 
-def cross_validate(x: torch.Tensor, y: torch.Tensor, folds: int, seed: int = 0) -> dict:
-    """Per decay: functions whose chosen expert verified, summed over held-out folds."""
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    parts = [order[i::folds] for i in range(folds)]
-    scores = {}
-    for decay in DECAYS:
-        total = 0.0
+def cross_validate(x: torch.Tensor, y: torch.Tensor, folds: int, repeats: int = REPEATS) -> dict:
+    """Per decay: the functions whose chosen expert verified in each held-out fold (folds x repeats counts)."""
+    scores = {decay: [] for decay in DECAYS}
+    for seed in range(repeats):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        parts = [order[i::folds] for i in range(folds)]
         for i, held in enumerate(parts):
             train = torch.cat([p for j, p in enumerate(parts) if j != i])
-            total += chosen_verified(fit(x[train], y[train], decay, seed), x[held], y[held])
-        scores[decay] = total
+            for decay in DECAYS:
+                scores[decay].append(chosen_verified(fit(x[train], y[train], decay, seed), x[held], y[held]))
     return scores
+
+
+def one_standard_error(scores: dict) -> float | str:
+    """The strongest decay (DECAYS' order) whose mean fold score is within one standard error of the best mean."""
+    means = {d: torch.tensor(s, dtype=torch.float64).mean().item() for d, s in scores.items()}
+    best = max(means, key=means.get)
+    spread = torch.tensor(scores[best], dtype=torch.float64)
+    threshold = means[best] - (spread.std().item() / len(spread) ** 0.5 if len(spread) > 1 else 0.0)
+    return next(d for d in DECAYS if d in means and means[d] >= threshold)
 
 
 def write_checkpoint(source: Path, target: Path, head: torch.nn.Module, extra: dict) -> Path:
@@ -128,18 +139,21 @@ def main(argv=None) -> int:
     with torch.no_grad():
         x = torch.cat([mot.encoder(sources[i:i + 32]).float() for i in range(0, len(sources), 32)])  # (N, D)
     scores = cross_validate(x, y, args.folds)
-    best = max(DECAYS, key=lambda d: scores[d])  # DECAYS runs from the strongest decay: max keeps the first tie
+    best = one_standard_error(scores)
     head = fit(x, y, best)
     counts = head(x).argmax(-1).bincount(minlength=len(experts)).tolist()
     extra = {"functions": len(sources), "verified_alone": dict(zip(experts, y.sum(0).int().tolist())),
-             "either_verified": int(y.max(1).values.sum()), "cross_validation": {str(d): s for d, s in scores.items()},
-             "decay": best, "chosen": dict(zip(experts, counts)), "outcomes": [str(o) for o in args.outcomes]}
+             "either_verified": int(y.max(1).values.sum()), "cross_validation": {str(d): sum(s) / REPEATS for d, s in scores.items()},
+             "decay": best, "chosen": dict(zip(experts, counts)), "outcomes": [o.name for o in args.outcomes]}
     write_checkpoint(args.checkpoint, args.out, head, extra)
     print(f"{len(sources)} functions; verified alone: "
           + ", ".join(f"{e} {int(v)}" for e, v in zip(experts, y.sum(0))) + f"; either: {extra['either_verified']}")
-    print(f"{args.folds}-fold cross-validation, functions whose chosen expert verified:")
+    print(f"{args.folds}-fold cross-validation ({REPEATS} shuffles), functions whose chosen expert verified, of "
+          f"{len(sources)} (mean over shuffles; one standard error of a fold):")
     for d in DECAYS:
-        print(f"  decay {d!s:>6}: {scores[d]:.0f}{'  <- chosen' if d == best else ''}")
+        s = torch.tensor(scores[d], dtype=torch.float64)
+        print(f"  decay {d!s:>6}: {s.sum().item() / REPEATS:5.1f}  (+-{s.std().item() / len(s) ** 0.5:.2f} a fold)"
+              f"{'  <- chosen' if d == best else ''}")
     print(f"the head runs alone: " + ", ".join(f"{e} for {c}" for e, c in zip(experts, counts))
           + f" of the training functions; wrote {args.out}", file=sys.stderr)
     return 0
