@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the `pocket` preset's router and interaction layers on a CPU and ship them: the checkpoint the quickstart and
 # an editor's daemon load (mot_engine/presets/checkpoints/pocket/). On a 2-core machine (2026-12-06): pair
-# generation and verification 41 min, stage 1 17 min, stage 2 34 min.
+# generation and verification 41 min, stage 1 17 min, stage 2 34 min; fast mode's alone head (2026-12-08): the
+# experts' solo translations of 107 training functions, verified, 72 min beside other work, the fit 1 min.
 #
 #   bash scripts/train_pocket.sh            # OUT=runs/pocket PAIRS=1200
 #
