@@ -50,12 +50,11 @@ def main(argv=None) -> int:
     funcs = [(fid, src) for fid, src in sources(args.data, None) if all(fid in b for b in by_expert)]
     chosen = [0] * mot.num_experts
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    n = mot.num_experts
-    with torch.no_grad(), args.out.open("w") as out:
-        for fid, src in funcs:
-            routing = mot.route([src], noise=False, alone_rows=[True])
-            order = (routing.alone_logits if routing.alone_logits is not None else routing.logits)[0]
-            ranked = order.argsort(descending=True).tolist()
+    with torch.no_grad():  # as the Generator routes a fast-mode row: its active experts, in the order of decoding alone
+        active = mot.route([src for _, src in funcs], noise=False, alone_rows=[True] * len(funcs)).active.tolist()
+    n = mot.config.top_k  # a translation's alone candidates: its active experts
+    with args.out.open("w") as out:
+        for (fid, _), ranked in zip(funcs, active):
             chosen[ranked[0]] += 1
             for row, count in ((args.row, 1), (f"{args.row}+verify@{n}", n)):
                 for i, e in enumerate(ranked[:count]):

@@ -27,11 +27,16 @@ def export(source: Path, target: Path, dtype: str) -> Path:
     tensors = load_file(str(source / WEIGHTS))
     cast = {k: (v if k.startswith(KEEP_FLOAT32) or not v.is_floating_point() else v.to(DTYPES[dtype])).contiguous()
             for k, v in tensors.items()}
+    meta["extra"] = {**meta.get("extra", {}), "exported_from": str(source), "exported_dtype": dtype}
+    return replace_checkpoint(target, cast, meta)
+
+
+def replace_checkpoint(target: Path, tensors: dict, meta: dict) -> Path:
+    """Write a checkpoint folder beside `target`, then put it in its place (the source may be `target` itself)."""
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file(cast, str(staging / WEIGHTS), metadata={"format": "pt"})
-    meta["extra"] = {**meta.get("extra", {}), "exported_from": str(source), "exported_dtype": dtype}
+    save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
     (staging / METADATA).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from mot_engine.model.checkpoint import METADATA, WEIGHTS, read_checkpoint_metadata
+from mot_engine.model.checkpoint import WEIGHTS, read_checkpoint_metadata
 from mot_engine.model.router import make_alone_head
+
+from .export_checkpoint import replace_checkpoint
 
 PRIOR = "prior"  # the head may learn only a bias per expert: the same ranking for every function
 DECAYS = (PRIOR, 1.0, 0.1, 0.01, 0.001)
@@ -110,15 +111,7 @@ def write_checkpoint(source: Path, target: Path, head: torch.nn.Module, extra: d
     tensors.update({f"router.alone.{k}": v.float().contiguous() for k, v in head.state_dict().items()})
     meta["mot_config"]["alone_head"] = True
     meta["extra"] = {**meta.get("extra", {}), "fast_primary": extra}
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
-    (staging / METADATA).write_text(json.dumps(meta, indent=2))
-    if target.resolve() == source.resolve() or target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return target
+    return replace_checkpoint(target, tensors, meta)
 
 
 def main(argv=None) -> int:
@@ -154,7 +147,7 @@ def main(argv=None) -> int:
         s = torch.tensor(scores[d], dtype=torch.float64)
         print(f"  decay {d!s:>6}: {s.sum().item() / REPEATS:5.1f}  (+-{s.std().item() / len(s) ** 0.5:.2f} a fold)"
               f"{'  <- chosen' if d == best else ''}")
-    print(f"the head runs alone: " + ", ".join(f"{e} for {c}" for e, c in zip(experts, counts))
+    print("the head runs alone: " + ", ".join(f"{e} for {c}" for e, c in zip(experts, counts))
           + f" of the training functions; wrote {args.out}", file=sys.stderr)
     return 0
 
